@@ -1,0 +1,257 @@
+//! `meshtalk chat`: the interactive client.
+//!
+//! [`ChatSession`] holds what a user does (commands in, lines out) and knows
+//! nothing about terminals, so tests drive it directly. [`run`] puts it
+//! behind an async readline whose shared writer prints incoming messages above
+//! the input line without garbling what the user is typing.
+
+use std::io::Write;
+use std::time::Duration;
+
+use clap::Args;
+use rustyline_async::{Readline, ReadlineEvent, SharedWriter};
+use tonic::Code;
+
+use super::command::{self, Command};
+use super::{Client, ClientError, To};
+use crate::proto;
+
+#[derive(Debug, Clone, Args)]
+pub struct ChatArgs {
+    /// The account to log in as.
+    pub name: String,
+    /// The server's gRPC URL.
+    #[arg(long, env = "MESHTALK_SERVER", default_value = "http://127.0.0.1:50051")]
+    pub server: String,
+    /// Create the account first.
+    #[arg(long)]
+    pub register: bool,
+}
+
+/// A logged-in user's side of a conversation.
+pub struct ChatSession {
+    client: Client,
+    name: String,
+    room: String,
+}
+
+/// What handling one line led to.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Lines to show the user.
+    Show(Vec<String>),
+    Quit,
+}
+
+impl ChatSession {
+    /// Connects, registers first if asked, and logs in.
+    pub async fn start(
+        url: &str,
+        name: &str,
+        password: &str,
+        register: bool,
+    ) -> Result<ChatSession, ClientError> {
+        let client = Client::connect(url).await?;
+        if register {
+            client.register(name, password).await?;
+        }
+        let (client, login) = client.login(name, password).await?;
+        Ok(ChatSession {
+            client,
+            name: login.name,
+            room: "lobby".into(),
+        })
+    }
+
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    pub fn prompt(&self) -> String {
+        format!("[#{}] {}> ", self.room, self.name)
+    }
+
+    /// Handles one line the user typed.
+    pub async fn handle(&mut self, line: &str) -> Outcome {
+        match command::parse(line) {
+            Ok(None) => Outcome::Show(vec![]),
+            Ok(Some(Command::Quit)) => Outcome::Quit,
+            Ok(Some(command)) => Outcome::Show(match self.run(command).await {
+                Ok(lines) => lines,
+                Err(e) => vec![format!("! {e}")],
+            }),
+            Err(usage) => Outcome::Show(vec![format!("! {usage}")]),
+        }
+    }
+
+    async fn run(&mut self, command: Command) -> Result<Vec<String>, ClientError> {
+        let c = &self.client;
+        Ok(match command {
+            Command::Say(text) => {
+                c.send(&To::Room(self.room.clone()), &text, None).await?;
+                vec![]
+            }
+            Command::Tell { to, text } => {
+                c.send(&To::User(to.clone()), &text, None).await?;
+                vec![format!("-> @{to}: {text}")]
+            }
+            Command::Join(room) => {
+                let joined = c.join(&room).await?;
+                self.room = joined.room.clone();
+                vec![format!("* now in #{}", joined.room)]
+            }
+            Command::Leave(room) => {
+                let left = c.leave(&room).await?;
+                let bare = room.trim_start_matches('#');
+                if bare.eq_ignore_ascii_case(&self.room) {
+                    self.room = "lobby".into();
+                }
+                vec![if left {
+                    format!("* left #{bare}")
+                } else {
+                    format!("* you were not in #{bare}")
+                }]
+            }
+            Command::Rooms => c
+                .rooms()
+                .await?
+                .into_iter()
+                .map(|r| {
+                    let mark = if r.joined { " (joined)" } else { "" };
+                    format!("* #{} {} members{mark}", r.name, r.members)
+                })
+                .collect(),
+            Command::Users(pattern) => {
+                let users = c.users(&pattern).await?;
+                if users.is_empty() {
+                    vec![format!("* nobody matches {pattern}")]
+                } else {
+                    users
+                        .into_iter()
+                        .map(|u| {
+                            let state = if u.online { "online" } else { "offline" };
+                            format!("* {} {state} on {}", u.name, u.node)
+                        })
+                        .collect()
+                }
+            }
+            Command::History(n) => c
+                .recent(&To::Room(self.room.clone()), n)
+                .await?
+                .iter()
+                .map(render_message)
+                .collect(),
+            Command::Who => {
+                let who = c.who().await?;
+                let mut lines: Vec<String> = who
+                    .users
+                    .iter()
+                    .map(|u| format!("* {} on {}", u.name, u.node))
+                    .collect();
+                if !who.missing_nodes.is_empty() {
+                    lines.push(format!("* no answer from {}", who.missing_nodes.join(", ")));
+                }
+                lines
+            }
+            Command::Stats => {
+                let s = c.stats().await?;
+                vec![format!(
+                    "* node {}: {} messages, {} accounts, {} sessions online, {} rooms, up {}s",
+                    s.node, s.messages, s.accounts, s.sessions_online, s.rooms, s.uptime_secs
+                )]
+            }
+            Command::Help => command::HELP.iter().map(|l| format!("* {l}")).collect(),
+            Command::Quit => vec![],
+        })
+    }
+}
+
+/// A delivered message as the line protocol shows it.
+pub fn render_message(m: &proto::Message) -> String {
+    match &m.to {
+        Some(proto::message::To::Room(room)) => format!("#{room} {}: {}", m.from, m.body),
+        _ => format!("@{}: {}", m.from, m.body),
+    }
+}
+
+/// An event as a line, and the message id to acknowledge once it is shown.
+pub fn render_event(event: &proto::Event) -> Option<(String, Option<u64>)> {
+    match event.kind.as_ref()? {
+        proto::event::Kind::Message(m) => Some((render_message(m), Some(m.id))),
+        proto::event::Kind::Notice(n) => Some((format!("* {}", n.text), None)),
+    }
+}
+
+/// The interactive client on a terminal.
+pub async fn run(args: ChatArgs) -> anyhow::Result<()> {
+    let password = match std::env::var("MESHTALK_PASSWORD") {
+        Ok(password) => password,
+        Err(_) => rpassword::prompt_password(format!("password for {}: ", args.name))?,
+    };
+    let mut session = ChatSession::start(&args.server, &args.name, &password, args.register).await?;
+    let (mut readline, mut out) = Readline::new(session.prompt())?;
+    writeln!(
+        out,
+        "* logged in as {} on {}; /help lists commands",
+        session.name, args.server
+    )?;
+    let incoming = tokio::spawn(show_incoming(session.client().clone(), out.clone()));
+    loop {
+        match readline.readline().await {
+            Ok(ReadlineEvent::Line(line)) => {
+                readline.add_history_entry(line.clone());
+                match session.handle(&line).await {
+                    Outcome::Quit => break,
+                    Outcome::Show(lines) => {
+                        for line in lines {
+                            writeln!(out, "{line}")?;
+                        }
+                    }
+                }
+                readline.update_prompt(&session.prompt())?;
+            }
+            Ok(ReadlineEvent::Eof | ReadlineEvent::Interrupted) => break,
+            Err(e) => {
+                writeln!(out, "! {e}")?;
+                break;
+            }
+        }
+    }
+    incoming.abort();
+    readline.flush()?;
+    Ok(())
+}
+
+/// Prints deliveries as they come and acknowledges each once shown;
+/// resubscribes after a dropped stream, where the server replays what was
+/// not acknowledged.
+async fn show_incoming(client: Client, mut out: SharedWriter) {
+    loop {
+        match client.subscribe().await {
+            Ok(mut stream) => loop {
+                match stream.message().await {
+                    Ok(Some(event)) => {
+                        if let Some((line, id)) = render_event(&event) {
+                            let _ = writeln!(out, "{line}");
+                            if let Some(id) = id {
+                                let _ = client.ack(vec![id]).await;
+                            }
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(status) => {
+                        let _ = writeln!(out, "* {}", status.message());
+                        if status.code() == Code::Unauthenticated {
+                            return;
+                        }
+                        break;
+                    }
+                }
+            },
+            Err(e) => {
+                let _ = writeln!(out, "* cannot receive messages: {e}");
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+}

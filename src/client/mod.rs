@@ -1,0 +1,242 @@
+//! The reusable gRPC client library, and the interactive `meshtalk chat`
+//! built on it.
+
+pub mod chat;
+pub mod command;
+
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Request, Status, Streaming};
+
+use crate::proto::{
+    self, accounts_client::AccountsClient, admin_client::AdminClient, chat_client::ChatClient,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot reach {url}: {source}")]
+    Connect {
+        url: String,
+        source: tonic::transport::Error,
+    },
+    #[error("{}", .0.message())]
+    Rpc(#[from] Status),
+    #[error("not logged in")]
+    NotLoggedIn,
+}
+
+/// A connection to a meshtalk server, with the session token once logged in.
+#[derive(Clone)]
+pub struct Client {
+    channel: Channel,
+    token: Option<MetadataValue<Ascii>>,
+}
+
+/// Who a message is for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum To {
+    User(String),
+    Room(String),
+}
+
+impl Client {
+    pub async fn connect(url: &str) -> Result<Client, ClientError> {
+        let connect_error = |source| ClientError::Connect {
+            url: url.to_owned(),
+            source,
+        };
+        let channel = Endpoint::from_shared(url.to_owned())
+            .map_err(connect_error)?
+            .connect()
+            .await
+            .map_err(connect_error)?;
+        Ok(Client {
+            channel,
+            token: None,
+        })
+    }
+
+    /// A client that presents an existing token.
+    pub fn with_token(&self, token: &str) -> Result<Client, ClientError> {
+        let value = format!("Bearer {token}")
+            .parse()
+            .map_err(|_| Status::invalid_argument("the token is not printable text"))?;
+        Ok(Client {
+            channel: self.channel.clone(),
+            token: Some(value),
+        })
+    }
+
+    pub fn accounts(&self) -> AccountsClient<Channel> {
+        AccountsClient::new(self.channel.clone())
+    }
+
+    pub fn chat(&self) -> ChatClient<Channel> {
+        ChatClient::new(self.channel.clone())
+    }
+
+    pub fn admin(&self) -> AdminClient<Channel> {
+        AdminClient::new(self.channel.clone())
+    }
+
+    /// Wraps a message with this session's `authorization` header.
+    pub fn request<T>(&self, message: T) -> Request<T> {
+        let mut request = Request::new(message);
+        if let Some(token) = &self.token {
+            request
+                .metadata_mut()
+                .insert("authorization", token.clone());
+        }
+        request
+    }
+
+    pub async fn register(&self, name: &str, password: &str) -> Result<String, ClientError> {
+        let reply = self
+            .accounts()
+            .register(proto::RegisterRequest {
+                name: name.into(),
+                password: password.into(),
+            })
+            .await?;
+        Ok(reply.into_inner().name)
+    }
+
+    /// Logs in and returns a client carrying the new token, with the token
+    /// and the account name in its registered case.
+    pub async fn login(
+        &self,
+        name: &str,
+        password: &str,
+    ) -> Result<(Client, proto::LoginResponse), ClientError> {
+        let reply = self
+            .accounts()
+            .login(proto::LoginRequest {
+                name: name.into(),
+                password: password.into(),
+            })
+            .await?
+            .into_inner();
+        Ok((self.with_token(&reply.token)?, reply))
+    }
+
+    pub async fn logout(&self) -> Result<(), ClientError> {
+        self.accounts()
+            .logout(self.request(proto::LogoutRequest {}))
+            .await?;
+        Ok(())
+    }
+
+    pub async fn send(
+        &self,
+        to: &To,
+        body: &str,
+        client_msg_id: Option<&str>,
+    ) -> Result<proto::SendResponse, ClientError> {
+        let to = Some(match to {
+            To::User(u) => proto::send_request::To::User(u.clone()),
+            To::Room(r) => proto::send_request::To::Room(r.clone()),
+        });
+        let reply = self
+            .chat()
+            .send(self.request(proto::SendRequest {
+                to,
+                body: body.into(),
+                client_msg_id: client_msg_id.unwrap_or_default().into(),
+            }))
+            .await?;
+        Ok(reply.into_inner())
+    }
+
+    pub async fn subscribe(&self) -> Result<Streaming<proto::Event>, ClientError> {
+        Ok(self
+            .chat()
+            .subscribe(self.request(proto::SubscribeRequest {}))
+            .await?
+            .into_inner())
+    }
+
+    pub async fn ack(&self, ids: Vec<u64>) -> Result<(), ClientError> {
+        self.chat().ack(self.request(proto::AckRequest { ids })).await?;
+        Ok(())
+    }
+
+    /// The newest `limit` messages of a conversation, oldest first.
+    pub async fn recent(&self, of: &To, limit: u32) -> Result<Vec<proto::Message>, ClientError> {
+        let conversation = Some(match of {
+            To::User(u) => proto::get_messages_request::Conversation::User(u.clone()),
+            To::Room(r) => proto::get_messages_request::Conversation::Room(r.clone()),
+        });
+        let mut stream = self
+            .chat()
+            .get_messages(self.request(proto::GetMessagesRequest {
+                conversation,
+                after_id: 0,
+                limit,
+                newest: true,
+            }))
+            .await?
+            .into_inner();
+        let mut messages = Vec::new();
+        while let Some(message) = stream.message().await? {
+            messages.push(message);
+        }
+        Ok(messages)
+    }
+
+    pub async fn join(&self, room: &str) -> Result<proto::JoinRoomResponse, ClientError> {
+        Ok(self
+            .chat()
+            .join_room(self.request(proto::JoinRoomRequest { room: room.into() }))
+            .await?
+            .into_inner())
+    }
+
+    pub async fn leave(&self, room: &str) -> Result<bool, ClientError> {
+        Ok(self
+            .chat()
+            .leave_room(self.request(proto::LeaveRoomRequest { room: room.into() }))
+            .await?
+            .into_inner()
+            .left)
+    }
+
+    pub async fn rooms(&self) -> Result<Vec<proto::Room>, ClientError> {
+        Ok(self
+            .chat()
+            .list_rooms(self.request(proto::ListRoomsRequest {}))
+            .await?
+            .into_inner()
+            .rooms)
+    }
+
+    pub async fn users(&self, pattern: &str) -> Result<Vec<proto::User>, ClientError> {
+        let mut stream = self
+            .accounts()
+            .list_users(self.request(proto::ListUsersRequest {
+                pattern: pattern.into(),
+            }))
+            .await?
+            .into_inner();
+        let mut users = Vec::new();
+        while let Some(user) = stream.message().await? {
+            users.push(user);
+        }
+        Ok(users)
+    }
+
+    pub async fn who(&self) -> Result<proto::WhoResponse, ClientError> {
+        Ok(self
+            .chat()
+            .who(self.request(proto::WhoRequest {}))
+            .await?
+            .into_inner())
+    }
+
+    pub async fn stats(&self) -> Result<proto::Stats, ClientError> {
+        Ok(self
+            .chat()
+            .get_stats(self.request(proto::GetStatsRequest { mesh: false }))
+            .await?
+            .into_inner())
+    }
+}

@@ -1,0 +1,225 @@
+//! Server settings: command-line flags, each also a `MESHTALK_*` environment
+//! variable, over an optional TOML file (`--config`), over defaults.
+
+use std::path::{Path, PathBuf};
+
+use clap::{Args, ValueEnum};
+use serde::Deserialize;
+
+use crate::core::Limits;
+
+pub const DEFAULT_GRPC_PORT: u16 = 50051;
+pub const DEFAULT_BIND: &str = "127.0.0.1";
+pub const DEFAULT_DATA_DIR: &str = "meshtalk-data";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// `meshtalk serve` flags. In the TOML file the same names are keys
+/// (`data-dir = "..."`, `operator = ["alice"]`).
+#[derive(Debug, Clone, Default, Args, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct ServeArgs {
+    /// A TOML file with any of these settings; flags and environment win over it.
+    #[arg(long, env = "MESHTALK_CONFIG")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+    /// Where the SQLite database lives.
+    #[arg(long, env = "MESHTALK_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// The host every listener binds to, unless its own address is given.
+    #[arg(long, env = "MESHTALK_BIND")]
+    pub bind: Option<String>,
+    /// gRPC listen address [default: BIND:50051].
+    #[arg(long, env = "MESHTALK_GRPC_ADDR")]
+    pub grpc_addr: Option<String>,
+    /// This node's name [default: the host name].
+    #[arg(long, env = "MESHTALK_NODE_NAME")]
+    pub node_name: Option<String>,
+    /// Store URL [default: sqlite://DATA_DIR/meshtalk.db].
+    #[arg(long, env = "MESHTALK_STORE")]
+    pub store: Option<String>,
+    /// An account allowed to run operator commands (repeatable).
+    #[arg(long = "operator", env = "MESHTALK_OPERATOR", value_delimiter = ',')]
+    #[serde(default)]
+    pub operator: Vec<String>,
+    /// Log as text or JSON lines [default: text].
+    #[arg(long, env = "MESHTALK_LOG_FORMAT")]
+    pub log_format: Option<LogFormat>,
+    /// Largest message body in bytes [default: 4096].
+    #[arg(long, env = "MESHTALK_MAX_BODY")]
+    pub max_body: Option<usize>,
+    /// Deliveries a session may fall behind before it is disconnected [default: 1024].
+    #[arg(long, env = "MESHTALK_QUEUE_DEPTH")]
+    pub queue_depth: Option<usize>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("bad config file {path}: {source}")]
+    Parse {
+        path: PathBuf,
+        source: Box<toml::de::Error>,
+    },
+    #[error("unsupported store URL {0:?}: use sqlite://PATH")]
+    StoreUrl(String),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Settings resolved from flags, environment, file and defaults.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub sqlite_path: PathBuf,
+    pub grpc_addr: String,
+    pub node: String,
+    pub operators: Vec<String>,
+    pub log_format: LogFormat,
+    pub limits: Limits,
+}
+
+impl ServeArgs {
+    pub fn resolve(self) -> Result<Settings, ConfigError> {
+        let file = match &self.config {
+            Some(path) => read_file(path)?,
+            None => ServeArgs::default(),
+        };
+        let bind = self
+            .bind
+            .or(file.bind)
+            .unwrap_or_else(|| DEFAULT_BIND.to_owned());
+        let data_dir = self
+            .data_dir
+            .or(file.data_dir)
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
+        let sqlite_path = match self.store.or(file.store) {
+            None => data_dir.join("meshtalk.db"),
+            Some(url) => match url.strip_prefix("sqlite://") {
+                Some(path) if !path.is_empty() => PathBuf::from(path),
+                _ => return Err(ConfigError::StoreUrl(url)),
+            },
+        };
+        let mut operators = self.operator;
+        operators.extend(file.operator);
+        let defaults = Limits::default();
+        let limits = Limits {
+            max_body: self
+                .max_body
+                .or(file.max_body)
+                .unwrap_or(defaults.max_body),
+            queue_depth: self
+                .queue_depth
+                .or(file.queue_depth)
+                .unwrap_or(defaults.queue_depth),
+            ..defaults
+        };
+        if limits.max_body == 0 || limits.queue_depth == 0 {
+            return Err(ConfigError::Invalid(
+                "max-body and queue-depth must be at least 1".into(),
+            ));
+        }
+        Ok(Settings {
+            sqlite_path,
+            grpc_addr: self
+                .grpc_addr
+                .or(file.grpc_addr)
+                .unwrap_or_else(|| join_host_port(&bind, DEFAULT_GRPC_PORT)),
+            node: self
+                .node_name
+                .or(file.node_name)
+                .unwrap_or_else(host_name),
+            operators,
+            log_format: self
+                .log_format
+                .or(file.log_format)
+                .unwrap_or(LogFormat::Text),
+            limits,
+        })
+    }
+}
+
+fn read_file(path: &Path) -> Result<ServeArgs, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    toml::from_str(&text).map_err(|source| ConfigError::Parse {
+        path: path.to_owned(),
+        source: Box::new(source),
+    })
+}
+
+fn join_host_port(host: &str, port: u16) -> String {
+    if host.contains(':') && !host.starts_with('[') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
+}
+
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "meshtalk".to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_win_over_the_file_and_defaults_fill_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("meshtalk.toml");
+        std::fs::write(
+            &file,
+            "bind = \"0.0.0.0\"\nnode-name = \"from-file\"\noperator = [\"root\"]\nmax-body = 100\n",
+        )
+        .unwrap();
+        let settings = ServeArgs {
+            config: Some(file),
+            node_name: Some("from-flag".into()),
+            operator: vec!["alice".into()],
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap();
+        assert_eq!(settings.node, "from-flag");
+        assert_eq!(settings.grpc_addr, "0.0.0.0:50051");
+        assert_eq!(settings.operators, vec!["alice", "root"]);
+        assert_eq!(settings.limits.max_body, 100);
+        assert_eq!(settings.sqlite_path, PathBuf::from("meshtalk-data/meshtalk.db"));
+    }
+
+    #[test]
+    fn unknown_keys_and_store_schemes_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("bad.toml");
+        std::fs::write(&file, "colour = \"blue\"\n").unwrap();
+        let err = ServeArgs {
+            config: Some(file),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap_err();
+        assert!(err.to_string().contains("colour"), "{err}");
+        let err = ServeArgs {
+            store: Some("mysql://x".into()),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap_err();
+        assert!(matches!(err, ConfigError::StoreUrl(_)));
+    }
+}

@@ -1,0 +1,175 @@
+//! Accounts and sessions: register, log in, authenticate, log out, delete.
+//!
+//! Passwords are hashed with argon2id on the blocking pool: a hash takes tens
+//! of milliseconds by design and would otherwise stall an async worker.
+//! Tokens are 256 random bits; only their SHA-256 is stored.
+
+use argon2::password_hash::{PasswordHash, SaltString, rand_core::OsRng};
+use argon2::{Argon2, PasswordHasher, PasswordVerifier};
+use sha2::{Digest, Sha256};
+
+use super::{Closed, Core, CoreError, Identity, names};
+use crate::store::StoreError;
+
+/// A login: the token to present from now on, and who it belongs to.
+#[derive(Debug, Clone)]
+pub struct Login {
+    pub token: String,
+    pub identity: Identity,
+}
+
+const TOKEN_BYTES: usize = 32;
+
+impl Core {
+    /// Creates an account and returns its name as registered.
+    pub async fn register(&self, name: &str, password: &str) -> Result<String, CoreError> {
+        self.check_running()?;
+        let key = names::account_key(name)?;
+        names::check_password(password)?;
+        if self.directory_read().contains_key(&key) {
+            return Err(CoreError::NameTaken(name.to_owned()));
+        }
+        let hash = hash_password(password.to_owned()).await?;
+        let id = self
+            .inner
+            .store
+            .create_account(name, &key, &hash, self.inner.lobby)
+            .await
+            .map_err(|e| match e {
+                StoreError::NameTaken => CoreError::NameTaken(name.to_owned()),
+                e => e.into(),
+            })?;
+        self.directory_write()
+            .insert(key, (id, name.to_owned()));
+        if let Some(members) = self.rooms_write().members.get_mut(&self.inner.lobby) {
+            members.insert(id);
+        }
+        Ok(name.to_owned())
+    }
+
+    /// Checks the password and opens a new session.
+    pub async fn login(&self, name: &str, password: &str) -> Result<Login, CoreError> {
+        self.check_running()?;
+        let key = names::account_key(name).map_err(|_| CoreError::BadCredentials)?;
+        let Some(account) = self.inner.store.account_by_key(&key).await? else {
+            // An unknown name costs a hash too, so timing does not tell which names exist.
+            hash_password(password.to_owned()).await?;
+            return Err(CoreError::BadCredentials);
+        };
+        if !verify_password(password.to_owned(), account.password_hash.clone()).await? {
+            return Err(CoreError::BadCredentials);
+        }
+        let token = new_token();
+        let token_hash = hash_token(&token);
+        let session = self
+            .inner
+            .store
+            .create_session(token_hash, account.id)
+            .await?;
+        let identity = Identity {
+            account: account.id,
+            name: account.name,
+            session,
+        };
+        self.sessions().insert(token_hash, identity.clone());
+        Ok(Login { token, identity })
+    }
+
+    /// Finds the session a token belongs to.
+    pub async fn authenticate(&self, token: &str) -> Result<Identity, CoreError> {
+        if token.len() != TOKEN_BYTES * 2 || !token.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(CoreError::Unauthenticated(
+                "malformed token: log in for a new one",
+            ));
+        }
+        let token_hash = hash_token(&token.to_ascii_lowercase());
+        if let Some(identity) = self.sessions().get(&token_hash) {
+            return Ok(identity.clone());
+        }
+        let record = self
+            .inner
+            .store
+            .session_by_token(token_hash)
+            .await?
+            .ok_or(CoreError::Unauthenticated(
+                "unknown or logged-out token: log in again",
+            ))?;
+        let identity = Identity {
+            account: record.account_id,
+            name: record.name,
+            session: record.id,
+        };
+        self.sessions().insert(token_hash, identity.clone());
+        Ok(identity)
+    }
+
+    /// Ends a session: its token stops working and its streams close.
+    pub async fn logout(&self, who: &Identity) -> Result<(), CoreError> {
+        self.inner.store.delete_session(who.session).await?;
+        self.sessions().retain(|_, s| s.session != who.session);
+        self.inner
+            .hub
+            .close_session(who.account, who.session, Closed::LoggedOut);
+        Ok(())
+    }
+
+    /// Deletes the caller's account after checking its password.
+    pub async fn delete_account(&self, who: &Identity, password: &str) -> Result<(), CoreError> {
+        self.check_running()?;
+        let account = self
+            .inner
+            .store
+            .account_by_id(who.account)
+            .await?
+            .ok_or(CoreError::Unauthenticated("this account no longer exists"))?;
+        if !verify_password(password.to_owned(), account.password_hash).await? {
+            return Err(CoreError::BadCredentials);
+        }
+        self.inner.store.delete_account(who.account).await?;
+        self.directory_write()
+            .remove(&account.name.to_ascii_lowercase());
+        for members in self.rooms_write().members.values_mut() {
+            members.remove(&who.account);
+        }
+        self.sessions().retain(|_, s| s.account != who.account);
+        self.inner
+            .hub
+            .close_account(who.account, Closed::AccountDeleted);
+        Ok(())
+    }
+}
+
+async fn hash_password(password: String) -> Result<String, CoreError> {
+    tokio::task::spawn_blocking(move || {
+        let salt = SaltString::generate(&mut OsRng);
+        Argon2::default()
+            .hash_password(password.as_bytes(), &salt)
+            .map(|h| h.to_string())
+            .map_err(|e| CoreError::Store(StoreError::Backend(format!("hashing failed: {e}"))))
+    })
+    .await
+    .map_err(|e| CoreError::Store(StoreError::Backend(format!("hashing failed: {e}"))))?
+}
+
+async fn verify_password(password: String, hash: String) -> Result<bool, CoreError> {
+    tokio::task::spawn_blocking(move || {
+        PasswordHash::new(&hash)
+            .map(|parsed| {
+                Argon2::default()
+                    .verify_password(password.as_bytes(), &parsed)
+                    .is_ok()
+            })
+            .unwrap_or(false)
+    })
+    .await
+    .map_err(|e| CoreError::Store(StoreError::Backend(format!("verifying failed: {e}"))))
+}
+
+fn new_token() -> String {
+    let bytes: [u8; TOKEN_BYTES] = rand::random();
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn hash_token(token: &str) -> [u8; 32] {
+    Sha256::digest(token.as_bytes()).into()
+}

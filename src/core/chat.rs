@@ -1,0 +1,378 @@
+//! Sending, receiving, rooms, history and the views of who is here.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use wildmatch::WildMatch;
+
+use super::hub::{Attachment, Closed, Delivery};
+use super::{Core, CoreError, Identity, Message, Sent, Target, names, now_ms};
+use crate::store::{AccountId, Conversation, NewMessage};
+
+/// Longest `client_msg_id`, in bytes.
+pub const MAX_CLIENT_MSG_ID: usize = 128;
+/// Most ids one Ack may carry.
+pub const MAX_ACK_IDS: usize = 10_000;
+/// Most messages one history request returns.
+pub const MAX_HISTORY: u32 = 1000;
+/// Longest user pattern, in characters.
+pub const MAX_PATTERN: usize = 64;
+/// Backlog rows read from the store at a time.
+const BACKLOG_PAGE: u32 = 512;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserInfo {
+    pub name: String,
+    pub online: bool,
+    pub node: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoomInfo {
+    pub name: String,
+    pub members: u32,
+    pub joined: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stats {
+    pub messages: u64,
+    pub accounts: u64,
+    pub sessions_online: u64,
+    pub rooms: u64,
+    pub uptime_secs: u64,
+    pub node: String,
+}
+
+/// One live stream of deliveries for a session: first what waits in the
+/// store, then live traffic.
+///
+/// The stream registers with the hub *before* reading the store's newest id
+/// (the high-water mark). Anything committed up to that mark comes from the
+/// store; anything live at or below it is a repeat and is skipped; so nothing
+/// falls between the two and nothing comes twice.
+pub struct Inbox {
+    core: Core,
+    account: AccountId,
+    live: Attachment,
+    high_water: u64,
+    backlog: VecDeque<Delivery>,
+    read_up_to: u64,
+    backlog_done: bool,
+}
+
+impl Inbox {
+    /// The next message for this session, or why the stream ended.
+    pub async fn next(&mut self) -> Result<Delivery, Closed> {
+        loop {
+            if let Some(message) = self.backlog.pop_front() {
+                return Ok(message);
+            }
+            if !self.backlog_done {
+                let page = self
+                    .core
+                    .inner
+                    .store
+                    .pending(self.account, self.read_up_to, self.high_water, BACKLOG_PAGE)
+                    .await
+                    .map_err(|e| {
+                        tracing::error!(error = %e, "reading the backlog failed");
+                        Closed::StoreFailed
+                    })?;
+                self.backlog_done = page.len() < BACKLOG_PAGE as usize;
+                if let Some(last) = page.last() {
+                    self.read_up_to = last.id;
+                }
+                self.backlog.extend(page.into_iter().map(Arc::new));
+                continue;
+            }
+            let message = self.live.recv().await?;
+            if message.id > self.high_water {
+                return Ok(message);
+            }
+        }
+    }
+}
+
+impl Core {
+    /// Stores a message and hands it to every live session it is for.
+    pub async fn send(
+        &self,
+        who: &Identity,
+        to: &Target,
+        body: &str,
+        client_msg_id: Option<&str>,
+    ) -> Result<Sent, CoreError> {
+        self.check_running()?;
+        self.check_body(body)?;
+        if client_msg_id.is_some_and(|id| id.len() > MAX_CLIENT_MSG_ID) {
+            return Err(CoreError::invalid(
+                "client_msg_id",
+                format!("it is longer than {MAX_CLIENT_MSG_ID} bytes"),
+            ));
+        }
+        let mut message = NewMessage {
+            sender: who.account,
+            sender_name: who.name.clone(),
+            recipient: None,
+            room: None,
+            body: body.to_owned(),
+            client_msg_id: client_msg_id.filter(|id| !id.is_empty()).map(str::to_owned),
+            sent_at_ms: now_ms(),
+        };
+        let room = match to {
+            Target::User(name) => {
+                message.recipient = Some(self.user(name)?);
+                None
+            }
+            Target::Room(name) => {
+                let room = self.room(name)?;
+                if !self.is_member(room.id, who.account) {
+                    return Err(CoreError::NotMember(room.name));
+                }
+                message.room = Some((room.id, room.name.clone()));
+                Some(room.id)
+            }
+        };
+        let recipient = message.recipient.as_ref().map(|(id, _)| *id);
+        let appended = self.inner.store.append(message).await?;
+        let sent = Sent {
+            id: appended.message.id,
+            sent_at_ms: appended.message.sent_at_ms,
+            duplicate: appended.duplicate,
+        };
+        if !appended.duplicate {
+            let delivery = Arc::new(appended.message);
+            match (room, recipient) {
+                (Some(room), _) => {
+                    let rooms = self.rooms_read();
+                    if let Some(members) = rooms.members.get(&room) {
+                        self.inner.hub.fan_out(&delivery, members, Some(who.session));
+                    }
+                }
+                (None, Some(recipient)) => {
+                    self.inner
+                        .hub
+                        .fan_out(&delivery, [&recipient], Some(who.session));
+                }
+                (None, None) => {}
+            }
+        }
+        Ok(sent)
+    }
+
+    fn check_body(&self, body: &str) -> Result<(), CoreError> {
+        let max = self.inner.limits.max_body;
+        if body.is_empty() {
+            return Err(CoreError::invalid("body", "it is empty"));
+        }
+        if body.len() > max {
+            return Err(CoreError::invalid(
+                "body",
+                format!("{} bytes is over the limit of {max}", body.len()),
+            ));
+        }
+        // A line break would let one message forge further lines on the line protocol.
+        if body.chars().any(|c| c.is_control() && c != '\t') {
+            return Err(CoreError::invalid(
+                "body",
+                "it contains a line break or control character",
+            ));
+        }
+        Ok(())
+    }
+
+    fn is_member(&self, room: crate::store::RoomId, account: AccountId) -> bool {
+        self.rooms_read()
+            .members
+            .get(&room)
+            .is_some_and(|m| m.contains(&account))
+    }
+
+    /// Opens a live stream of deliveries for a session.
+    pub async fn attach(&self, who: &Identity) -> Result<Inbox, CoreError> {
+        self.check_running()?;
+        let live = self.inner.hub.attach(who.account, who.session);
+        let high_water = self.inner.store.last_message_id().await?;
+        Ok(Inbox {
+            core: self.clone(),
+            account: who.account,
+            live,
+            high_water,
+            backlog: VecDeque::new(),
+            read_up_to: 0,
+            backlog_done: false,
+        })
+    }
+
+    /// Marks messages as shown, so they are not delivered again.
+    pub async fn ack(&self, who: &Identity, ids: &[u64]) -> Result<(), CoreError> {
+        if ids.len() > MAX_ACK_IDS {
+            return Err(CoreError::invalid(
+                "ack",
+                format!("{} ids is over the limit of {MAX_ACK_IDS}", ids.len()),
+            ));
+        }
+        if ids.is_empty() {
+            return Ok(());
+        }
+        self.inner.store.ack(who.account, ids.to_vec()).await?;
+        Ok(())
+    }
+
+    /// A room's or a direct conversation's history after a cursor.
+    pub async fn history(
+        &self,
+        who: &Identity,
+        of: &Target,
+        after: u64,
+        limit: u32,
+        newest: bool,
+    ) -> Result<Vec<Message>, CoreError> {
+        let conversation = match of {
+            Target::Room(name) => {
+                let room = self.room(name)?;
+                if !self.is_member(room.id, who.account) {
+                    return Err(CoreError::NotMember(room.name));
+                }
+                Conversation::Room(room.id)
+            }
+            Target::User(name) => Conversation::Direct(who.account, self.user(name)?.0),
+        };
+        let limit = if limit == 0 {
+            MAX_HISTORY
+        } else {
+            limit.min(MAX_HISTORY)
+        };
+        Ok(self
+            .inner
+            .store
+            .history(conversation, after, limit, newest)
+            .await?)
+    }
+
+    /// Joins a room, creating it if needed. Returns its name and whether the
+    /// caller was not a member before.
+    pub async fn join_room(&self, who: &Identity, name: &str) -> Result<(String, bool), CoreError> {
+        self.check_running()?;
+        let (bare, key) = names::room_key(name)?;
+        let existing = self.rooms_read().by_key.get(&key).cloned();
+        if let Some(room) = &existing
+            && self.is_member(room.id, who.account)
+        {
+            return Ok((room.name.clone(), false));
+        }
+        let joined_count = self
+            .rooms_read()
+            .members
+            .values()
+            .filter(|m| m.contains(&who.account))
+            .count();
+        let max = self.inner.limits.max_rooms_per_account;
+        if joined_count >= max {
+            return Err(CoreError::Limit(format!(
+                "you are in {joined_count} rooms, the most allowed is {max}: leave one first"
+            )));
+        }
+        let room = match existing {
+            Some(room) => room,
+            None => self.inner.store.ensure_room(bare, &key).await?,
+        };
+        let joined = self.inner.store.join(who.account, room.id).await?;
+        let mut rooms = self.rooms_write();
+        rooms.by_key.insert(key, room.clone());
+        rooms
+            .members
+            .entry(room.id)
+            .or_default()
+            .insert(who.account);
+        Ok((room.name, joined))
+    }
+
+    /// Leaves a room. Returns whether the caller was a member.
+    pub async fn leave_room(&self, who: &Identity, name: &str) -> Result<bool, CoreError> {
+        self.check_running()?;
+        let room = self.room(name)?;
+        if room.id == self.inner.lobby {
+            return Err(CoreError::invalid("room", "nobody leaves #lobby"));
+        }
+        let left = self.inner.store.leave(who.account, room.id).await?;
+        if let Some(members) = self.rooms_write().members.get_mut(&room.id) {
+            members.remove(&who.account);
+        }
+        Ok(left)
+    }
+
+    pub fn list_rooms(&self, who: &Identity) -> Vec<RoomInfo> {
+        let rooms = self.rooms_read();
+        let mut list: Vec<RoomInfo> = rooms
+            .by_key
+            .values()
+            .map(|room| {
+                let members = rooms.members.get(&room.id);
+                RoomInfo {
+                    name: room.name.clone(),
+                    members: members.map_or(0, |m| m.len() as u32),
+                    joined: members.is_some_and(|m| m.contains(&who.account)),
+                }
+            })
+            .collect();
+        list.sort_by_key(|r| r.name.to_ascii_lowercase());
+        list
+    }
+
+    /// Accounts whose names match a glob (`*`, `?`), case-insensitively.
+    pub fn list_users(&self, pattern: &str) -> Result<Vec<UserInfo>, CoreError> {
+        let pattern = if pattern.is_empty() { "*" } else { pattern };
+        if pattern.chars().count() > MAX_PATTERN {
+            return Err(CoreError::invalid(
+                "pattern",
+                format!("it is longer than {MAX_PATTERN} characters"),
+            ));
+        }
+        let glob = WildMatch::new_case_insensitive(pattern);
+        let mut users: Vec<UserInfo> = self
+            .directory_read()
+            .values()
+            .filter(|(_, name)| glob.matches(name))
+            .map(|(id, name)| UserInfo {
+                name: name.clone(),
+                online: self.inner.hub.is_online(*id),
+                node: self.inner.node.clone(),
+            })
+            .collect();
+        users.sort_by_key(|u| u.name.to_ascii_lowercase());
+        Ok(users)
+    }
+
+    /// Who is online on this node, sorted by name.
+    pub fn who(&self) -> Vec<UserInfo> {
+        let online = self.inner.hub.online();
+        let directory = self.directory_read();
+        let by_id: std::collections::HashMap<AccountId, &String> =
+            directory.values().map(|(id, name)| (*id, name)).collect();
+        let mut users: Vec<UserInfo> = online
+            .into_iter()
+            .filter_map(|id| by_id.get(&id))
+            .map(|name| UserInfo {
+                name: (*name).clone(),
+                online: true,
+                node: self.inner.node.clone(),
+            })
+            .collect();
+        users.sort_by_key(|u| u.name.to_ascii_lowercase());
+        users
+    }
+
+    pub async fn stats(&self) -> Result<Stats, CoreError> {
+        let counts = self.inner.store.counts().await?;
+        Ok(Stats {
+            messages: counts.messages,
+            accounts: counts.accounts,
+            sessions_online: self.inner.hub.sink_count() as u64,
+            rooms: counts.rooms,
+            uptime_secs: self.inner.started.elapsed().as_secs(),
+            node: self.inner.node.clone(),
+        })
+    }
+}

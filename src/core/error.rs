@@ -1,0 +1,74 @@
+//! The errors the core answers with. Each gateway maps a [`CoreError`] onto
+//! its own protocol's form through [`CoreError::kind`], so the three doors
+//! agree on what went wrong.
+
+use crate::store::StoreError;
+
+/// The broad class of an error: what a client can do about it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    InvalidArgument,
+    AlreadyExists,
+    Unauthenticated,
+    PermissionDenied,
+    NotFound,
+    ResourceExhausted,
+    Unavailable,
+    Internal,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CoreError {
+    #[error("invalid {what}: {why}")]
+    Invalid { what: &'static str, why: String },
+    #[error("the name {0:?} is already taken")]
+    NameTaken(String),
+    #[error("wrong name or password")]
+    BadCredentials,
+    #[error("{0}")]
+    Unauthenticated(&'static str),
+    #[error("no such user: {0}")]
+    NoSuchUser(String),
+    #[error("no such room: #{0}")]
+    NoSuchRoom(String),
+    #[error("you are not in #{0}: join it first")]
+    NotMember(String),
+    #[error("only operators may do that")]
+    NotOperator,
+    #[error("{0}")]
+    Limit(String),
+    #[error("the server is shutting down")]
+    ShuttingDown,
+    #[error("storage failure: {0}")]
+    Store(StoreError),
+}
+
+impl CoreError {
+    pub fn invalid(what: &'static str, why: impl Into<String>) -> Self {
+        CoreError::Invalid {
+            what,
+            why: why.into(),
+        }
+    }
+
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            CoreError::Invalid { .. } => ErrorKind::InvalidArgument,
+            CoreError::NameTaken(_) => ErrorKind::AlreadyExists,
+            CoreError::BadCredentials | CoreError::Unauthenticated(_) => ErrorKind::Unauthenticated,
+            CoreError::NoSuchUser(_) | CoreError::NoSuchRoom(_) => ErrorKind::NotFound,
+            CoreError::NotMember(_) | CoreError::NotOperator => ErrorKind::PermissionDenied,
+            CoreError::Limit(_) => ErrorKind::ResourceExhausted,
+            CoreError::ShuttingDown | CoreError::Store(StoreError::Closed) => {
+                ErrorKind::Unavailable
+            }
+            CoreError::Store(_) => ErrorKind::Internal,
+        }
+    }
+}
+
+impl From<StoreError> for CoreError {
+    fn from(e: StoreError) -> Self {
+        CoreError::Store(e)
+    }
+}

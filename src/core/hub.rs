@@ -1,0 +1,204 @@
+//! The hub: who is connected right now, and fan-out to them.
+//!
+//! Every live stream or connection is a *sink* with its own bounded queue.
+//! Fan-out never waits: it `try_send`s into each queue, and a sink whose queue
+//! is full is cut loose with [`Closed::Overflow`] so one slow reader cannot
+//! slow anyone else. What it missed stays in the store and is delivered when
+//! it comes back.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+
+use tokio::sync::mpsc::{self, error::TrySendError};
+
+use super::Message;
+use crate::store::{AccountId, SessionId};
+
+pub type Delivery = Arc<Message>;
+
+/// Why a live stream ended from the server's side.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Closed {
+    /// The reader fell a whole queue behind.
+    Overflow,
+    LoggedOut,
+    AccountDeleted,
+    ShuttingDown,
+    /// The store could not be read.
+    StoreFailed,
+}
+
+impl fmt::Display for Closed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Closed::Overflow => {
+                "disconnected: you fell too far behind; reconnect to receive what you missed"
+            }
+            Closed::LoggedOut => "this session logged out",
+            Closed::AccountDeleted => "this account was deleted",
+            Closed::ShuttingDown => "the server is shutting down",
+            Closed::StoreFailed => "the server could not read its store; reconnect",
+        })
+    }
+}
+
+struct Sink {
+    id: u64,
+    session: SessionId,
+    tx: mpsc::Sender<Delivery>,
+    reason: Arc<OnceLock<Closed>>,
+}
+
+impl Sink {
+    fn close(&self, why: Closed) {
+        let _ = self.reason.set(why);
+    }
+}
+
+pub struct Hub {
+    sinks: Mutex<HashMap<AccountId, Vec<Sink>>>,
+    next_id: AtomicU64,
+    queue_depth: usize,
+}
+
+/// One registered live sink: the receiving end of its queue. Dropping it
+/// unregisters the sink.
+pub struct Attachment {
+    hub: Arc<Hub>,
+    account: AccountId,
+    id: u64,
+    rx: mpsc::Receiver<Delivery>,
+    reason: Arc<OnceLock<Closed>>,
+}
+
+impl Attachment {
+    /// The next live delivery, or why the hub let go of this sink.
+    pub async fn recv(&mut self) -> Result<Delivery, Closed> {
+        match self.rx.recv().await {
+            Some(delivery) => Ok(delivery),
+            None => Err(self.reason.get().copied().unwrap_or(Closed::ShuttingDown)),
+        }
+    }
+}
+
+impl Drop for Attachment {
+    fn drop(&mut self) {
+        let mut sinks = self.hub.lock();
+        if let Some(list) = sinks.get_mut(&self.account) {
+            list.retain(|s| s.id != self.id);
+            if list.is_empty() {
+                sinks.remove(&self.account);
+            }
+        }
+    }
+}
+
+impl Hub {
+    pub fn new(queue_depth: usize) -> Arc<Self> {
+        Arc::new(Hub {
+            sinks: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+            queue_depth: queue_depth.max(1),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<AccountId, Vec<Sink>>> {
+        // A panic while holding this lock leaves only plain data behind.
+        self.sinks.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn attach(self: &Arc<Self>, account: AccountId, session: SessionId) -> Attachment {
+        let (tx, rx) = mpsc::channel(self.queue_depth);
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let reason = Arc::new(OnceLock::new());
+        self.lock().entry(account).or_default().push(Sink {
+            id,
+            session,
+            tx,
+            reason: reason.clone(),
+        });
+        Attachment {
+            hub: self.clone(),
+            account,
+            id,
+            rx,
+            reason,
+        }
+    }
+
+    /// Hands `delivery` to every sink of `accounts`, except those of the
+    /// session that sent it.
+    pub fn fan_out<'a>(
+        &self,
+        delivery: &Delivery,
+        accounts: impl IntoIterator<Item = &'a AccountId>,
+        except: Option<SessionId>,
+    ) {
+        let mut sinks = self.lock();
+        for account in accounts {
+            let Some(list) = sinks.get_mut(account) else {
+                continue;
+            };
+            list.retain(|sink| {
+                if Some(sink.session) == except {
+                    return true;
+                }
+                match sink.tx.try_send(delivery.clone()) {
+                    Ok(()) => true,
+                    Err(TrySendError::Full(_)) => {
+                        sink.close(Closed::Overflow);
+                        false
+                    }
+                    Err(TrySendError::Closed(_)) => false,
+                }
+            });
+            if list.is_empty() {
+                sinks.remove(account);
+            }
+        }
+    }
+
+    /// Ends every sink of one session.
+    pub fn close_session(&self, account: AccountId, session: SessionId, why: Closed) {
+        let mut sinks = self.lock();
+        if let Some(list) = sinks.get_mut(&account) {
+            list.retain(|s| {
+                let keep = s.session != session;
+                if !keep {
+                    s.close(why);
+                }
+                keep
+            });
+            if list.is_empty() {
+                sinks.remove(&account);
+            }
+        }
+    }
+
+    pub fn close_account(&self, account: AccountId, why: Closed) {
+        if let Some(list) = self.lock().remove(&account) {
+            list.iter().for_each(|s| s.close(why));
+        }
+    }
+
+    pub fn close_all(&self, why: Closed) {
+        for (_, list) in self.lock().drain() {
+            list.iter().for_each(|s| s.close(why));
+        }
+    }
+
+    /// Accounts with at least one live sink.
+    pub fn online(&self) -> Vec<AccountId> {
+        self.lock().keys().copied().collect()
+    }
+
+    pub fn is_online(&self, account: AccountId) -> bool {
+        self.lock().contains_key(&account)
+    }
+
+    pub fn sink_count(&self) -> usize {
+        self.lock().values().map(Vec::len).sum()
+    }
+}

@@ -1,0 +1,222 @@
+//! The domain: accounts, sessions, rooms and delivery. No sockets, no SQL.
+//!
+//! Every gateway drives the same [`Core`]; a gateway translates its protocol
+//! onto these calls and holds no chat state of its own, so a message sent over
+//! one protocol reaches users on all of them.
+//!
+//! Invariant: a send is answered only after the store has committed it, and
+//! live fan-out happens only after that commit, so nothing a user sees can be
+//! lost by a crash.
+
+mod accounts;
+mod chat;
+mod error;
+mod hub;
+mod message;
+pub mod names;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Instant;
+
+pub use chat::{Inbox, RoomInfo, Stats, UserInfo};
+pub use error::{CoreError, ErrorKind};
+pub use hub::{Closed, Delivery};
+pub use message::{Message, Sent, Target};
+
+use crate::store::{AccountId, RoomId, RoomRecord, SessionId, Store};
+use hub::Hub;
+
+/// Bounds on what one user may ask of the server.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Largest message body, in bytes.
+    pub max_body: usize,
+    /// Messages a live stream may fall behind before it is disconnected.
+    pub queue_depth: usize,
+    /// Rooms one account may be a member of.
+    pub max_rooms_per_account: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_body: 4096,
+            queue_depth: 1024,
+            max_rooms_per_account: 100,
+        }
+    }
+}
+
+/// Settings the core needs from the command line.
+#[derive(Debug, Clone)]
+pub struct CoreConfig {
+    pub node: String,
+    pub operators: Vec<String>,
+    pub limits: Limits,
+}
+
+/// Who is making a call: an authenticated session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    pub account: AccountId,
+    pub name: String,
+    pub session: SessionId,
+}
+
+/// The shared core. Cheap to clone.
+#[derive(Clone)]
+pub struct Core {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Arc<dyn Store>,
+    hub: Arc<Hub>,
+    node: String,
+    operators: HashSet<String>,
+    limits: Limits,
+    started: Instant,
+    shutting_down: AtomicBool,
+    lobby: RoomId,
+    /// Name key → (id, name) of every account: sends and look-ups do not
+    /// touch the store.
+    directory: RwLock<HashMap<String, (AccountId, String)>>,
+    rooms: RwLock<Rooms>,
+    /// Token hash → session, for tokens seen since start.
+    sessions: Mutex<HashMap<[u8; 32], Identity>>,
+}
+
+#[derive(Default)]
+struct Rooms {
+    by_key: HashMap<String, RoomRecord>,
+    members: HashMap<RoomId, HashSet<AccountId>>,
+}
+
+impl Core {
+    /// Loads the directory and room memberships and makes sure `lobby` exists.
+    pub async fn open(store: Arc<dyn Store>, config: CoreConfig) -> Result<Core, CoreError> {
+        let lobby = store.ensure_room(names::LOBBY, names::LOBBY).await?;
+        let directory = store
+            .accounts()
+            .await?
+            .into_iter()
+            .map(|(id, name)| (name.to_ascii_lowercase(), (id, name)))
+            .collect();
+        let mut rooms = Rooms::default();
+        for room in store.rooms().await? {
+            rooms.members.insert(room.id, HashSet::new());
+            rooms.by_key.insert(room.name.to_ascii_lowercase(), room);
+        }
+        for (room, account) in store.memberships().await? {
+            rooms.members.entry(room).or_default().insert(account);
+        }
+        Ok(Core {
+            inner: Arc::new(Inner {
+                hub: Hub::new(config.limits.queue_depth),
+                node: config.node,
+                operators: config
+                    .operators
+                    .iter()
+                    .map(|o| o.to_ascii_lowercase())
+                    .collect(),
+                limits: config.limits,
+                started: Instant::now(),
+                shutting_down: AtomicBool::new(false),
+                lobby: lobby.id,
+                directory: RwLock::new(directory),
+                rooms: RwLock::new(rooms),
+                sessions: Mutex::new(HashMap::new()),
+                store,
+            }),
+        })
+    }
+
+    pub fn node(&self) -> &str {
+        &self.inner.node
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.inner.limits
+    }
+
+    pub fn is_operator(&self, who: &Identity) -> bool {
+        self.inner
+            .operators
+            .contains(&who.name.to_ascii_lowercase())
+    }
+
+    /// Refuses new work and ends every live stream with a goodbye.
+    pub fn begin_shutdown(&self) {
+        self.inner.shutting_down.store(true, Ordering::SeqCst);
+        self.inner.hub.close_all(Closed::ShuttingDown);
+    }
+
+    /// Lets the store commit what it has in flight, then closes it.
+    pub async fn close_store(&self) {
+        self.inner.store.close().await;
+    }
+
+    fn check_running(&self) -> Result<(), CoreError> {
+        if self.inner.shutting_down.load(Ordering::SeqCst) {
+            Err(CoreError::ShuttingDown)
+        } else {
+            Ok(())
+        }
+    }
+
+    fn rooms_read(&self) -> std::sync::RwLockReadGuard<'_, Rooms> {
+        self.inner.rooms.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn rooms_write(&self) -> std::sync::RwLockWriteGuard<'_, Rooms> {
+        self.inner.rooms.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn directory_read(
+        &self,
+    ) -> std::sync::RwLockReadGuard<'_, HashMap<String, (AccountId, String)>> {
+        self.inner.directory.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn directory_write(
+        &self,
+    ) -> std::sync::RwLockWriteGuard<'_, HashMap<String, (AccountId, String)>> {
+        self.inner
+            .directory
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn sessions(&self) -> std::sync::MutexGuard<'_, HashMap<[u8; 32], Identity>> {
+        self.inner.sessions.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Looks a user up by name, case-insensitively.
+    fn user(&self, name: &str) -> Result<(AccountId, String), CoreError> {
+        let key = names::account_key(name).map_err(|_| CoreError::NoSuchUser(name.to_owned()))?;
+        self.directory_read()
+            .get(&key)
+            .cloned()
+            .ok_or_else(|| CoreError::NoSuchUser(name.to_owned()))
+    }
+
+    /// Looks a room up by name (with or without `#`).
+    fn room(&self, name: &str) -> Result<RoomRecord, CoreError> {
+        let (bare, key) = names::room_key(name)?;
+        self.rooms_read()
+            .by_key
+            .get(&key)
+            .cloned()
+            .ok_or_else(|| CoreError::NoSuchRoom(bare.to_owned()))
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}

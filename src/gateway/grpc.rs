@@ -1,0 +1,507 @@
+//! The gRPC gateway: the `meshtalk.v1` services over tonic.
+//!
+//! Streaming responses follow tonic's streaming pattern: a task per stream
+//! feeds a small bounded channel and watches `closed()`, so a client that
+//! leaves is noticed even while its stream is idle, and the task exits.
+
+use std::pin::Pin;
+
+use futures::{Stream, StreamExt, future};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::core::{Closed, Core, CoreError, ErrorKind, Identity, Inbox, Message, Target};
+use crate::proto::{self, accounts_server::Accounts, admin_server::Admin, chat_server::Chat};
+
+type RpcStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+/// Outgoing items buffered per stream before the stream task waits.
+const STREAM_BUFFER: usize = 32;
+/// Sends one bidirectional stream may have in flight at once.
+const PIPELINE: usize = 64;
+
+/// The three meshtalk services, sharing one core.
+#[derive(Clone)]
+pub struct GrpcGateway {
+    core: Core,
+}
+
+impl GrpcGateway {
+    pub fn new(core: Core) -> Self {
+        GrpcGateway { core }
+    }
+
+    /// Finds the session of the `authorization: Bearer TOKEN` header.
+    async fn identify<T>(&self, request: &Request<T>) -> Result<Identity, Status> {
+        let header = request.metadata().get("authorization").ok_or_else(|| {
+            Status::unauthenticated(
+                "missing authorization header: send `authorization: Bearer TOKEN` with the token from Login",
+            )
+        })?;
+        let value = header
+            .to_str()
+            .map_err(|_| Status::unauthenticated("the authorization header is not text"))?;
+        let token = value
+            .strip_prefix("Bearer ")
+            .or_else(|| value.strip_prefix("bearer "))
+            .ok_or_else(|| {
+                Status::unauthenticated("the authorization header must be `Bearer TOKEN`")
+            })?;
+        self.core.authenticate(token.trim()).await.map_err(status)
+    }
+
+    async fn operator<T>(&self, request: &Request<T>) -> Result<Identity, Status> {
+        let who = self.identify(request).await?;
+        if self.core.is_operator(&who) {
+            Ok(who)
+        } else {
+            Err(status(CoreError::NotOperator))
+        }
+    }
+}
+
+/// The gRPC form of a core error.
+pub fn status(error: CoreError) -> Status {
+    let message = error.to_string();
+    match error.kind() {
+        ErrorKind::InvalidArgument => Status::invalid_argument(message),
+        ErrorKind::AlreadyExists => Status::already_exists(message),
+        ErrorKind::Unauthenticated => Status::unauthenticated(message),
+        ErrorKind::PermissionDenied => Status::permission_denied(message),
+        ErrorKind::NotFound => Status::not_found(message),
+        ErrorKind::ResourceExhausted => Status::resource_exhausted(message),
+        ErrorKind::Unavailable => Status::unavailable(message),
+        ErrorKind::Internal => {
+            tracing::error!(error = %message, "internal error");
+            Status::internal("internal error; the server log has details")
+        }
+    }
+}
+
+fn closed_status(why: Closed) -> Status {
+    let message = why.to_string();
+    match why {
+        Closed::Overflow => Status::resource_exhausted(message),
+        Closed::LoggedOut | Closed::AccountDeleted => Status::unauthenticated(message),
+        Closed::ShuttingDown | Closed::StoreFailed => Status::unavailable(message),
+    }
+}
+
+fn to_proto(m: &Message) -> proto::Message {
+    proto::Message {
+        id: m.id,
+        from: m.from.clone(),
+        to: Some(match &m.to {
+            Target::User(user) => proto::message::To::User(user.clone()),
+            Target::Room(room) => proto::message::To::Room(room.clone()),
+        }),
+        body: m.body.clone(),
+        sent_at_ms: m.sent_at_ms,
+        client_msg_id: m.client_msg_id.clone().unwrap_or_default(),
+    }
+}
+
+fn event(m: &Message) -> proto::Event {
+    proto::Event {
+        kind: Some(proto::event::Kind::Message(to_proto(m))),
+    }
+}
+
+fn target(to: Option<proto::send_request::To>) -> Result<Target, Status> {
+    match to {
+        Some(proto::send_request::To::User(user)) => Ok(Target::User(user)),
+        Some(proto::send_request::To::Room(room)) => Ok(Target::Room(room)),
+        None => Err(Status::invalid_argument(
+            "say who the message is for: set `user` or `room`",
+        )),
+    }
+}
+
+fn sent(s: crate::core::Sent) -> proto::SendResponse {
+    proto::SendResponse {
+        id: s.id,
+        sent_at_ms: s.sent_at_ms,
+        duplicate: s.duplicate,
+    }
+}
+
+async fn do_send(core: &Core, who: &Identity, req: proto::SendRequest) -> Result<proto::SendResponse, Status> {
+    let to = target(req.to)?;
+    let client_msg_id = Some(req.client_msg_id.as_str()).filter(|id| !id.is_empty());
+    core.send(who, &to, &req.body, client_msg_id)
+        .await
+        .map(sent)
+        .map_err(status)
+}
+
+/// Feeds a session's deliveries into a response stream until the client
+/// leaves or the core ends the stream (then with a status saying why).
+fn forward<T: Send + 'static>(
+    mut inbox: Inbox,
+    tx: mpsc::Sender<Result<T, Status>>,
+    wrap: fn(proto::Event) -> T,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = tx.closed() => break,
+                next = inbox.next() => match next {
+                    Ok(message) => {
+                        if tx.send(Ok(wrap(event(&message)))).await.is_err() {
+                            break;
+                        }
+                    }
+                    Err(why) => {
+                        let _ = tx.send(Err(closed_status(why))).await;
+                        break;
+                    }
+                },
+            }
+        }
+    })
+}
+
+fn stream_of<T: Send + 'static>(items: Vec<T>) -> RpcStream<T> {
+    Box::pin(futures::stream::iter(items.into_iter().map(Ok)))
+}
+
+#[tonic::async_trait]
+impl Accounts for GrpcGateway {
+    async fn register(
+        &self,
+        request: Request<proto::RegisterRequest>,
+    ) -> Result<Response<proto::RegisterResponse>, Status> {
+        let req = request.into_inner();
+        let name = self
+            .core
+            .register(&req.name, &req.password)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(proto::RegisterResponse { name }))
+    }
+
+    async fn login(
+        &self,
+        request: Request<proto::LoginRequest>,
+    ) -> Result<Response<proto::LoginResponse>, Status> {
+        let req = request.into_inner();
+        let login = self
+            .core
+            .login(&req.name, &req.password)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(proto::LoginResponse {
+            token: login.token,
+            name: login.identity.name,
+        }))
+    }
+
+    async fn logout(
+        &self,
+        request: Request<proto::LogoutRequest>,
+    ) -> Result<Response<proto::LogoutResponse>, Status> {
+        let who = self.identify(&request).await?;
+        self.core.logout(&who).await.map_err(status)?;
+        Ok(Response::new(proto::LogoutResponse {}))
+    }
+
+    async fn delete_account(
+        &self,
+        request: Request<proto::DeleteAccountRequest>,
+    ) -> Result<Response<proto::DeleteAccountResponse>, Status> {
+        let who = self.identify(&request).await?;
+        self.core
+            .delete_account(&who, &request.into_inner().password)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(proto::DeleteAccountResponse {}))
+    }
+
+    type ListUsersStream = RpcStream<proto::User>;
+
+    async fn list_users(
+        &self,
+        request: Request<proto::ListUsersRequest>,
+    ) -> Result<Response<Self::ListUsersStream>, Status> {
+        self.identify(&request).await?;
+        let users = self
+            .core
+            .list_users(&request.into_inner().pattern)
+            .map_err(status)?;
+        Ok(Response::new(stream_of(
+            users.into_iter().map(user).collect(),
+        )))
+    }
+}
+
+fn user(u: crate::core::UserInfo) -> proto::User {
+    proto::User {
+        name: u.name,
+        online: u.online,
+        node: u.node,
+    }
+}
+
+#[tonic::async_trait]
+impl Chat for GrpcGateway {
+    async fn send(
+        &self,
+        request: Request<proto::SendRequest>,
+    ) -> Result<Response<proto::SendResponse>, Status> {
+        let who = self.identify(&request).await?;
+        do_send(&self.core, &who, request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    type SubscribeStream = RpcStream<proto::Event>;
+
+    async fn subscribe(
+        &self,
+        request: Request<proto::SubscribeRequest>,
+    ) -> Result<Response<Self::SubscribeStream>, Status> {
+        let who = self.identify(&request).await?;
+        let inbox = self.core.attach(&who).await.map_err(status)?;
+        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        forward(inbox, tx, |event| event);
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    type SendAndReceiveMessageStream = RpcStream<proto::ServerFrame>;
+
+    async fn send_and_receive_message(
+        &self,
+        request: Request<Streaming<proto::ClientFrame>>,
+    ) -> Result<Response<Self::SendAndReceiveMessageStream>, Status> {
+        let who = self.identify(&request).await?;
+        let inbox = self.core.attach(&who).await.map_err(status)?;
+        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        let deliveries = forward(inbox, tx.clone(), |event| proto::ServerFrame {
+            kind: Some(proto::server_frame::Kind::Event(event)),
+        });
+        let core = self.core.clone();
+        let frames = request
+            .into_inner()
+            .take_while(|frame| future::ready(frame.is_ok()))
+            .filter_map(|frame| future::ready(frame.ok()));
+        tokio::spawn(async move {
+            // Sends run concurrently up to PIPELINE, but their results go out
+            // in the order the sends came in.
+            let mut replies = frames
+                .map(|frame| client_frame(&core, &who, frame))
+                .buffered(PIPELINE);
+            while let Some(reply) = replies.next().await {
+                if let Some(reply) = reply
+                    && tx.send(Ok(reply)).await.is_err()
+                {
+                    break;
+                }
+            }
+            // The client finished sending: the call is over.
+            deliveries.abort();
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn ack(
+        &self,
+        request: Request<proto::AckRequest>,
+    ) -> Result<Response<proto::AckResponse>, Status> {
+        let who = self.identify(&request).await?;
+        self.core
+            .ack(&who, &request.into_inner().ids)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(proto::AckResponse {}))
+    }
+
+    type GetMessagesStream = RpcStream<proto::Message>;
+
+    async fn get_messages(
+        &self,
+        request: Request<proto::GetMessagesRequest>,
+    ) -> Result<Response<Self::GetMessagesStream>, Status> {
+        let who = self.identify(&request).await?;
+        let req = request.into_inner();
+        let of = match req.conversation {
+            Some(proto::get_messages_request::Conversation::Room(room)) => Target::Room(room),
+            Some(proto::get_messages_request::Conversation::User(user)) => Target::User(user),
+            None => {
+                return Err(Status::invalid_argument(
+                    "say which conversation: set `room` or `user`",
+                ));
+            }
+        };
+        let messages = self
+            .core
+            .history(&who, &of, req.after_id, req.limit, req.newest)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(stream_of(
+            messages.iter().map(to_proto).collect(),
+        )))
+    }
+
+    async fn join_room(
+        &self,
+        request: Request<proto::JoinRoomRequest>,
+    ) -> Result<Response<proto::JoinRoomResponse>, Status> {
+        let who = self.identify(&request).await?;
+        let (room, joined) = self
+            .core
+            .join_room(&who, &request.into_inner().room)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(proto::JoinRoomResponse { room, joined }))
+    }
+
+    async fn leave_room(
+        &self,
+        request: Request<proto::LeaveRoomRequest>,
+    ) -> Result<Response<proto::LeaveRoomResponse>, Status> {
+        let who = self.identify(&request).await?;
+        let left = self
+            .core
+            .leave_room(&who, &request.into_inner().room)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(proto::LeaveRoomResponse { left }))
+    }
+
+    async fn list_rooms(
+        &self,
+        request: Request<proto::ListRoomsRequest>,
+    ) -> Result<Response<proto::ListRoomsResponse>, Status> {
+        let who = self.identify(&request).await?;
+        let rooms = self
+            .core
+            .list_rooms(&who)
+            .into_iter()
+            .map(|r| proto::Room {
+                name: r.name,
+                members: r.members,
+                joined: r.joined,
+            })
+            .collect();
+        Ok(Response::new(proto::ListRoomsResponse { rooms }))
+    }
+
+    async fn get_stats(
+        &self,
+        request: Request<proto::GetStatsRequest>,
+    ) -> Result<Response<proto::Stats>, Status> {
+        self.identify(&request).await?;
+        let s = self.core.stats().await.map_err(status)?;
+        Ok(Response::new(proto::Stats {
+            messages: s.messages,
+            accounts: s.accounts,
+            sessions_online: s.sessions_online,
+            rooms: s.rooms,
+            uptime_secs: s.uptime_secs,
+            node: s.node,
+        }))
+    }
+
+    async fn who(
+        &self,
+        request: Request<proto::WhoRequest>,
+    ) -> Result<Response<proto::WhoResponse>, Status> {
+        self.identify(&request).await?;
+        Ok(Response::new(proto::WhoResponse {
+            users: self.core.who().into_iter().map(user).collect(),
+            missing_nodes: vec![],
+        }))
+    }
+}
+
+/// Handles one frame of a bidirectional stream; sends answer with a result.
+async fn client_frame(
+    core: &Core,
+    who: &Identity,
+    frame: proto::ClientFrame,
+) -> Option<proto::ServerFrame> {
+    use proto::{client_frame::Kind as In, server_frame::Kind as Out};
+    let notice = |text: String| proto::ServerFrame {
+        kind: Some(Out::Event(proto::Event {
+            kind: Some(proto::event::Kind::Notice(proto::Notice { text })),
+        })),
+    };
+    match frame.kind? {
+        In::Send(out) => {
+            let result = match out.message {
+                Some(req) => do_send(core, who, req).await,
+                None => Err(Status::invalid_argument("a send frame needs a message")),
+            };
+            let result = match result {
+                Ok(sent) => proto::send_result::Result::Sent(sent),
+                Err(e) => proto::send_result::Result::Error(proto::SendError {
+                    code: e.code() as i32,
+                    message: e.message().to_owned(),
+                }),
+            };
+            Some(proto::ServerFrame {
+                kind: Some(Out::SendResult(proto::SendResult {
+                    request_id: out.request_id,
+                    result: Some(result),
+                })),
+            })
+        }
+        In::Ack(ack) => match core.ack(who, &ack.ids).await {
+            Ok(()) => None,
+            Err(e) => Some(notice(format!("ack failed: {e}"))),
+        },
+    }
+}
+
+#[tonic::async_trait]
+impl Admin for GrpcGateway {
+    async fn peer_listen(
+        &self,
+        request: Request<proto::PeerListenRequest>,
+    ) -> Result<Response<proto::PeerListenResponse>, Status> {
+        self.operator(&request).await?;
+        Err(standalone())
+    }
+
+    async fn peer_connect(
+        &self,
+        request: Request<proto::PeerConnectRequest>,
+    ) -> Result<Response<proto::PeerConnectResponse>, Status> {
+        self.operator(&request).await?;
+        Err(standalone())
+    }
+
+    async fn peer_disconnect(
+        &self,
+        request: Request<proto::PeerDisconnectRequest>,
+    ) -> Result<Response<proto::PeerDisconnectResponse>, Status> {
+        self.operator(&request).await?;
+        Err(standalone())
+    }
+
+    async fn peers(
+        &self,
+        request: Request<proto::PeersRequest>,
+    ) -> Result<Response<proto::PeersResponse>, Status> {
+        self.operator(&request).await?;
+        Ok(Response::new(proto::PeersResponse { peers: vec![] }))
+    }
+
+    async fn topology(
+        &self,
+        request: Request<proto::TopologyRequest>,
+    ) -> Result<Response<proto::TopologyResponse>, Status> {
+        self.operator(&request).await?;
+        Ok(Response::new(proto::TopologyResponse {
+            links: vec![],
+            nodes: vec![self.core.node().to_owned()],
+        }))
+    }
+}
+
+/// This build runs every node stand-alone: peer links are refused with a
+/// code clients can act on.
+fn standalone() -> Status {
+    Status::unimplemented("this node runs stand-alone: peer links are not supported by this build")
+}

@@ -1,0 +1,31 @@
+//! meshtalk: a chat server and client.
+//!
+//! One server process speaks several client protocols over one shared core and
+//! keeps what users send in a durable store.
+//!
+//! - [`core`]: the domain — accounts, sessions, rooms, delivery (the hub). No
+//!   sockets, no SQL.
+//! - [`store`]: the [`store::Store`] trait and its embedded SQLite backend,
+//!   with group commit.
+//! - [`gateway`]: one module per client protocol, each a thin translation
+//!   onto the core (today: gRPC).
+//! - [`server`]: wires store, core and gateways together; signals and shutdown.
+//! - [`client`]: the reusable gRPC client library and the interactive chat.
+//! - [`config`]: command-line flags, environment and the TOML config file.
+//! - [`proto`]: the generated gRPC types.
+
+pub mod client;
+pub mod config;
+pub mod core;
+pub mod gateway;
+pub mod server;
+pub mod store;
+
+/// The generated gRPC types and services of `proto/meshtalk/v1/meshtalk.proto`.
+pub mod proto {
+    #![allow(clippy::all, missing_docs)]
+    tonic::include_proto!("meshtalk.v1");
+
+    /// The encoded descriptor set, served by reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("meshtalk_descriptor");
+}

@@ -1,0 +1,179 @@
+//! Wires the store, the core and the gateways together, and takes them down
+//! in order.
+//!
+//! [`Server::start`] binds every listener before it returns, so a caller (a
+//! test on port 0, or `main`) knows the real addresses at once.
+//!
+//! Shutdown: health goes NOT_SERVING, new work is refused, every live stream
+//! ends with UNAVAILABLE and a goodbye, listeners close, and the store commits
+//! what is already queued before the process exits.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tonic::transport::server::TcpIncoming;
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
+
+use crate::config::Settings;
+use crate::core::{Core, CoreConfig, CoreError};
+use crate::gateway::grpc::GrpcGateway;
+use crate::proto::{
+    accounts_server::AccountsServer, admin_server::AdminServer, chat_server::ChatServer,
+};
+use crate::store::{SqliteStore, Store, StoreError};
+
+/// Largest gRPC request the server decodes.
+pub const MAX_GRPC_REQUEST: usize = 64 * 1024;
+/// How long shutdown waits for open calls before it cuts them.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("cannot open the store: {0}")]
+    Store(#[from] StoreError),
+    #[error("cannot start the core: {0}")]
+    Core(#[from] CoreError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("cannot build the reflection service: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+}
+
+/// A running server.
+pub struct Server {
+    core: Core,
+    grpc_addr: SocketAddr,
+    health: HealthReporter,
+    stop_grpc: Option<oneshot::Sender<()>>,
+    grpc: JoinHandle<()>,
+}
+
+const SERVICES: [&str; 3] = [
+    "meshtalk.v1.Accounts",
+    "meshtalk.v1.Chat",
+    "meshtalk.v1.Admin",
+];
+
+impl Server {
+    pub async fn start(settings: Settings) -> Result<Server, ServerError> {
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&settings.sqlite_path)?);
+        let core = Core::open(
+            store,
+            CoreConfig {
+                node: settings.node.clone(),
+                operators: settings.operators.clone(),
+                limits: settings.limits.clone(),
+            },
+        )
+        .await?;
+        let listener = TcpListener::bind(&settings.grpc_addr)
+            .await
+            .map_err(|source| ServerError::Bind {
+                addr: settings.grpc_addr.clone(),
+                source,
+            })?;
+        let grpc_addr = listener.local_addr().map_err(|source| ServerError::Bind {
+            addr: settings.grpc_addr.clone(),
+            source,
+        })?;
+
+        let (health, health_service) = tonic_health::server::health_reporter();
+        for service in SERVICES {
+            health
+                .set_service_status(service, ServingStatus::Serving)
+                .await;
+        }
+        let reflection = || {
+            tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        };
+        let reflection_v1 = reflection().build_v1()?;
+        let reflection_v1alpha = reflection().build_v1alpha()?;
+        let gateway = GrpcGateway::new(core.clone());
+
+        let (stop_grpc, stopped) = oneshot::channel::<()>();
+        let incoming = TcpIncoming::from(listener)
+            .with_nodelay(Some(true))
+            .with_keepalive(Some(Duration::from_secs(60)));
+        let router = tonic::transport::Server::builder()
+            // Without HTTP/2 pings a half-open client would hold its streams for hours.
+            .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+            .add_service(health_service)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
+            .add_service(
+                AccountsServer::new(gateway.clone()).max_decoding_message_size(MAX_GRPC_REQUEST),
+            )
+            .add_service(
+                ChatServer::new(gateway.clone()).max_decoding_message_size(MAX_GRPC_REQUEST),
+            )
+            .add_service(AdminServer::new(gateway).max_decoding_message_size(MAX_GRPC_REQUEST));
+        let grpc = tokio::spawn(async move {
+            let stopped = async {
+                let _ = stopped.await;
+            };
+            if let Err(e) = router.serve_with_incoming_shutdown(incoming, stopped).await {
+                tracing::error!(error = %e, "the gRPC server failed");
+            }
+        });
+        tracing::info!(
+            node = %settings.node,
+            grpc = %grpc_addr,
+            store = %settings.sqlite_path.display(),
+            "meshtalk is serving"
+        );
+        Ok(Server {
+            core,
+            grpc_addr,
+            health,
+            stop_grpc: Some(stop_grpc),
+            grpc,
+        })
+    }
+
+    pub fn grpc_addr(&self) -> SocketAddr {
+        self.grpc_addr
+    }
+
+    pub fn core(&self) -> &Core {
+        &self.core
+    }
+
+    /// Takes the server down in order; returns once the store is closed.
+    pub async fn shutdown(mut self) {
+        tracing::info!("shutting down");
+        self.health
+            .set_service_status("", ServingStatus::NotServing)
+            .await;
+        for service in SERVICES {
+            self.health
+                .set_service_status(service, ServingStatus::NotServing)
+                .await;
+        }
+        // Let health watchers see NOT_SERVING before the listener goes.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        self.core.begin_shutdown();
+        if let Some(stop) = self.stop_grpc.take() {
+            let _ = stop.send(());
+        }
+        if tokio::time::timeout(SHUTDOWN_GRACE, &mut self.grpc)
+            .await
+            .is_err()
+        {
+            tracing::warn!("open calls outlived the grace period; cutting them");
+            self.grpc.abort();
+        }
+        self.core.close_store().await;
+        tracing::info!("stopped");
+    }
+}

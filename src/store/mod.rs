@@ -1,0 +1,161 @@
+//! Durable state behind one trait, so the core never sees SQL and a second
+//! backend (PostgreSQL) slots in beside the embedded SQLite one.
+//!
+//! Every mutation that the core acknowledges to a user returns only after it
+//! is committed; the SQLite backend batches concurrent mutations into one
+//! transaction (group commit) so many sends share one fsync.
+
+mod sqlite;
+
+pub use sqlite::SqliteStore;
+
+use async_trait::async_trait;
+
+use crate::core::{Message, Target};
+
+pub type AccountId = i64;
+pub type RoomId = i64;
+pub type SessionId = i64;
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    #[error("the name is already taken")]
+    NameTaken,
+    #[error("the store is closed")]
+    Closed,
+    #[error("{0}")]
+    Backend(String),
+}
+
+/// An account as stored.
+#[derive(Debug, Clone)]
+pub struct AccountRecord {
+    pub id: AccountId,
+    pub name: String,
+    pub password_hash: String,
+}
+
+/// A live session found by its token.
+#[derive(Debug, Clone)]
+pub struct SessionRecord {
+    pub id: SessionId,
+    pub account_id: AccountId,
+    pub name: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct RoomRecord {
+    pub id: RoomId,
+    pub name: String,
+}
+
+/// A message to store. Exactly one of the two recipients is set.
+#[derive(Debug, Clone)]
+pub struct NewMessage {
+    pub sender: AccountId,
+    pub sender_name: String,
+    pub recipient: Option<(AccountId, String)>,
+    pub room: Option<(RoomId, String)>,
+    pub body: String,
+    pub client_msg_id: Option<String>,
+    pub sent_at_ms: i64,
+}
+
+/// The outcome of appending: the stored message, or the earlier one with the
+/// same `client_msg_id`.
+#[derive(Debug, Clone)]
+pub struct Appended {
+    pub message: Message,
+    pub duplicate: bool,
+}
+
+/// Whose history to read.
+#[derive(Debug, Clone, Copy)]
+pub enum Conversation {
+    Room(RoomId),
+    Direct(AccountId, AccountId),
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Counts {
+    pub messages: u64,
+    pub accounts: u64,
+    pub rooms: u64,
+}
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    async fn create_account(
+        &self,
+        name: &str,
+        key: &str,
+        password_hash: &str,
+        lobby: RoomId,
+    ) -> Result<AccountId, StoreError>;
+    async fn account_by_key(&self, key: &str) -> Result<Option<AccountRecord>, StoreError>;
+    async fn account_by_id(&self, id: AccountId) -> Result<Option<AccountRecord>, StoreError>;
+    /// Removes the account with its sessions, memberships and inbox.
+    async fn delete_account(&self, id: AccountId) -> Result<(), StoreError>;
+    /// Every account as (id, name), sorted by name key.
+    async fn accounts(&self) -> Result<Vec<(AccountId, String)>, StoreError>;
+
+    async fn create_session(
+        &self,
+        token_hash: [u8; 32],
+        account: AccountId,
+    ) -> Result<SessionId, StoreError>;
+    async fn session_by_token(
+        &self,
+        token_hash: [u8; 32],
+    ) -> Result<Option<SessionRecord>, StoreError>;
+    async fn delete_session(&self, id: SessionId) -> Result<(), StoreError>;
+
+    /// Returns the room, creating it first if no room has this key.
+    async fn ensure_room(&self, name: &str, key: &str) -> Result<RoomRecord, StoreError>;
+    async fn rooms(&self) -> Result<Vec<RoomRecord>, StoreError>;
+    /// Every (room, account) membership.
+    async fn memberships(&self) -> Result<Vec<(RoomId, AccountId)>, StoreError>;
+    /// Adds a membership; the member's catch-up cursor starts at the newest
+    /// message, so joining does not replay old speech. False if already a member.
+    async fn join(&self, account: AccountId, room: RoomId) -> Result<bool, StoreError>;
+    /// False if the account was not a member.
+    async fn leave(&self, account: AccountId, room: RoomId) -> Result<bool, StoreError>;
+
+    /// Stores a message (and, for a direct message, puts it in the
+    /// recipient's inbox) durably before returning.
+    async fn append(&self, message: NewMessage) -> Result<Appended, StoreError>;
+    /// What waits for an account with `after < id <= up_to`, oldest first, at
+    /// most `limit`: its inbox and the room speech of others since its
+    /// acknowledged cursor in each room.
+    async fn pending(
+        &self,
+        account: AccountId,
+        after: u64,
+        up_to: u64,
+        limit: u32,
+    ) -> Result<Vec<Message>, StoreError>;
+    /// The newest message id, 0 when there is none.
+    async fn last_message_id(&self) -> Result<u64, StoreError>;
+    /// Marks messages as shown: removes them from the inbox and moves room
+    /// cursors forward.
+    async fn ack(&self, account: AccountId, ids: Vec<u64>) -> Result<(), StoreError>;
+    /// History after a cursor, oldest first; with `newest`, the last `limit`.
+    async fn history(
+        &self,
+        conversation: Conversation,
+        after: u64,
+        limit: u32,
+        newest: bool,
+    ) -> Result<Vec<Message>, StoreError>;
+    async fn counts(&self) -> Result<Counts, StoreError>;
+    /// Finishes what is in flight and stops accepting work.
+    async fn close(&self);
+}
+
+pub(crate) fn message_target(recipient: Option<String>, room: Option<String>) -> Target {
+    match (recipient, room) {
+        (_, Some(room)) => Target::Room(room),
+        (Some(user), None) => Target::User(user),
+        (None, None) => Target::User(String::new()),
+    }
+}

@@ -1,0 +1,637 @@
+//! The embedded SQLite store.
+//!
+//! One writer thread owns the only write connection. Mutations queue to it;
+//! it takes everything waiting (up to [`MAX_BATCH`]), runs each job inside its
+//! own savepoint of one transaction, commits once (one fsync with
+//! `synchronous=FULL`), and only then answers the callers. A failing job rolls
+//! back its savepoint alone. Reads go to a small pool of connections, which in
+//! WAL mode run beside the writer and see every committed batch.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use async_trait::async_trait;
+use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
+use tokio::sync::{Semaphore, mpsc, oneshot};
+
+use super::{
+    AccountId, AccountRecord, Appended, Conversation, Counts, NewMessage, RoomId, RoomRecord,
+    SessionId, SessionRecord, Store, StoreError, message_target,
+};
+use crate::core::Message;
+
+/// The most jobs one transaction takes.
+const MAX_BATCH: usize = 4096;
+/// Jobs that may wait for the writer before senders wait too.
+const QUEUE_DEPTH: usize = 16 * 1024;
+const READERS: usize = 4;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS accounts (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    name TEXT NOT NULL,
+    name_key TEXT NOT NULL UNIQUE,
+    password_hash TEXT NOT NULL,
+    created_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS sessions (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    token_hash BLOB NOT NULL UNIQUE,
+    account_id INTEGER NOT NULL REFERENCES accounts(id) ON DELETE CASCADE,
+    created_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS rooms (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    name TEXT NOT NULL,
+    name_key TEXT NOT NULL UNIQUE,
+    created_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS memberships (
+    account_id INTEGER NOT NULL REFERENCES accounts(id) ON DELETE CASCADE,
+    room_id INTEGER NOT NULL REFERENCES rooms(id),
+    acked_id INTEGER NOT NULL,
+    PRIMARY KEY (account_id, room_id)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS messages (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    sender_id INTEGER NOT NULL,
+    sender_name TEXT NOT NULL,
+    recipient_id INTEGER,
+    recipient_name TEXT,
+    room_id INTEGER,
+    room_name TEXT,
+    body TEXT NOT NULL,
+    client_msg_id TEXT,
+    sent_ms INTEGER NOT NULL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS messages_client_msg_id
+    ON messages (sender_id, client_msg_id) WHERE client_msg_id IS NOT NULL;
+CREATE INDEX IF NOT EXISTS messages_room ON messages (room_id, id) WHERE room_id IS NOT NULL;
+CREATE INDEX IF NOT EXISTS messages_direct
+    ON messages (sender_id, recipient_id, id) WHERE recipient_id IS NOT NULL;
+CREATE TABLE IF NOT EXISTS inbox (
+    account_id INTEGER NOT NULL REFERENCES accounts(id) ON DELETE CASCADE,
+    message_id INTEGER NOT NULL,
+    PRIMARY KEY (account_id, message_id)
+) WITHOUT ROWID;
+";
+
+const MESSAGE_COLUMNS: &str =
+    "id, sender_name, recipient_name, room_name, body, sent_ms, client_msg_id";
+
+/// Runs inside the write transaction; returns whether it succeeded and what
+/// to do once the transaction's fate is known.
+type Job = Box<dyn FnOnce(&Connection) -> (bool, Finish) + Send>;
+/// Answers the caller: with the job's result if the commit succeeded.
+type Finish = Box<dyn FnOnce(Option<&StoreError>) + Send>;
+
+pub struct SqliteStore {
+    writer: Mutex<Option<mpsc::Sender<Job>>>,
+    writer_thread: Mutex<Option<JoinHandle<()>>>,
+    readers: Arc<Mutex<Vec<Connection>>>,
+    reader_permits: Semaphore,
+}
+
+fn backend(e: rusqlite::Error) -> StoreError {
+    StoreError::Backend(e.to_string())
+}
+
+fn now_ms() -> i64 {
+    crate::core::now_ms()
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database file and its schema.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| {
+                StoreError::Backend(format!("cannot create {}: {e}", dir.display()))
+            })?;
+        }
+        let writer = Connection::open(path).map_err(backend)?;
+        writer
+            .execute_batch(
+                "PRAGMA journal_mode = WAL;
+                 PRAGMA synchronous = FULL;
+                 PRAGMA foreign_keys = ON;
+                 PRAGMA busy_timeout = 5000;",
+            )
+            .map_err(backend)?;
+        writer.execute_batch(SCHEMA).map_err(backend)?;
+
+        let mut readers = Vec::with_capacity(READERS);
+        for _ in 0..READERS {
+            let conn = Connection::open_with_flags(
+                path,
+                OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            )
+            .map_err(backend)?;
+            conn.execute_batch("PRAGMA busy_timeout = 5000;")
+                .map_err(backend)?;
+            readers.push(conn);
+        }
+
+        let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
+        let thread = std::thread::Builder::new()
+            .name("sqlite-writer".into())
+            .spawn(move || write_loop(writer, rx))
+            .map_err(|e| StoreError::Backend(format!("cannot start the writer: {e}")))?;
+        Ok(SqliteStore {
+            writer: Mutex::new(Some(tx)),
+            writer_thread: Mutex::new(Some(thread)),
+            readers: Arc::new(Mutex::new(readers)),
+            reader_permits: Semaphore::new(READERS),
+        })
+    }
+
+    /// Queues a mutation for the next group commit and waits for the commit.
+    async fn write<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<R, StoreError> + Send + 'static,
+    ) -> Result<R, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        let job: Job = Box::new(move |conn| {
+            let result = f(conn);
+            let ok = result.is_ok();
+            let finish: Finish = Box::new(move |commit_error| {
+                let _ = reply.send(match commit_error {
+                    Some(e) => Err(e.clone()),
+                    None => result,
+                });
+            });
+            (ok, finish)
+        });
+        let sender = self
+            .writer
+            .lock()
+            .map_err(|_| StoreError::Closed)?
+            .clone()
+            .ok_or(StoreError::Closed)?;
+        sender.send(job).await.map_err(|_| StoreError::Closed)?;
+        answer.await.map_err(|_| StoreError::Closed)?
+    }
+
+    async fn read<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<R> + Send + 'static,
+    ) -> Result<R, StoreError> {
+        let _permit = self
+            .reader_permits
+            .acquire()
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        let pool = self.readers.clone();
+        tokio::task::spawn_blocking(move || {
+            // The permit guarantees a connection is free.
+            let conn = pool
+                .lock()
+                .map_err(|_| StoreError::Closed)?
+                .pop()
+                .ok_or(StoreError::Closed)?;
+            let result = f(&conn).map_err(backend);
+            if let Ok(mut pool) = pool.lock() {
+                pool.push(conn);
+            }
+            result
+        })
+        .await
+        .map_err(|e| StoreError::Backend(format!("reader failed: {e}")))?
+    }
+}
+
+fn write_loop(conn: Connection, mut jobs: mpsc::Receiver<Job>) {
+    let mut batch: Vec<Job> = Vec::with_capacity(MAX_BATCH);
+    while let Some(first) = jobs.blocking_recv() {
+        batch.push(first);
+        while batch.len() < MAX_BATCH {
+            match jobs.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        let mut finishes = Vec::with_capacity(batch.len());
+        let begun = conn.execute_batch("BEGIN IMMEDIATE").map_err(backend);
+        let commit = match begun {
+            Err(e) => Err(e),
+            Ok(()) => {
+                for job in batch.drain(..) {
+                    let opened = conn.execute_batch("SAVEPOINT job");
+                    let (ok, finish) = job(&conn);
+                    if opened.is_ok() {
+                        let end = if ok {
+                            "RELEASE job"
+                        } else {
+                            "ROLLBACK TO job; RELEASE job"
+                        };
+                        if let Err(e) = conn.execute_batch(end) {
+                            tracing::error!(error = %e, "savepoint failed");
+                        }
+                    }
+                    finishes.push(finish);
+                }
+                conn.execute_batch("COMMIT").map_err(backend)
+            }
+        };
+        if let Err(e) = &commit {
+            tracing::error!(error = %e, "commit failed");
+            let _ = conn.execute_batch("ROLLBACK");
+        }
+        // When BEGIN failed no job ran; dropping them drops their replies,
+        // which their callers see as an unavailable store.
+        batch.clear();
+        for finish in finishes {
+            finish(commit.as_ref().err());
+        }
+    }
+}
+
+fn row_to_message(row: &rusqlite::Row<'_>) -> rusqlite::Result<Message> {
+    Ok(Message {
+        id: row.get::<_, i64>(0)? as u64,
+        from: row.get(1)?,
+        to: message_target(row.get(2)?, row.get(3)?),
+        body: row.get(4)?,
+        sent_at_ms: row.get(5)?,
+        client_msg_id: row.get(6)?,
+    })
+}
+
+fn is_unique_violation(e: &rusqlite::Error) -> bool {
+    matches!(
+        e,
+        rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::ConstraintViolation
+    )
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn create_account(
+        &self,
+        name: &str,
+        key: &str,
+        password_hash: &str,
+        lobby: RoomId,
+    ) -> Result<AccountId, StoreError> {
+        let (name, key, hash) = (name.to_owned(), key.to_owned(), password_hash.to_owned());
+        self.write(move |c| {
+            c.prepare_cached(
+                "INSERT INTO accounts (name, name_key, password_hash, created_ms) VALUES (?1, ?2, ?3, ?4)",
+            )
+            .and_then(|mut s| s.execute(params![name, key, hash, now_ms()]))
+            .map_err(|e| {
+                if is_unique_violation(&e) {
+                    StoreError::NameTaken
+                } else {
+                    backend(e)
+                }
+            })?;
+            let id = c.last_insert_rowid();
+            join_tx(c, id, lobby).map_err(backend)?;
+            Ok(id)
+        })
+        .await
+    }
+
+    async fn account_by_key(&self, key: &str) -> Result<Option<AccountRecord>, StoreError> {
+        let key = key.to_owned();
+        self.read(move |c| {
+            c.prepare_cached("SELECT id, name, password_hash FROM accounts WHERE name_key = ?1")?
+                .query_row([key], |r| {
+                    Ok(AccountRecord {
+                        id: r.get(0)?,
+                        name: r.get(1)?,
+                        password_hash: r.get(2)?,
+                    })
+                })
+                .optional()
+        })
+        .await
+    }
+
+    async fn account_by_id(&self, id: AccountId) -> Result<Option<AccountRecord>, StoreError> {
+        self.read(move |c| {
+            c.prepare_cached("SELECT id, name, password_hash FROM accounts WHERE id = ?1")?
+                .query_row([id], |r| {
+                    Ok(AccountRecord {
+                        id: r.get(0)?,
+                        name: r.get(1)?,
+                        password_hash: r.get(2)?,
+                    })
+                })
+                .optional()
+        })
+        .await
+    }
+
+    async fn delete_account(&self, id: AccountId) -> Result<(), StoreError> {
+        self.write(move |c| {
+            c.execute("DELETE FROM accounts WHERE id = ?1", [id])
+                .map_err(backend)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn accounts(&self) -> Result<Vec<(AccountId, String)>, StoreError> {
+        self.read(|c| {
+            c.prepare_cached("SELECT id, name FROM accounts ORDER BY name_key")?
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect()
+        })
+        .await
+    }
+
+    async fn create_session(
+        &self,
+        token_hash: [u8; 32],
+        account: AccountId,
+    ) -> Result<SessionId, StoreError> {
+        self.write(move |c| {
+            c.prepare_cached(
+                "INSERT INTO sessions (token_hash, account_id, created_ms) VALUES (?1, ?2, ?3)",
+            )
+            .and_then(|mut s| s.execute(params![&token_hash[..], account, now_ms()]))
+            .map_err(backend)?;
+            Ok(c.last_insert_rowid())
+        })
+        .await
+    }
+
+    async fn session_by_token(
+        &self,
+        token_hash: [u8; 32],
+    ) -> Result<Option<SessionRecord>, StoreError> {
+        self.read(move |c| {
+            c.prepare_cached(
+                "SELECT s.id, a.id, a.name FROM sessions s JOIN accounts a ON a.id = s.account_id
+                 WHERE s.token_hash = ?1",
+            )?
+            .query_row([&token_hash[..]], |r| {
+                Ok(SessionRecord {
+                    id: r.get(0)?,
+                    account_id: r.get(1)?,
+                    name: r.get(2)?,
+                })
+            })
+            .optional()
+        })
+        .await
+    }
+
+    async fn delete_session(&self, id: SessionId) -> Result<(), StoreError> {
+        self.write(move |c| {
+            c.execute("DELETE FROM sessions WHERE id = ?1", [id])
+                .map_err(backend)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn ensure_room(&self, name: &str, key: &str) -> Result<RoomRecord, StoreError> {
+        let (name, key) = (name.to_owned(), key.to_owned());
+        self.write(move |c| {
+            c.prepare_cached(
+                "INSERT OR IGNORE INTO rooms (name, name_key, created_ms) VALUES (?1, ?2, ?3)",
+            )
+            .and_then(|mut s| s.execute(params![name, key, now_ms()]))
+            .map_err(backend)?;
+            c.prepare_cached("SELECT id, name FROM rooms WHERE name_key = ?1")
+                .and_then(|mut s| {
+                    s.query_row([key], |r| {
+                        Ok(RoomRecord {
+                            id: r.get(0)?,
+                            name: r.get(1)?,
+                        })
+                    })
+                })
+                .map_err(backend)
+        })
+        .await
+    }
+
+    async fn rooms(&self) -> Result<Vec<RoomRecord>, StoreError> {
+        self.read(|c| {
+            c.prepare_cached("SELECT id, name FROM rooms ORDER BY name_key")?
+                .query_map([], |r| {
+                    Ok(RoomRecord {
+                        id: r.get(0)?,
+                        name: r.get(1)?,
+                    })
+                })?
+                .collect()
+        })
+        .await
+    }
+
+    async fn memberships(&self) -> Result<Vec<(RoomId, AccountId)>, StoreError> {
+        self.read(|c| {
+            c.prepare_cached("SELECT room_id, account_id FROM memberships")?
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect()
+        })
+        .await
+    }
+
+    async fn join(&self, account: AccountId, room: RoomId) -> Result<bool, StoreError> {
+        self.write(move |c| join_tx(c, account, room).map_err(backend))
+            .await
+    }
+
+    async fn leave(&self, account: AccountId, room: RoomId) -> Result<bool, StoreError> {
+        self.write(move |c| {
+            c.execute(
+                "DELETE FROM memberships WHERE account_id = ?1 AND room_id = ?2",
+                [account, room],
+            )
+            .map(|n| n == 1)
+            .map_err(backend)
+        })
+        .await
+    }
+
+    async fn append(&self, m: NewMessage) -> Result<Appended, StoreError> {
+        self.write(move |c| append_tx(c, m).map_err(backend)).await
+    }
+
+    async fn pending(
+        &self,
+        account: AccountId,
+        after: u64,
+        up_to: u64,
+        limit: u32,
+    ) -> Result<Vec<Message>, StoreError> {
+        self.read(move |c| {
+            let sql = format!(
+                "SELECT {MESSAGE_COLUMNS} FROM messages WHERE id IN (
+                     SELECT message_id FROM inbox
+                      WHERE account_id = ?1 AND message_id > ?2 AND message_id <= ?3
+                     UNION ALL
+                     SELECT m.id FROM memberships s JOIN messages m ON m.room_id = s.room_id
+                      WHERE s.account_id = ?1 AND m.id > MAX(s.acked_id, ?2) AND m.id <= ?3
+                        AND m.sender_id != ?1)
+                 ORDER BY id LIMIT ?4"
+            );
+            c.prepare_cached(&sql)?
+                .query_map(
+                    params![account, after as i64, up_to as i64, limit],
+                    row_to_message,
+                )?
+                .collect()
+        })
+        .await
+    }
+
+    async fn last_message_id(&self) -> Result<u64, StoreError> {
+        self.read(|c| {
+            c.query_row("SELECT IFNULL(MAX(id), 0) FROM messages", [], |r| {
+                r.get::<_, i64>(0)
+            })
+        })
+        .await
+        .map(|id| id as u64)
+    }
+
+    async fn ack(&self, account: AccountId, ids: Vec<u64>) -> Result<(), StoreError> {
+        self.write(move |c| {
+            let mut unbox = c
+                .prepare_cached("DELETE FROM inbox WHERE account_id = ?1 AND message_id = ?2")
+                .map_err(backend)?;
+            let mut advance = c
+                .prepare_cached(
+                    "UPDATE memberships SET acked_id = MAX(acked_id, ?2)
+                      WHERE account_id = ?1
+                        AND room_id = (SELECT room_id FROM messages WHERE id = ?2)",
+                )
+                .map_err(backend)?;
+            for id in ids {
+                let id = id as i64;
+                if unbox.execute(params![account, id]).map_err(backend)? == 0 {
+                    advance.execute(params![account, id]).map_err(backend)?;
+                }
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn history(
+        &self,
+        conversation: Conversation,
+        after: u64,
+        limit: u32,
+        newest: bool,
+    ) -> Result<Vec<Message>, StoreError> {
+        self.read(move |c| {
+            let (filter, mut args): (&str, Vec<i64>) = match conversation {
+                Conversation::Room(room) => ("room_id = ?1", vec![room]),
+                Conversation::Direct(x, y) => (
+                    "((sender_id = ?1 AND recipient_id = ?2) OR (sender_id = ?2 AND recipient_id = ?1))",
+                    vec![x, y],
+                ),
+            };
+            let (after_at, limit_at) = (args.len() + 1, args.len() + 2);
+            args.extend([after as i64, i64::from(limit)]);
+            let order = if newest { "DESC" } else { "ASC" };
+            let sql = format!(
+                "SELECT * FROM (SELECT {MESSAGE_COLUMNS} FROM messages
+                  WHERE {filter} AND id > ?{after_at} ORDER BY id {order} LIMIT ?{limit_at})
+                 ORDER BY id"
+            );
+            c.prepare_cached(&sql)?
+                .query_map(rusqlite::params_from_iter(args), row_to_message)?
+                .collect()
+        })
+        .await
+    }
+
+    async fn counts(&self) -> Result<Counts, StoreError> {
+        self.read(|c| {
+            c.query_row(
+                "SELECT (SELECT IFNULL(MAX(seq), 0) FROM sqlite_sequence WHERE name = 'messages'),
+                        (SELECT COUNT(*) FROM accounts),
+                        (SELECT COUNT(*) FROM rooms)",
+                [],
+                |r| {
+                    Ok(Counts {
+                        messages: r.get::<_, i64>(0)? as u64,
+                        accounts: r.get::<_, i64>(1)? as u64,
+                        rooms: r.get::<_, i64>(2)? as u64,
+                    })
+                },
+            )
+        })
+        .await
+    }
+
+    async fn close(&self) {
+        // Dropping the sender lets the writer finish the queue and stop.
+        if let Ok(mut writer) = self.writer.lock() {
+            writer.take();
+        }
+        let thread = self.writer_thread.lock().ok().and_then(|mut t| t.take());
+        if let Some(thread) = thread {
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        }
+    }
+}
+
+fn join_tx(c: &Connection, account: AccountId, room: RoomId) -> rusqlite::Result<bool> {
+    c.prepare_cached(
+        "INSERT OR IGNORE INTO memberships (account_id, room_id, acked_id)
+         VALUES (?1, ?2, (SELECT IFNULL(MAX(id), 0) FROM messages))",
+    )?
+    .execute([account, room])
+    .map(|n| n == 1)
+}
+
+fn append_tx(c: &Connection, m: NewMessage) -> rusqlite::Result<Appended> {
+    if let Some(client_id) = &m.client_msg_id {
+        let earlier = c
+            .prepare_cached(&format!(
+                "SELECT {MESSAGE_COLUMNS} FROM messages WHERE sender_id = ?1 AND client_msg_id = ?2"
+            ))?
+            .query_row(params![m.sender, client_id], row_to_message)
+            .optional()?;
+        if let Some(message) = earlier {
+            return Ok(Appended {
+                message,
+                duplicate: true,
+            });
+        }
+    }
+    let (recipient_id, recipient_name) = m.recipient.clone().unzip();
+    let (room_id, room_name) = m.room.clone().unzip();
+    c.prepare_cached(
+        "INSERT INTO messages (sender_id, sender_name, recipient_id, recipient_name, room_id,
+                               room_name, body, client_msg_id, sent_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+    )?
+    .execute(params![
+        m.sender,
+        m.sender_name,
+        recipient_id,
+        recipient_name,
+        room_id,
+        room_name,
+        m.body,
+        m.client_msg_id,
+        m.sent_at_ms
+    ])?;
+    let id = c.last_insert_rowid();
+    if let Some(recipient) = recipient_id {
+        c.prepare_cached("INSERT INTO inbox (account_id, message_id) VALUES (?1, ?2)")?
+            .execute([recipient, id])?;
+    }
+    Ok(Appended {
+        message: Message {
+            id: id as u64,
+            from: m.sender_name,
+            to: message_target(recipient_name, room_name),
+            body: m.body,
+            sent_at_ms: m.sent_at_ms,
+            client_msg_id: m.client_msg_id,
+        },
+        duplicate: false,
+    })
+}
