@@ -26,7 +26,7 @@ pub enum ClientError {
 }
 
 /// A connection to a meshtalk server, with the session token once logged in.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct Client {
     channel: Channel,
     token: Option<MetadataValue<Ascii>>,

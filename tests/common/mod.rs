@@ -1,0 +1,153 @@
+//! Test harness: the real server on port 0 against a real SQLite file, and
+//! real tonic clients.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use meshtalk::client::Client;
+use meshtalk::config::ServeArgs;
+use meshtalk::proto;
+use meshtalk::server::Server;
+use tempfile::TempDir;
+use tonic::Streaming;
+
+pub const PASSWORD: &str = "correct horse battery staple";
+
+pub struct TestServer {
+    pub server: Server,
+    pub url: String,
+    pub dir: TempDir,
+}
+
+impl TestServer {
+    pub async fn start() -> TestServer {
+        Self::start_with(ServeArgs::default()).await
+    }
+
+    pub async fn start_with(mut args: ServeArgs) -> TestServer {
+        let dir = tempfile::tempdir().expect("temp dir");
+        args.data_dir = Some(dir.path().to_owned());
+        args.grpc_addr = Some("127.0.0.1:0".into());
+        args.node_name.get_or_insert_with(|| "test-node".into());
+        if args.operator.is_empty() {
+            args.operator = vec!["root".into()];
+        }
+        let server = Server::start(args.resolve().expect("settings"))
+            .await
+            .expect("server starts");
+        let url = format!("http://{}", server.grpc_addr());
+        TestServer { server, url, dir }
+    }
+
+    pub async fn client(&self) -> Client {
+        Client::connect(&self.url).await.expect("connect")
+    }
+
+    /// Registers NAME and returns a logged-in client for it.
+    pub async fn user(&self, name: &str) -> Client {
+        let client = self.client().await;
+        client.register(name, PASSWORD).await.expect("register");
+        client.login(name, PASSWORD).await.expect("login").0
+    }
+
+    /// Another session (a second login) of an existing account.
+    pub async fn session(&self, name: &str) -> Client {
+        self.client()
+            .await
+            .login(name, PASSWORD)
+            .await
+            .expect("login")
+            .0
+    }
+}
+
+/// The next message event on a stream, within a few seconds.
+pub async fn next_message(stream: &mut Streaming<proto::Event>) -> proto::Message {
+    loop {
+        let event = tokio::time::timeout(Duration::from_secs(10), stream.message())
+            .await
+            .expect("a delivery within 10 s")
+            .expect("stream ok")
+            .expect("stream open");
+        if let Some(proto::event::Kind::Message(m)) = event.kind {
+            return m;
+        }
+    }
+}
+
+/// Asserts nothing arrives on the stream for a short while.
+pub async fn assert_quiet(stream: &mut Streaming<proto::Event>) {
+    if let Ok(item) = tokio::time::timeout(Duration::from_millis(300), stream.message()).await {
+        panic!("expected no delivery, got {item:?}");
+    }
+}
+
+pub fn room_of(m: &proto::Message) -> Option<&str> {
+    match &m.to {
+        Some(proto::message::To::Room(r)) => Some(r),
+        _ => None,
+    }
+}
+
+/// The server binary as a child process, for tests where a crash or a signal
+/// is the point.
+pub struct ChildServer {
+    pub child: Child,
+    pub url: String,
+}
+
+impl ChildServer {
+    pub fn start(data_dir: &Path) -> ChildServer {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_meshtalk"))
+            .args(["serve", "--grpc-addr", "127.0.0.1:0", "--log-format", "json"])
+            .arg("--data-dir")
+            .arg(data_dir)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn meshtalk");
+        let stderr = child.stderr.take().expect("stderr");
+        let mut lines = BufReader::new(stderr).lines();
+        let addr = loop {
+            let line = lines
+                .next()
+                .expect("the server logs that it is serving")
+                .expect("read log");
+            if let Some(rest) = line.split("\"grpc\":\"").nth(1) {
+                break rest.split('"').next().expect("address").to_owned();
+            }
+        };
+        // Keep draining the log so the child never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        ChildServer {
+            child,
+            url: format!("http://{addr}"),
+        }
+    }
+
+    pub fn kill9(mut self) {
+        self.child.kill().expect("SIGKILL");
+        self.child.wait().expect("reaped");
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+}
+
+impl Drop for ChildServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn data_dir() -> (TempDir, PathBuf) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("data");
+    (dir, path)
+}
