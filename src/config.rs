@@ -112,10 +112,7 @@ impl ServeArgs {
         operators.extend(file.operator);
         let defaults = Limits::default();
         let limits = Limits {
-            max_body: self
-                .max_body
-                .or(file.max_body)
-                .unwrap_or(defaults.max_body),
+            max_body: self.max_body.or(file.max_body).unwrap_or(defaults.max_body),
             queue_depth: self
                 .queue_depth
                 .or(file.queue_depth)
@@ -133,10 +130,7 @@ impl ServeArgs {
                 .grpc_addr
                 .or(file.grpc_addr)
                 .unwrap_or_else(|| join_host_port(&bind, DEFAULT_GRPC_PORT)),
-            node: self
-                .node_name
-                .or(file.node_name)
-                .unwrap_or_else(host_name),
+            node: self.node_name.or(file.node_name).unwrap_or_else(host_name),
             operators,
             log_format: self
                 .log_format
@@ -199,7 +193,10 @@ mod tests {
         assert_eq!(settings.grpc_addr, "0.0.0.0:50051");
         assert_eq!(settings.operators, vec!["alice", "root"]);
         assert_eq!(settings.limits.max_body, 100);
-        assert_eq!(settings.sqlite_path, PathBuf::from("meshtalk-data/meshtalk.db"));
+        assert_eq!(
+            settings.sqlite_path,
+            PathBuf::from("meshtalk-data/meshtalk.db")
+        );
     }
 
     #[test]

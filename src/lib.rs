@@ -27,5 +27,6 @@ pub mod proto {
     tonic::include_proto!("meshtalk.v1");
 
     /// The encoded descriptor set, served by reflection.
-    pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("meshtalk_descriptor");
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        tonic::include_file_descriptor_set!("meshtalk_descriptor");
 }

@@ -81,7 +81,10 @@ async fn bad_names_passwords_and_duplicates_are_refused() {
         assert!(message.contains(why), "{name:?}: {message}");
     }
     c.register(&"a".repeat(32), PASSWORD).await.unwrap();
-    assert_eq!(rpc_error(c.register("x", "").await).0, Code::InvalidArgument);
+    assert_eq!(
+        rpc_error(c.register("x", "").await).0,
+        Code::InvalidArgument
+    );
 
     c.register("Bob", PASSWORD).await.unwrap();
     let (code, message) = rpc_error(c.register("bOB", PASSWORD).await);

@@ -32,11 +32,17 @@ async fn online_dm_reaches_every_session_of_the_recipient_at_once() {
     let mut s2 = bob2.subscribe().await.unwrap();
     let mut alice_stream = alice.subscribe().await.unwrap();
 
-    let sent = alice.send(&To::User("BOB".into()), "lunch?", None).await.unwrap();
+    let sent = alice
+        .send(&To::User("BOB".into()), "lunch?", None)
+        .await
+        .unwrap();
     assert!(sent.id > 0 && !sent.duplicate);
     for stream in [&mut s1, &mut s2] {
         let m = next_message(stream).await;
-        assert_eq!((m.id, m.from.as_str(), m.body.as_str()), (sent.id, "alice", "lunch?"));
+        assert_eq!(
+            (m.id, m.from.as_str(), m.body.as_str()),
+            (sent.id, "alice", "lunch?")
+        );
         assert_eq!(m.to, Some(proto::message::To::User("bob".into())));
     }
     assert_quiet(&mut alice_stream).await;
@@ -49,7 +55,13 @@ async fn offline_dms_arrive_in_order_and_until_acked() {
     let bob = t.user("bob").await;
     let mut ids = vec![];
     for i in 0..20 {
-        ids.push(alice.send(&to_bob(), &format!("m{i}"), None).await.unwrap().id);
+        ids.push(
+            alice
+                .send(&to_bob(), &format!("m{i}"), None)
+                .await
+                .unwrap()
+                .id,
+        );
     }
     let mut stream = bob.subscribe().await.unwrap();
     for (i, id) in ids.iter().enumerate() {
@@ -119,16 +131,25 @@ async fn room_speech_reaches_members_except_the_sending_session() {
     let mut b = bob.subscribe().await.unwrap();
     let mut c = carol.subscribe().await.unwrap();
 
-    let sent = alice.send(&To::Room("#rust".into()), "borrowck!", None).await.unwrap();
+    let sent = alice
+        .send(&To::Room("#rust".into()), "borrowck!", None)
+        .await
+        .unwrap();
     for stream in [&mut b, &mut a_phone] {
         let m = next_message(stream).await;
-        assert_eq!((m.id, room_of(&m), m.from.as_str()), (sent.id, Some("Rust"), "alice"));
+        assert_eq!(
+            (m.id, room_of(&m), m.from.as_str()),
+            (sent.id, Some("Rust"), "alice")
+        );
     }
     assert_quiet(&mut a).await;
     assert_quiet(&mut c).await;
 
     // Everyone is in the lobby.
-    let sent = carol.send(&To::Room("lobby".into()), "hello", None).await.unwrap();
+    let sent = carol
+        .send(&To::Room("lobby".into()), "hello", None)
+        .await
+        .unwrap();
     for stream in [&mut a, &mut a_phone, &mut b] {
         assert_eq!(next_message(stream).await.id, sent.id);
     }
@@ -139,7 +160,10 @@ async fn room_speech_reaches_members_except_the_sending_session() {
     assert!(message.contains("join it first"), "{message}");
     assert!(bob.leave("#rust").await.unwrap());
     assert!(!bob.leave("#rust").await.unwrap());
-    alice.send(&To::Room("rust".into()), "anyone?", None).await.unwrap();
+    alice
+        .send(&To::Room("rust".into()), "anyone?", None)
+        .await
+        .unwrap();
     assert_quiet(&mut b).await;
 
     let (code, message) = rpc_error(bob.leave("lobby").await);
@@ -160,10 +184,20 @@ async fn history_streams_after_a_cursor_in_order() {
     let bob = t.user("bob").await;
     let mut room_ids = vec![];
     for i in 0..5 {
-        room_ids.push(alice.send(&To::Room("lobby".into()), &format!("r{i}"), None).await.unwrap().id);
+        room_ids.push(
+            alice
+                .send(&To::Room("lobby".into()), &format!("r{i}"), None)
+                .await
+                .unwrap()
+                .id,
+        );
     }
     let dm1 = alice.send(&to_bob(), "hi bob", None).await.unwrap().id;
-    let dm2 = bob.send(&To::User("alice".into()), "hi alice", None).await.unwrap().id;
+    let dm2 = bob
+        .send(&To::User("alice".into()), "hi alice", None)
+        .await
+        .unwrap()
+        .id;
 
     let history = |after: u64, limit: u32, newest: bool, conversation| {
         let bob = bob.clone();
@@ -213,7 +247,11 @@ async fn history_streams_after_a_cursor_in_order() {
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::NotFound);
-    assert!(status.message().contains("#nowhere"), "{}", status.message());
+    assert!(
+        status.message().contains("#nowhere"),
+        "{}",
+        status.message()
+    );
     alice.join("secret").await.unwrap();
     let status = history(0, 0, false, Conversation::Room("secret".into()))
         .await
@@ -240,12 +278,19 @@ async fn sends_are_checked() {
             .await,
     );
     assert_eq!(code, Code::InvalidArgument);
-    assert!(message.contains("4097 bytes is over the limit of 4096"), "{message}");
+    assert!(
+        message.contains("4097 bytes is over the limit of 4096"),
+        "{message}"
+    );
     alice
         .send(&To::Room("lobby".into()), &"x".repeat(4096), None)
         .await
         .unwrap();
-    let (code, message) = rpc_error(alice.send(&To::Room("lobby".into()), "a\r\n+OK forged", None).await);
+    let (code, message) = rpc_error(
+        alice
+            .send(&To::Room("lobby".into()), "a\r\n+OK forged", None)
+            .await,
+    );
     assert_eq!(code, Code::InvalidArgument);
     assert!(message.contains("line break"), "{message}");
 
@@ -271,9 +316,16 @@ async fn sends_are_checked() {
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::OutOfRange, "{status:?}");
-    assert!(status.message().contains("too large"), "{}", status.message());
+    assert!(
+        status.message().contains("too large"),
+        "{}",
+        status.message()
+    );
     // The connection is still good.
-    alice.send(&To::Room("lobby".into()), "still here", None).await.unwrap();
+    alice
+        .send(&To::Room("lobby".into()), "still here", None)
+        .await
+        .unwrap();
 }
 
 async fn next(inbound: &mut tonic::Streaming<proto::ServerFrame>) -> server_frame::Kind {
@@ -291,7 +343,11 @@ async fn the_bidirectional_stream_sends_acks_and_delivers() {
     let t = TestServer::start().await;
     let alice = t.user("alice").await;
     let bob = t.user("bob").await;
-    let waiting = alice.send(&to_bob(), "while you were out", None).await.unwrap().id;
+    let waiting = alice
+        .send(&to_bob(), "while you were out", None)
+        .await
+        .unwrap()
+        .id;
 
     let (tx, rx) = mpsc::channel(16);
     let mut inbound = bob
@@ -317,12 +373,20 @@ async fn the_bidirectional_stream_sends_acks_and_delivers() {
             }),
         })),
     };
-    tx.send(send(7, proto::send_request::To::User("alice".into()), "back now"))
-        .await
-        .unwrap();
-    tx.send(send(8, proto::send_request::To::User("nobody".into()), "hello?"))
-        .await
-        .unwrap();
+    tx.send(send(
+        7,
+        proto::send_request::To::User("alice".into()),
+        "back now",
+    ))
+    .await
+    .unwrap();
+    tx.send(send(
+        8,
+        proto::send_request::To::User("nobody".into()),
+        "hello?",
+    ))
+    .await
+    .unwrap();
     let mut results = vec![];
     while results.len() < 2 {
         if let server_frame::Kind::SendResult(r) = next(&mut inbound).await {
@@ -338,7 +402,16 @@ async fn the_bidirectional_stream_sends_acks_and_delivers() {
         panic!("{results:?}")
     };
     assert_eq!(e.code, Code::NotFound as i32);
-    assert_eq!(alice.recent(&to_bob(), 10).await.unwrap().last().unwrap().id, sent.id);
+    assert_eq!(
+        alice
+            .recent(&to_bob(), 10)
+            .await
+            .unwrap()
+            .last()
+            .unwrap()
+            .id,
+        sent.id
+    );
 
     // Live delivery on the stream, then an ack over it.
     let live = alice.send(&to_bob(), "live", None).await.unwrap().id;
@@ -370,14 +443,22 @@ async fn stats_and_who_describe_this_node() {
     t.user("carol").await;
     alice.join("rust").await.unwrap();
     alice.send(&to_bob(), "one", None).await.unwrap();
-    alice.send(&To::Room("rust".into()), "two", None).await.unwrap();
+    alice
+        .send(&To::Room("rust".into()), "two", None)
+        .await
+        .unwrap();
 
     let _a = alice.subscribe().await.unwrap();
     let _b1 = bob.subscribe().await.unwrap();
     let _b2 = bob.subscribe().await.unwrap();
     let stats = alice.stats().await.unwrap();
     assert_eq!(
-        (stats.messages, stats.accounts, stats.sessions_online, stats.rooms),
+        (
+            stats.messages,
+            stats.accounts,
+            stats.sessions_online,
+            stats.rooms
+        ),
         (2, 3, 3, 2)
     );
     assert_eq!(stats.node, "test-node");

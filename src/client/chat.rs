@@ -21,7 +21,11 @@ pub struct ChatArgs {
     /// The account to log in as.
     pub name: String,
     /// The server's gRPC URL.
-    #[arg(long, env = "MESHTALK_SERVER", default_value = "http://127.0.0.1:50051")]
+    #[arg(
+        long,
+        env = "MESHTALK_SERVER",
+        default_value = "http://127.0.0.1:50051"
+    )]
     pub server: String,
     /// Create the account first.
     #[arg(long)]
@@ -188,7 +192,8 @@ pub async fn run(args: ChatArgs) -> anyhow::Result<()> {
         Ok(password) => password,
         Err(_) => rpassword::prompt_password(format!("password for {}: ", args.name))?,
     };
-    let mut session = ChatSession::start(&args.server, &args.name, &password, args.register).await?;
+    let mut session =
+        ChatSession::start(&args.server, &args.name, &password, args.register).await?;
     let (mut readline, mut out) = Readline::new(session.prompt())?;
     writeln!(
         out,

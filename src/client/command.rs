@@ -5,7 +5,10 @@
 pub enum Command {
     /// Plain text: said in the current room. `//text` says `/text`.
     Say(String),
-    Tell { to: String, text: String },
+    Tell {
+        to: String,
+        text: String,
+    },
     Join(String),
     Leave(String),
     Rooms,
@@ -104,11 +107,17 @@ mod tests {
             }))
         );
         assert!(parse("/tell bob").is_err());
-        assert_eq!(parse("/join #rust"), Ok(Some(Command::Join("#rust".into()))));
+        assert_eq!(
+            parse("/join #rust"),
+            Ok(Some(Command::Join("#rust".into())))
+        );
         assert!(parse("/join").is_err());
         assert_eq!(parse("/users"), Ok(Some(Command::Users("*".into()))));
         assert_eq!(parse("/users ev*"), Ok(Some(Command::Users("ev*".into()))));
-        assert_eq!(parse("/history"), Ok(Some(Command::History(DEFAULT_HISTORY))));
+        assert_eq!(
+            parse("/history"),
+            Ok(Some(Command::History(DEFAULT_HISTORY)))
+        );
         assert_eq!(parse("/history 5"), Ok(Some(Command::History(5))));
         assert!(parse("/history 0").is_err());
         assert!(parse("/history lots").is_err());

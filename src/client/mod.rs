@@ -50,10 +50,15 @@ impl Client {
             .connect()
             .await
             .map_err(connect_error)?;
-        Ok(Client {
+        Ok(Client::new(channel))
+    }
+
+    /// A client over an already configured channel.
+    pub fn new(channel: Channel) -> Client {
+        Client {
             channel,
             token: None,
-        })
+        }
     }
 
     /// A client that presents an existing token.
@@ -156,7 +161,9 @@ impl Client {
     }
 
     pub async fn ack(&self, ids: Vec<u64>) -> Result<(), ClientError> {
-        self.chat().ack(self.request(proto::AckRequest { ids })).await?;
+        self.chat()
+            .ack(self.request(proto::AckRequest { ids }))
+            .await?;
         Ok(())
     }
 

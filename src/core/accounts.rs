@@ -39,8 +39,7 @@ impl Core {
                 StoreError::NameTaken => CoreError::NameTaken(name.to_owned()),
                 e => e.into(),
             })?;
-        self.directory_write()
-            .insert(key, (id, name.to_owned()));
+        self.directory_write().insert(key, (id, name.to_owned()));
         if let Some(members) = self.rooms_write().members.get_mut(&self.inner.lobby) {
             members.insert(id);
         }
@@ -86,14 +85,9 @@ impl Core {
         if let Some(identity) = self.sessions().get(&token_hash) {
             return Ok(identity.clone());
         }
-        let record = self
-            .inner
-            .store
-            .session_by_token(token_hash)
-            .await?
-            .ok_or(CoreError::Unauthenticated(
-                "unknown or logged-out token: log in again",
-            ))?;
+        let record = self.inner.store.session_by_token(token_hash).await?.ok_or(
+            CoreError::Unauthenticated("unknown or logged-out token: log in again"),
+        )?;
         let identity = Identity {
             account: record.account_id,
             name: record.name,

@@ -147,7 +147,9 @@ impl Core {
                 (Some(room), _) => {
                     let rooms = self.rooms_read();
                     if let Some(members) = rooms.members.get(&room) {
-                        self.inner.hub.fan_out(&delivery, members, Some(who.session));
+                        self.inner
+                            .hub
+                            .fan_out(&delivery, members, Some(who.session));
                     }
                 }
                 (None, Some(recipient)) => {

@@ -177,7 +177,10 @@ impl Core {
     fn directory_read(
         &self,
     ) -> std::sync::RwLockReadGuard<'_, HashMap<String, (AccountId, String)>> {
-        self.inner.directory.read().unwrap_or_else(|p| p.into_inner())
+        self.inner
+            .directory
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
     }
 
     fn directory_write(
@@ -190,7 +193,10 @@ impl Core {
     }
 
     fn sessions(&self) -> std::sync::MutexGuard<'_, HashMap<[u8; 32], Identity>> {
-        self.inner.sessions.lock().unwrap_or_else(|p| p.into_inner())
+        self.inner
+            .sessions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
     }
 
     /// Looks a user up by name, case-insensitively.

@@ -126,7 +126,11 @@ fn sent(s: crate::core::Sent) -> proto::SendResponse {
     }
 }
 
-async fn do_send(core: &Core, who: &Identity, req: proto::SendRequest) -> Result<proto::SendResponse, Status> {
+async fn do_send(
+    core: &Core,
+    who: &Identity,
+    req: proto::SendRequest,
+) -> Result<proto::SendResponse, Status> {
     let to = target(req.to)?;
     let client_msg_id = Some(req.client_msg_id.as_str()).filter(|id| !id.is_empty());
     core.send(who, &to, &req.body, client_msg_id)

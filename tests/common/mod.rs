@@ -102,7 +102,13 @@ pub struct ChildServer {
 impl ChildServer {
     pub fn start(data_dir: &Path) -> ChildServer {
         let mut child = Command::new(env!("CARGO_BIN_EXE_meshtalk"))
-            .args(["serve", "--grpc-addr", "127.0.0.1:0", "--log-format", "json"])
+            .args([
+                "serve",
+                "--grpc-addr",
+                "127.0.0.1:0",
+                "--log-format",
+                "json",
+            ])
             .arg("--data-dir")
             .arg(data_dir)
             .env("RUST_LOG", "info")

@@ -1,0 +1,180 @@
+//! The delivery contract under a crash and a clean stop, with the server as
+//! a child process: an acknowledged send survives `kill -9`, and SIGTERM
+//! finishes what is in flight, tells open streams why they end and exits 0.
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{ChildServer, PASSWORD, data_dir, next_message};
+use meshtalk::client::{Client, To};
+use meshtalk::proto;
+use tonic::Code;
+use tonic_health::pb::{
+    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+};
+
+async fn user(url: &str, name: &str) -> Client {
+    let c = Client::connect(url).await.unwrap();
+    c.register(name, PASSWORD).await.unwrap();
+    c.login(name, PASSWORD).await.unwrap().0
+}
+
+async fn login(url: &str, name: &str) -> Client {
+    Client::connect(url)
+        .await
+        .unwrap()
+        .login(name, PASSWORD)
+        .await
+        .unwrap()
+        .0
+}
+
+#[tokio::test]
+async fn acked_dms_survive_kill_9_exactly_once_and_in_order() {
+    let (_keep, dir) = data_dir();
+    let server = ChildServer::start(&dir);
+    let alice = user(&server.url, "alice").await;
+    user(&server.url, "bob").await;
+    let mut acked = Vec::with_capacity(1000);
+    for i in 0..1000 {
+        let sent = alice
+            .send(&To::User("bob".into()), &format!("dm-{i}"), None)
+            .await
+            .unwrap();
+        acked.push(sent.id);
+    }
+    server.kill9();
+
+    let server = ChildServer::start(&dir);
+    let bob = login(&server.url, "bob").await;
+    let mut stream = bob.subscribe().await.unwrap();
+    for (i, id) in acked.iter().enumerate() {
+        let m = next_message(&mut stream).await;
+        assert_eq!((m.id, m.body), (*id, format!("dm-{i}")));
+    }
+    common::assert_quiet(&mut stream).await;
+}
+
+#[tokio::test]
+async fn sigterm_ends_streams_finishes_commits_and_exits_zero() {
+    let (_keep, dir) = data_dir();
+    let mut server = ChildServer::start(&dir);
+    let url = server.url.clone();
+    let bob = user(&url, "bob").await;
+    user(&url, "alice").await;
+    let mut stream = bob.subscribe().await.unwrap();
+    let channel = tonic::transport::Endpoint::from_shared(url.clone())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut watch = HealthClient::new(channel)
+        .watch(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        watch.message().await.unwrap().unwrap().status,
+        ServingStatus::Serving as i32
+    );
+
+    // Senders keep sending through the signal; every send that was answered
+    // must be in the store afterwards.
+    let acked = Arc::new(Mutex::new(Vec::new()));
+    let mut senders = Vec::new();
+    for s in 0..8 {
+        let alice = login(&url, "alice").await;
+        let acked = acked.clone();
+        senders.push(tokio::spawn(async move {
+            for i in 0.. {
+                match alice
+                    .send(&To::User("bob".into()), &format!("s{s}-{i}"), None)
+                    .await
+                {
+                    Ok(sent) => acked.lock().unwrap().push(sent.id),
+                    Err(_) => break,
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let signalled = Instant::now();
+    // SAFETY: kill(2) on our own child's pid has no memory effects.
+    assert_eq!(unsafe { libc::kill(server.pid(), libc::SIGTERM) }, 0);
+
+    let mut statuses = vec![];
+    while let Ok(Some(update)) = watch.message().await {
+        statuses.push(update.status);
+        if update.status == ServingStatus::NotServing as i32 {
+            break;
+        }
+    }
+    assert_eq!(
+        statuses.last(),
+        Some(&(ServingStatus::NotServing as i32)),
+        "health went NOT_SERVING: {statuses:?}"
+    );
+    let ending = loop {
+        match tokio::time::timeout(Duration::from_secs(10), stream.message())
+            .await
+            .expect("the stream ends within 10 s")
+        {
+            Ok(Some(_)) => continue,
+            Ok(None) => panic!("the stream ended without saying why"),
+            Err(status) => break status,
+        }
+    };
+    assert_eq!(ending.code(), Code::Unavailable, "{ending:?}");
+    assert!(ending.message().contains("shutting down"), "{ending:?}");
+
+    let status = loop {
+        if let Some(status) = server.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            signalled.elapsed() < Duration::from_secs(8),
+            "the server exits within a few seconds"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(status.success(), "exit status {status:?}");
+    for sender in senders {
+        sender.await.unwrap();
+    }
+    let acked = acked.lock().unwrap().clone();
+    assert!(acked.len() > 8, "the senders got going: {}", acked.len());
+
+    let server = ChildServer::start(&dir);
+    let bob = login(&server.url, "bob").await;
+    let mut stored = std::collections::HashSet::new();
+    let mut after = 0;
+    loop {
+        let mut page = bob
+            .chat()
+            .get_messages(bob.request(proto::GetMessagesRequest {
+                conversation: Some(proto::get_messages_request::Conversation::User(
+                    "alice".into(),
+                )),
+                after_id: after,
+                limit: 1000,
+                newest: false,
+            }))
+            .await
+            .unwrap()
+            .into_inner();
+        let before = stored.len();
+        while let Some(m) = page.message().await.unwrap() {
+            after = m.id;
+            stored.insert(m.id);
+        }
+        if stored.len() == before {
+            break;
+        }
+    }
+    let lost: Vec<_> = acked.iter().filter(|id| !stored.contains(id)).collect();
+    assert!(lost.is_empty(), "acked but lost: {lost:?}");
+}
