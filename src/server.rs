@@ -29,6 +29,8 @@ use crate::store::{SqliteStore, Store, StoreError};
 
 /// Largest gRPC request the server decodes.
 pub const MAX_GRPC_REQUEST: usize = 64 * 1024;
+/// Concurrent calls one HTTP/2 connection may have open.
+pub const MAX_STREAMS_PER_CONNECTION: u32 = 256;
 /// How long shutdown waits for open calls before it cuts them.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
@@ -108,6 +110,7 @@ impl Server {
             // Without HTTP/2 pings a half-open client would hold its streams for hours.
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+            .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
