@@ -31,6 +31,8 @@ async fn main() -> anyhow::Result<()> {
         ServeArgs {
             data_dir: Some(dir.path().to_owned()),
             grpc_addr: Some("127.0.0.1:0".into()),
+            talk_addr: Some("127.0.0.1:0".into()),
+            wire_addr: Some("127.0.0.1:0".into()),
             ..Default::default()
         }
         .resolve()?,

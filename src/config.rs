@@ -9,6 +9,9 @@ use serde::Deserialize;
 use crate::core::Limits;
 
 pub const DEFAULT_GRPC_PORT: u16 = 50051;
+pub const DEFAULT_TALK_PORT: u16 = 8889;
+pub const DEFAULT_WIRE_PORT: u16 = 8890;
+pub const DEFAULT_MAX_CONNECTIONS: usize = 65_536;
 pub const DEFAULT_BIND: &str = "127.0.0.1";
 pub const DEFAULT_DATA_DIR: &str = "meshtalk-data";
 
@@ -37,6 +40,15 @@ pub struct ServeArgs {
     /// gRPC listen address [default: BIND:50051].
     #[arg(long, env = "MESHTALK_GRPC_ADDR")]
     pub grpc_addr: Option<String>,
+    /// Line protocol (talker) listen address [default: BIND:8889].
+    #[arg(long, env = "MESHTALK_TALK_ADDR")]
+    pub talk_addr: Option<String>,
+    /// Binary protocol listen address [default: BIND:8890].
+    #[arg(long, env = "MESHTALK_WIRE_ADDR")]
+    pub wire_addr: Option<String>,
+    /// Concurrent connections each of the line and binary listeners accepts [default: 65536].
+    #[arg(long, env = "MESHTALK_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
     /// This node's name [default: the host name].
     #[arg(long, env = "MESHTALK_NODE_NAME")]
     pub node_name: Option<String>,
@@ -81,6 +93,9 @@ pub enum ConfigError {
 pub struct Settings {
     pub sqlite_path: PathBuf,
     pub grpc_addr: String,
+    pub talk_addr: String,
+    pub wire_addr: String,
+    pub max_connections: usize,
     pub node: String,
     pub operators: Vec<String>,
     pub log_format: LogFormat,
@@ -119,9 +134,12 @@ impl ServeArgs {
                 .unwrap_or(defaults.queue_depth),
             ..defaults
         };
-        if limits.max_body == 0 || limits.queue_depth == 0 {
+        if limits.max_body == 0
+            || limits.queue_depth == 0
+            || self.max_connections.or(file.max_connections) == Some(0)
+        {
             return Err(ConfigError::Invalid(
-                "max-body and queue-depth must be at least 1".into(),
+                "max-body, queue-depth and max-connections must be at least 1".into(),
             ));
         }
         Ok(Settings {
@@ -130,6 +148,18 @@ impl ServeArgs {
                 .grpc_addr
                 .or(file.grpc_addr)
                 .unwrap_or_else(|| join_host_port(&bind, DEFAULT_GRPC_PORT)),
+            talk_addr: self
+                .talk_addr
+                .or(file.talk_addr)
+                .unwrap_or_else(|| join_host_port(&bind, DEFAULT_TALK_PORT)),
+            wire_addr: self
+                .wire_addr
+                .or(file.wire_addr)
+                .unwrap_or_else(|| join_host_port(&bind, DEFAULT_WIRE_PORT)),
+            max_connections: self
+                .max_connections
+                .or(file.max_connections)
+                .unwrap_or(DEFAULT_MAX_CONNECTIONS),
             node: self.node_name.or(file.node_name).unwrap_or_else(host_name),
             operators,
             log_format: self
@@ -191,6 +221,8 @@ mod tests {
         .unwrap();
         assert_eq!(settings.node, "from-flag");
         assert_eq!(settings.grpc_addr, "0.0.0.0:50051");
+        assert_eq!(settings.talk_addr, "0.0.0.0:8889");
+        assert_eq!(settings.wire_addr, "0.0.0.0:8890");
         assert_eq!(settings.operators, vec!["alice", "root"]);
         assert_eq!(settings.limits.max_body, 100);
         assert_eq!(

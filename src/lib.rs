@@ -15,6 +15,7 @@
 //! - [`proto`]: the generated gRPC types.
 
 pub mod client;
+pub mod codec;
 pub mod config;
 pub mod core;
 pub mod gateway;

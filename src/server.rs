@@ -5,15 +5,16 @@
 //! test on port 0, or `main`) knows the real addresses at once.
 //!
 //! Shutdown: health goes NOT_SERVING, new work is refused, every live stream
-//! ends with UNAVAILABLE and a goodbye, listeners close, and the store commits
-//! what is already queued before the process exits.
+//! and connection ends with a goodbye (gRPC UNAVAILABLE, `-ERR unavailable`,
+//! a BYE frame), listeners close, and the store commits what is already
+//! queued before the process exits.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
@@ -22,6 +23,8 @@ use tonic_health::server::HealthReporter;
 use crate::config::Settings;
 use crate::core::{Core, CoreConfig, CoreError};
 use crate::gateway::grpc::GrpcGateway;
+use crate::gateway::listener::{Shutdown, accept_loop};
+use crate::gateway::{talk, wire};
 use crate::proto::{
     accounts_server::AccountsServer, admin_server::AdminServer, chat_server::ChatServer,
 };
@@ -53,9 +56,25 @@ pub enum ServerError {
 pub struct Server {
     core: Core,
     grpc_addr: SocketAddr,
+    talk_addr: SocketAddr,
+    wire_addr: SocketAddr,
     health: HealthReporter,
     stop_grpc: Option<oneshot::Sender<()>>,
     grpc: JoinHandle<()>,
+    /// Tells line and binary connections to say goodbye.
+    stop_sockets: watch::Sender<bool>,
+    /// Ends (yields `None`) once every socket connection task is gone.
+    sockets_drained: mpsc::Receiver<()>,
+}
+
+async fn bind(addr: &str) -> Result<(TcpListener, SocketAddr), ServerError> {
+    let bind_error = |source| ServerError::Bind {
+        addr: addr.to_owned(),
+        source,
+    };
+    let listener = TcpListener::bind(addr).await.map_err(bind_error)?;
+    let local = listener.local_addr().map_err(bind_error)?;
+    Ok((listener, local))
 }
 
 const SERVICES: [&str; 3] = [
@@ -76,16 +95,9 @@ impl Server {
             },
         )
         .await?;
-        let listener = TcpListener::bind(&settings.grpc_addr)
-            .await
-            .map_err(|source| ServerError::Bind {
-                addr: settings.grpc_addr.clone(),
-                source,
-            })?;
-        let grpc_addr = listener.local_addr().map_err(|source| ServerError::Bind {
-            addr: settings.grpc_addr.clone(),
-            source,
-        })?;
+        let (listener, grpc_addr) = bind(&settings.grpc_addr).await?;
+        let (talk_listener, talk_addr) = bind(&settings.talk_addr).await?;
+        let (wire_listener, wire_addr) = bind(&settings.wire_addr).await?;
 
         let (health, health_service) = tonic_health::server::health_reporter();
         for service in SERVICES {
@@ -129,23 +141,58 @@ impl Server {
                 tracing::error!(error = %e, "the gRPC server failed");
             }
         });
+        let (stop_sockets, shutdown) = Shutdown::new();
+        let (draining, sockets_drained) = mpsc::channel(1);
+        let talk_core = core.clone();
+        tokio::spawn(accept_loop(
+            talk_listener,
+            settings.max_connections,
+            shutdown.clone(),
+            draining.clone(),
+            move |stream, shutdown| talk::serve_connection(talk_core.clone(), stream, shutdown),
+            talk::refuse,
+        ));
+        let wire_core = core.clone();
+        tokio::spawn(accept_loop(
+            wire_listener,
+            settings.max_connections,
+            shutdown,
+            draining,
+            move |stream, shutdown| wire::serve_connection(wire_core.clone(), stream, shutdown),
+            wire::refuse,
+        ));
+
         tracing::info!(
             node = %settings.node,
             grpc = %grpc_addr,
+            talk = %talk_addr,
+            wire = %wire_addr,
             store = %settings.sqlite_path.display(),
             "meshtalk is serving"
         );
         Ok(Server {
             core,
             grpc_addr,
+            talk_addr,
+            wire_addr,
             health,
             stop_grpc: Some(stop_grpc),
             grpc,
+            stop_sockets,
+            sockets_drained,
         })
     }
 
     pub fn grpc_addr(&self) -> SocketAddr {
         self.grpc_addr
+    }
+
+    pub fn talk_addr(&self) -> SocketAddr {
+        self.talk_addr
+    }
+
+    pub fn wire_addr(&self) -> SocketAddr {
+        self.wire_addr
     }
 
     pub fn core(&self) -> &Core {
@@ -166,13 +213,15 @@ impl Server {
         // Let health watchers see NOT_SERVING before the listener goes.
         tokio::time::sleep(Duration::from_millis(100)).await;
         self.core.begin_shutdown();
+        let _ = self.stop_sockets.send(true);
         if let Some(stop) = self.stop_grpc.take() {
             let _ = stop.send(());
         }
-        if tokio::time::timeout(SHUTDOWN_GRACE, &mut self.grpc)
-            .await
-            .is_err()
-        {
+        let drained = async {
+            let _ = (&mut self.grpc).await;
+            let _ = self.sockets_drained.recv().await;
+        };
+        if tokio::time::timeout(SHUTDOWN_GRACE, drained).await.is_err() {
             tracing::warn!("open calls outlived the grace period; cutting them");
             self.grpc.abort();
         }

@@ -12,8 +12,8 @@ use clap::Args;
 use rustyline_async::{Readline, ReadlineEvent, SharedWriter};
 use tonic::Code;
 
-use super::command::{self, Command};
 use super::{Client, ClientError, To};
+use crate::codec::line::{Command, HELP};
 use crate::proto;
 
 #[derive(Debug, Clone, Args)]
@@ -77,14 +77,20 @@ impl ChatSession {
 
     /// Handles one line the user typed.
     pub async fn handle(&mut self, line: &str) -> Outcome {
-        match command::parse(line) {
+        match Command::parse(line) {
             Ok(None) => Outcome::Show(vec![]),
             Ok(Some(Command::Quit)) => Outcome::Quit,
+            Ok(Some(command @ (Command::Logout | Command::DeleteAccount { .. }))) => {
+                match self.run(command).await {
+                    Ok(_) => Outcome::Quit,
+                    Err(e) => Outcome::Show(vec![format!("! {e}")]),
+                }
+            }
             Ok(Some(command)) => Outcome::Show(match self.run(command).await {
                 Ok(lines) => lines,
                 Err(e) => vec![format!("! {e}")],
             }),
-            Err(usage) => Outcome::Show(vec![format!("! {usage}")]),
+            Err(e) => Outcome::Show(vec![format!("! {e}")]),
         }
     }
 
@@ -164,7 +170,77 @@ impl ChatSession {
                     s.node, s.messages, s.accounts, s.sessions_online, s.rooms, s.uptime_secs
                 )]
             }
-            Command::Help => command::HELP.iter().map(|l| format!("* {l}")).collect(),
+            Command::Help => HELP.iter().map(|l| format!("* {l}")).collect(),
+            Command::Register { .. } | Command::Login { .. } => {
+                vec![format!(
+                    "! already logged in as {}: /logout first",
+                    self.name
+                )]
+            }
+            Command::Logout => {
+                c.logout().await?;
+                vec![]
+            }
+            Command::DeleteAccount { password } => {
+                c.accounts()
+                    .delete_account(c.request(proto::DeleteAccountRequest { password }))
+                    .await?;
+                vec![]
+            }
+            Command::Peers => c
+                .admin()
+                .peers(c.request(proto::PeersRequest {}))
+                .await?
+                .into_inner()
+                .peers
+                .iter()
+                .map(|p| format!("* {} {}", p.node, p.address))
+                .chain(std::iter::once("* end of peers".to_owned()))
+                .collect(),
+            Command::Topology => {
+                let t = c
+                    .admin()
+                    .topology(c.request(proto::TopologyRequest {}))
+                    .await?
+                    .into_inner();
+                t.nodes
+                    .iter()
+                    .map(|n| format!("* node {n}"))
+                    .chain(
+                        t.links
+                            .iter()
+                            .map(|l| format!("* link {} {}", l.from, l.to)),
+                    )
+                    .collect()
+            }
+            Command::PeerListen { host, port } => {
+                let r = c
+                    .admin()
+                    .peer_listen(c.request(proto::PeerListenRequest {
+                        host,
+                        port: port.into(),
+                    }))
+                    .await?
+                    .into_inner();
+                vec![format!("* listening for peers on {}", r.address)]
+            }
+            Command::PeerConnect { host, port } => {
+                let r = c
+                    .admin()
+                    .peer_connect(c.request(proto::PeerConnectRequest {
+                        host,
+                        port: port.into(),
+                    }))
+                    .await?
+                    .into_inner();
+                vec![format!("* linked to {}", r.node)]
+            }
+            Command::PeerKill(node) => {
+                c.admin()
+                    .peer_disconnect(c.request(proto::PeerDisconnectRequest { node: node.clone() }))
+                    .await?;
+                vec![format!("* unlinked {node}")]
+            }
             Command::Quit => vec![],
         })
     }

@@ -2,7 +2,8 @@
 //! built on it.
 
 pub mod chat;
-pub mod command;
+pub mod line;
+pub mod wire;
 
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::transport::{Channel, Endpoint};

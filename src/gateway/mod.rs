@@ -5,3 +5,6 @@
 //! lives in the core or the store, so every protocol sees the same world.
 
 pub mod grpc;
+pub mod listener;
+pub mod talk;
+pub mod wire;

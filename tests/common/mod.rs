@@ -8,13 +8,15 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use meshtalk::client::Client;
+use meshtalk::client::line::LineClient;
+use meshtalk::client::wire::WireClient;
 use meshtalk::config::ServeArgs;
 use meshtalk::proto;
 use meshtalk::server::Server;
 use tempfile::TempDir;
 use tonic::Streaming;
 
-pub const PASSWORD: &str = "correct horse battery staple";
+pub const PASSWORD: &str = "correct-horse-battery-staple";
 
 pub struct TestServer {
     pub server: Server,
@@ -31,6 +33,8 @@ impl TestServer {
         let dir = tempfile::tempdir().expect("temp dir");
         args.data_dir = Some(dir.path().to_owned());
         args.grpc_addr = Some("127.0.0.1:0".into());
+        args.talk_addr = Some("127.0.0.1:0".into());
+        args.wire_addr = Some("127.0.0.1:0".into());
         args.node_name.get_or_insert_with(|| "test-node".into());
         if args.operator.is_empty() {
             args.operator = vec!["root".into()];
@@ -40,6 +44,34 @@ impl TestServer {
             .expect("server starts");
         let url = format!("http://{}", server.grpc_addr());
         TestServer { server, url, dir }
+    }
+
+    /// A line-protocol client, logged in as a newly registered NAME.
+    pub async fn line_user(&self, name: &str) -> LineClient {
+        let mut c = LineClient::connect(self.server.talk_addr())
+            .await
+            .expect("connect");
+        let reply = c
+            .request(&format!("/register {name} {PASSWORD}"))
+            .await
+            .unwrap();
+        assert!(reply.is_ok(), "{reply:?}");
+        let reply = c
+            .request(&format!("/login {name} {PASSWORD}"))
+            .await
+            .unwrap();
+        assert!(reply.is_ok(), "{reply:?}");
+        c
+    }
+
+    /// A binary-protocol client, logged in as a newly registered NAME.
+    pub async fn wire_user(&self, name: &str) -> WireClient {
+        let c = WireClient::connect(self.server.wire_addr())
+            .await
+            .expect("connect");
+        c.register(name, PASSWORD).await.expect("register");
+        c.login(name, PASSWORD).await.expect("login");
+        c
     }
 
     pub async fn client(&self) -> Client {

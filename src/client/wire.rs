@@ -1,0 +1,265 @@
+//! A client for the binary protocol. Requests may be issued concurrently
+//! from clones of one client: a reader task matches each reply to its
+//! request by id and hands pushes (deliveries, BYE) to [`WireClient::next_push`].
+
+use std::collections::HashMap;
+use std::io;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::net::{TcpStream, ToSocketAddrs};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::codec::frame::{Frame, MAX_REPLY, arg};
+use crate::codec::wire::{MESSAGE_ARGS, Status, op, parse_message};
+use crate::core::{Message, Sent};
+
+#[derive(Debug, thiserror::Error)]
+pub enum WireError {
+    #[error("{0}")]
+    Io(#[from] io::Error),
+    #[error("the connection closed")]
+    Closed,
+    #[error("{text} (status {status:?})")]
+    Rejected {
+        status: Option<Status>,
+        text: String,
+    },
+    #[error("malformed reply: {0}")]
+    Reply(&'static str),
+}
+
+impl WireError {
+    pub fn status(&self) -> Option<Status> {
+        match self {
+            WireError::Rejected { status, .. } => *status,
+            _ => None,
+        }
+    }
+}
+
+type Pending = Arc<Mutex<HashMap<u32, oneshot::Sender<Frame>>>>;
+
+#[derive(Clone)]
+pub struct WireClient {
+    writer: Arc<tokio::sync::Mutex<OwnedWriteHalf>>,
+    pending: Pending,
+    next_id: Arc<AtomicU32>,
+    pushes: Arc<tokio::sync::Mutex<mpsc::Receiver<Frame>>>,
+}
+
+impl WireClient {
+    pub async fn connect(addr: impl ToSocketAddrs) -> io::Result<WireClient> {
+        let stream = TcpStream::connect(addr).await?;
+        stream.set_nodelay(true)?;
+        let (mut reader, writer) = stream.into_split();
+        let pending: Pending = Arc::default();
+        let (push_tx, pushes) = mpsc::channel(4096);
+        let table = pending.clone();
+        tokio::spawn(async move {
+            let mut buffer = BytesMut::with_capacity(4096);
+            loop {
+                match Frame::decode(&mut buffer, MAX_REPLY) {
+                    Ok(Some(frame)) => {
+                        if frame.request_id == 0 {
+                            if push_tx.send(frame).await.is_err() {
+                                break;
+                            }
+                        } else {
+                            let waiter = table
+                                .lock()
+                                .ok()
+                                .and_then(|mut t| t.remove(&frame.request_id));
+                            if let Some(waiter) = waiter {
+                                let _ = waiter.send(frame);
+                            }
+                        }
+                        continue;
+                    }
+                    Ok(None) => {}
+                    Err(_) => break,
+                }
+                match reader.read_buf(&mut buffer).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {}
+                }
+            }
+            // Waiters see their senders dropped: the connection closed.
+            if let Ok(mut table) = table.lock() {
+                table.clear();
+            }
+        });
+        Ok(WireClient {
+            writer: Arc::new(tokio::sync::Mutex::new(writer)),
+            pending,
+            next_id: Arc::new(AtomicU32::new(1)),
+            pushes: Arc::new(tokio::sync::Mutex::new(pushes)),
+        })
+    }
+
+    /// Writes raw bytes, for saying exactly what a test needs to.
+    pub async fn send_raw(&self, bytes: &[u8]) -> io::Result<()> {
+        self.writer.lock().await.write_all(bytes).await
+    }
+
+    /// Sends a frame as given and waits for the reply with its request id.
+    pub async fn exchange(&self, frame: Frame) -> Result<Frame, WireError> {
+        let (tx, rx) = oneshot::channel();
+        self.pending
+            .lock()
+            .map_err(|_| WireError::Closed)?
+            .insert(frame.request_id, tx);
+        self.send_raw(&frame.to_bytes()).await?;
+        rx.await.map_err(|_| WireError::Closed)
+    }
+
+    /// Sends a request and returns the reply's arguments, or its error.
+    pub async fn call(&self, opcode: u8, args: Vec<Bytes>) -> Result<Vec<Bytes>, WireError> {
+        let id = match self.next_id.fetch_add(1, Ordering::Relaxed) {
+            0 => self.next_id.fetch_add(1, Ordering::Relaxed),
+            id => id,
+        };
+        let reply = self.exchange(Frame::request(opcode, id, args)).await?;
+        if reply.status == 0 {
+            return Ok(reply.args);
+        }
+        Err(WireError::Rejected {
+            status: Status::from_u8(reply.status),
+            text: reply
+                .args
+                .first()
+                .map(|t| String::from_utf8_lossy(t).into_owned())
+                .unwrap_or_default(),
+        })
+    }
+
+    /// The next push from the server; `None` once the connection is gone.
+    pub async fn next_push(&self) -> Option<Frame> {
+        self.pushes.lock().await.recv().await
+    }
+
+    /// The next delivered message; a BYE or a closed connection is an error.
+    pub async fn next_message(&self) -> Result<Message, WireError> {
+        let frame = self.next_push().await.ok_or(WireError::Closed)?;
+        match frame.opcode {
+            op::PUSH_MESSAGE => parse_message(&frame.args).ok_or(WireError::Reply("message push")),
+            _ => Err(WireError::Rejected {
+                status: Status::from_u8(frame.status),
+                text: frame
+                    .args
+                    .first()
+                    .map(|t| String::from_utf8_lossy(t).into_owned())
+                    .unwrap_or_default(),
+            }),
+        }
+    }
+
+    pub async fn register(&self, name: &str, password: &str) -> Result<String, WireError> {
+        let args = self
+            .call(op::REGISTER, vec![arg::str(name), arg::str(password)])
+            .await?;
+        text_arg(&args, 0)
+    }
+
+    pub async fn login(&self, name: &str, password: &str) -> Result<String, WireError> {
+        let args = self
+            .call(op::LOGIN, vec![arg::str(name), arg::str(password)])
+            .await?;
+        text_arg(&args, 0)
+    }
+
+    pub async fn send_dm(
+        &self,
+        to: &str,
+        body: &str,
+        client_msg_id: &str,
+    ) -> Result<Sent, WireError> {
+        self.send(op::SEND_DM, to, body, client_msg_id).await
+    }
+
+    pub async fn send_room(
+        &self,
+        room: &str,
+        body: &str,
+        client_msg_id: &str,
+    ) -> Result<Sent, WireError> {
+        self.send(op::SEND_ROOM, room, body, client_msg_id).await
+    }
+
+    async fn send(
+        &self,
+        opcode: u8,
+        to: &str,
+        body: &str,
+        client_msg_id: &str,
+    ) -> Result<Sent, WireError> {
+        let args = self
+            .call(
+                opcode,
+                vec![arg::str(to), arg::str(body), arg::str(client_msg_id)],
+            )
+            .await?;
+        match &args[..] {
+            [id, at, dup] => Ok(Sent {
+                id: arg::to_u64(id).ok_or(WireError::Reply("id"))?,
+                sent_at_ms: arg::to_i64(at).ok_or(WireError::Reply("sent at"))?,
+                duplicate: arg::to_bool(dup).ok_or(WireError::Reply("duplicate"))?,
+            }),
+            _ => Err(WireError::Reply("send reply has three arguments")),
+        }
+    }
+
+    pub async fn ack(&self, ids: &[u64]) -> Result<(), WireError> {
+        self.call(op::ACK, ids.iter().map(|id| arg::u64(*id)).collect())
+            .await
+            .map(drop)
+    }
+
+    pub async fn join(&self, room: &str) -> Result<String, WireError> {
+        let args = self.call(op::JOIN, vec![arg::str(room)]).await?;
+        text_arg(&args, 0)
+    }
+
+    /// A room's (`room = true`) or a direct conversation's newest messages.
+    pub async fn history(
+        &self,
+        room: bool,
+        name: &str,
+        limit: u32,
+    ) -> Result<Vec<Message>, WireError> {
+        let args = self
+            .call(
+                op::HISTORY,
+                vec![
+                    Bytes::from_static(if room { &[0] } else { &[1] }),
+                    arg::str(name),
+                    arg::u64(0),
+                    arg::u32(limit),
+                    arg::bool(true),
+                ],
+            )
+            .await?;
+        args.chunks(MESSAGE_ARGS)
+            .map(|m| parse_message(m).ok_or(WireError::Reply("history message")))
+            .collect()
+    }
+
+    /// Names of the users online.
+    pub async fn who(&self) -> Result<Vec<String>, WireError> {
+        let args = self.call(op::WHO, vec![]).await?;
+        (0..args.len())
+            .step_by(2)
+            .map(|i| text_arg(&args, i))
+            .collect()
+    }
+}
+
+fn text_arg(args: &[Bytes], i: usize) -> Result<String, WireError> {
+    args.get(i)
+        .and_then(|a| std::str::from_utf8(a).ok())
+        .map(str::to_owned)
+        .ok_or(WireError::Reply("text argument"))
+}

@@ -1,0 +1,254 @@
+//! The binary protocol's frame: every message in either direction is one
+//! frame, length-prefixed as a whole.
+//!
+//! ```text
+//! u32  length of everything after this field (big-endian, like every integer)
+//! u8   protocol version (1)
+//! u8   opcode
+//! u32  request id (chosen by the client; 0 on server pushes)
+//! u8   status (0 in requests; in replies 0 = ok, else an error code)
+//! u16  argument count
+//! then per argument: u32 length, that many bytes
+//! ```
+//!
+//! Decoding is two-phase: [`Frame::check`] says whether a whole frame is in
+//! the buffer and how long it is, without allocating; only then does
+//! [`Frame::decode`] build it. A length over the limit is refused before a
+//! single byte of the frame is buffered.
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+
+pub const VERSION: u8 = 1;
+/// Bytes before the arguments, counting the length field.
+pub const HEADER_LEN: usize = 4 + 1 + 1 + 4 + 1 + 2;
+/// Largest frame a client may send (length field value).
+pub const MAX_REQUEST: usize = 64 * 1024;
+/// Largest frame a server sends: a history page of 1000 full-size messages fits.
+pub const MAX_REPLY: usize = 8 * 1024 * 1024;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Frame {
+    pub version: u8,
+    pub opcode: u8,
+    pub request_id: u32,
+    pub status: u8,
+    pub args: Vec<Bytes>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FrameError {
+    #[error("frame of {len} bytes is over the limit of {max}")]
+    TooLarge { len: usize, max: usize },
+    #[error("frame of {0} bytes is too short for a header")]
+    TooShort(usize),
+    /// The frame's length was sound but its inside was not; the stream is
+    /// still in step, so the request can be answered.
+    #[error("{why}")]
+    Malformed {
+        opcode: u8,
+        request_id: u32,
+        why: String,
+    },
+}
+
+impl Frame {
+    pub fn request(opcode: u8, request_id: u32, args: Vec<Bytes>) -> Frame {
+        Frame {
+            version: VERSION,
+            opcode,
+            request_id,
+            status: 0,
+            args,
+        }
+    }
+
+    /// Whether `buf` starts with a whole frame: `Ok(Some(total bytes))`,
+    /// `Ok(None)` if more bytes are needed, or an error once the length field
+    /// alone shows the frame cannot be accepted.
+    pub fn check(buf: &[u8], max: usize) -> Result<Option<usize>, FrameError> {
+        let Some(len) = buf.get(..4) else {
+            return Ok(None);
+        };
+        let len = u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize;
+        if len > max {
+            return Err(FrameError::TooLarge { len, max });
+        }
+        if len < HEADER_LEN - 4 {
+            return Err(FrameError::TooShort(len));
+        }
+        Ok((buf.len() >= 4 + len).then_some(4 + len))
+    }
+
+    /// Takes one whole frame off the front of `buf`, if there is one.
+    pub fn decode(buf: &mut BytesMut, max: usize) -> Result<Option<Frame>, FrameError> {
+        let Some(total) = Frame::check(buf, max)? else {
+            return Ok(None);
+        };
+        let mut frame = buf.split_to(total).freeze();
+        frame.advance(4);
+        let version = frame.get_u8();
+        let opcode = frame.get_u8();
+        let request_id = frame.get_u32();
+        let status = frame.get_u8();
+        let count = frame.get_u16() as usize;
+        // Every argument needs at least its 4-byte length: bound the
+        // allocation by what the frame can hold, not by what it claims.
+        let mut args = Vec::with_capacity(count.min(frame.len() / 4));
+        let malformed = |why: String| FrameError::Malformed {
+            opcode,
+            request_id,
+            why,
+        };
+        for index in 0..count {
+            if frame.len() < 4 {
+                return Err(malformed(format!(
+                    "argument {index} of {count} runs past the end of the frame"
+                )));
+            }
+            let len = frame.get_u32() as usize;
+            if frame.len() < len {
+                return Err(malformed(format!(
+                    "argument {index} of {count} runs past the end of the frame"
+                )));
+            }
+            args.push(frame.split_to(len));
+        }
+        if !frame.is_empty() {
+            return Err(malformed(format!(
+                "{} bytes left over after the last argument",
+                frame.len()
+            )));
+        }
+        Ok(Some(Frame {
+            version,
+            opcode,
+            request_id,
+            status,
+            args,
+        }))
+    }
+
+    /// The frame's bytes on the wire.
+    pub fn encode(&self, out: &mut BytesMut) {
+        let len = HEADER_LEN - 4 + self.args.iter().map(|a| 4 + a.len()).sum::<usize>();
+        out.reserve(4 + len);
+        out.put_u32(len as u32);
+        out.put_u8(self.version);
+        out.put_u8(self.opcode);
+        out.put_u32(self.request_id);
+        out.put_u8(self.status);
+        out.put_u16(self.args.len() as u16);
+        for arg in &self.args {
+            out.put_u32(arg.len() as u32);
+            out.put_slice(arg);
+        }
+    }
+
+    pub fn to_bytes(&self) -> Bytes {
+        let mut out = BytesMut::new();
+        self.encode(&mut out);
+        out.freeze()
+    }
+}
+
+/// Argument helpers: integers are big-endian and fixed-width.
+pub mod arg {
+    use bytes::Bytes;
+
+    pub fn u64(v: u64) -> Bytes {
+        Bytes::copy_from_slice(&v.to_be_bytes())
+    }
+
+    pub fn i64(v: i64) -> Bytes {
+        Bytes::copy_from_slice(&v.to_be_bytes())
+    }
+
+    pub fn u32(v: u32) -> Bytes {
+        Bytes::copy_from_slice(&v.to_be_bytes())
+    }
+
+    pub fn u16(v: u16) -> Bytes {
+        Bytes::copy_from_slice(&v.to_be_bytes())
+    }
+
+    pub fn bool(v: bool) -> Bytes {
+        Bytes::from_static(if v { &[1] } else { &[0] })
+    }
+
+    pub fn str(s: &str) -> Bytes {
+        Bytes::copy_from_slice(s.as_bytes())
+    }
+
+    pub fn to_u64(b: &[u8]) -> Option<u64> {
+        Some(u64::from_be_bytes(b.try_into().ok()?))
+    }
+
+    pub fn to_i64(b: &[u8]) -> Option<i64> {
+        Some(i64::from_be_bytes(b.try_into().ok()?))
+    }
+
+    pub fn to_u32(b: &[u8]) -> Option<u32> {
+        Some(u32::from_be_bytes(b.try_into().ok()?))
+    }
+
+    pub fn to_u16(b: &[u8]) -> Option<u16> {
+        Some(u16::from_be_bytes(b.try_into().ok()?))
+    }
+
+    pub fn to_bool(b: &[u8]) -> Option<bool> {
+        match b {
+            [0] => Some(false),
+            [1] => Some(true),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_documented_login_example() {
+        let frame = Frame::request(0x02, 7, vec![arg::str("bob"), arg::str("pw")]);
+        let bytes = frame.to_bytes();
+        assert_eq!(
+            bytes.as_ref(),
+            [
+                0, 0, 0, 0x16, // length 22
+                1, 0x02, 0, 0, 0, 7, 0, // version, opcode, request id, status
+                0, 2, // two arguments
+                0, 0, 0, 3, b'b', b'o', b'b', //
+                0, 0, 0, 2, b'p', b'w',
+            ]
+        );
+        let mut buf = BytesMut::from(&bytes[..]);
+        assert_eq!(Frame::decode(&mut buf, MAX_REQUEST), Ok(Some(frame)));
+        assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn partial_oversized_and_lying_frames() {
+        let bytes = Frame::request(1, 1, vec![arg::str("x")]).to_bytes();
+        for cut in 0..bytes.len() {
+            let mut buf = BytesMut::from(&bytes[..cut]);
+            assert_eq!(Frame::decode(&mut buf, MAX_REQUEST), Ok(None), "cut {cut}");
+        }
+        let mut huge = BytesMut::from(&[0x7f, 0xff, 0xff, 0xff][..]);
+        assert!(matches!(
+            Frame::decode(&mut huge, MAX_REQUEST),
+            Err(FrameError::TooLarge { .. })
+        ));
+        // Claims 65535 arguments in a frame with room for none.
+        let mut liar = BytesMut::from(&[0, 0, 0, 9, 1, 1, 0, 0, 0, 1, 0, 0xff, 0xff][..]);
+        assert!(matches!(
+            Frame::decode(&mut liar, MAX_REQUEST),
+            Err(FrameError::Malformed {
+                opcode: 1,
+                request_id: 1,
+                ..
+            })
+        ));
+        assert!(liar.is_empty(), "the bad frame is consumed whole");
+    }
+}

@@ -1,0 +1,82 @@
+//! What the socket gateways (line and binary) share: an accept loop with a
+//! cap on concurrent connections, the shutdown signal, and a way to wait for
+//! every connection to finish.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, mpsc, watch};
+
+/// Tells connection tasks to say goodbye and stop.
+#[derive(Clone)]
+pub struct Shutdown {
+    rx: watch::Receiver<bool>,
+}
+
+impl Shutdown {
+    pub fn new() -> (watch::Sender<bool>, Shutdown) {
+        let (tx, rx) = watch::channel(false);
+        (tx, Shutdown { rx })
+    }
+
+    /// Resolves once shutdown has begun.
+    pub async fn wait(&mut self) {
+        let _ = self.rx.wait_for(|stop| *stop).await;
+    }
+}
+
+/// Held by every connection task; the server waits until all are dropped.
+pub type Draining = mpsc::Sender<()>;
+
+/// How long a write to one client may block before the client is dropped.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Accepts connections until shutdown. Past `max_connections`, a newcomer is
+/// handed to `refuse` (to say why) and closed.
+pub async fn accept_loop<H, HF, R, RF>(
+    listener: TcpListener,
+    max_connections: usize,
+    mut shutdown: Shutdown,
+    draining: Draining,
+    handle: H,
+    refuse: R,
+) where
+    H: Fn(TcpStream, Shutdown) -> HF,
+    HF: Future<Output = ()> + Send + 'static,
+    R: Fn(TcpStream) -> RF,
+    RF: Future<Output = ()> + Send + 'static,
+{
+    let permits = Arc::new(Semaphore::new(max_connections));
+    loop {
+        let accepted = tokio::select! {
+            _ = shutdown.wait() => return,
+            accepted = listener.accept() => accepted,
+        };
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // Out of file descriptors and the like: back off, keep serving.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        match permits.clone().try_acquire_owned() {
+            Ok(permit) => {
+                let task = handle(stream, shutdown.clone());
+                let draining = draining.clone();
+                tokio::spawn(async move {
+                    task.await;
+                    drop(permit);
+                    drop(draining);
+                });
+            }
+            Err(_) => {
+                tokio::spawn(refuse(stream));
+            }
+        }
+    }
+}

@@ -1,0 +1,472 @@
+//! The line protocol (talker): CRLF text lines, `/`-commands, markers on
+//! every server line. `nc localhost 8889` is a client. See
+//! `docs/line-protocol.md`.
+//!
+//! One task per connection reads lines and writes replies and deliveries, so
+//! a reply is never split by a delivery. A connection is one session: it logs
+//! in, gets its own live stream from the core, and logs out when it closes.
+
+use bytes::BytesMut;
+use futures::FutureExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
+use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+
+use super::listener::{Shutdown, WRITE_TIMEOUT};
+use crate::codec::line::{Command, HELP, LineDecoder, LineError, ParseError, ServerLine};
+use crate::core::{Closed, Core, CoreError, ErrorKind, Identity, Inbox, Message, Target, names};
+
+/// A connection: reads lines, writes server lines.
+struct Connection {
+    reader: OwnedReadHalf,
+    writer: BufWriter<OwnedWriteHalf>,
+    buffer: BytesMut,
+    decoder: LineDecoder,
+    out: Vec<u8>,
+}
+
+impl Connection {
+    fn new(stream: TcpStream) -> Connection {
+        let (reader, writer) = stream.into_split();
+        Connection {
+            reader,
+            writer: BufWriter::new(writer),
+            buffer: BytesMut::with_capacity(512),
+            decoder: LineDecoder::new(),
+            out: Vec::with_capacity(256),
+        }
+    }
+
+    /// The next line; `None` at end of input.
+    async fn read_line(&mut self) -> std::io::Result<Option<Result<String, LineError>>> {
+        loop {
+            if let Some(line) = self.decoder.decode(&mut self.buffer) {
+                return Ok(Some(line));
+            }
+            if self.reader.read_buf(&mut self.buffer).await? == 0 {
+                return Ok(self.decoder.decode_eof(&mut self.buffer));
+            }
+        }
+    }
+
+    fn push(&mut self, line: ServerLine) {
+        line.encode(&mut self.out);
+    }
+
+    async fn flush(&mut self) -> std::io::Result<()> {
+        if self.out.is_empty() {
+            return Ok(());
+        }
+        let write = async {
+            self.writer.write_all(&self.out).await?;
+            self.writer.flush().await
+        };
+        let result = match tokio::time::timeout(WRITE_TIMEOUT, write).await {
+            Ok(result) => result,
+            Err(_) => Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "the client stopped reading",
+            )),
+        };
+        self.out.clear();
+        result
+    }
+}
+
+fn ok(text: impl Into<String>) -> ServerLine {
+    ServerLine::Ok(text.into())
+}
+
+fn err(code: &str, text: impl Into<String>) -> ServerLine {
+    ServerLine::Err {
+        code: code.into(),
+        text: text.into(),
+    }
+}
+
+fn notice(text: impl Into<String>) -> ServerLine {
+    ServerLine::Notice(text.into())
+}
+
+/// The one-word code of a core error.
+pub fn error_code(kind: ErrorKind) -> &'static str {
+    match kind {
+        ErrorKind::InvalidArgument => "invalid",
+        ErrorKind::AlreadyExists => "exists",
+        ErrorKind::Unauthenticated => "auth",
+        ErrorKind::PermissionDenied => "perm",
+        ErrorKind::NotFound => "not-found",
+        ErrorKind::ResourceExhausted => "limit",
+        ErrorKind::Unavailable => "unavailable",
+        ErrorKind::Internal => "internal",
+    }
+}
+
+fn core_error(e: CoreError) -> ServerLine {
+    if e.kind() == ErrorKind::Internal {
+        tracing::error!(error = %e, "internal error");
+        return err("internal", "internal error; the server log has details");
+    }
+    err(error_code(e.kind()), e.to_string())
+}
+
+fn closed_line(why: Closed) -> ServerLine {
+    let code = match why {
+        Closed::Overflow => "overflow",
+        Closed::LoggedOut | Closed::AccountDeleted => "auth",
+        Closed::ShuttingDown | Closed::StoreFailed => "unavailable",
+    };
+    err(code, why.to_string())
+}
+
+/// A delivered message as a line.
+pub fn message_line(m: &Message) -> ServerLine {
+    match &m.to {
+        Target::Room(room) => ServerLine::Room {
+            room: room.clone(),
+            from: m.from.clone(),
+            text: m.body.clone(),
+        },
+        Target::User(_) => ServerLine::Direct {
+            from: m.from.clone(),
+            text: m.body.clone(),
+        },
+    }
+}
+
+/// One logged-in (or not yet) line-protocol session.
+struct Session {
+    core: Core,
+    conn: Connection,
+    who: Option<Identity>,
+    room: String,
+    inbox: Option<Inbox>,
+}
+
+enum Flow {
+    Continue,
+    Quit,
+}
+
+/// Serves one connection until it quits, drops, or the server stops.
+pub async fn serve_connection(core: Core, stream: TcpStream, mut shutdown: Shutdown) {
+    let mut session = Session {
+        conn: Connection::new(stream),
+        who: None,
+        room: names::LOBBY.into(),
+        inbox: None,
+        core,
+    };
+    session.conn.push(notice(format!(
+        "welcome to meshtalk on {}: /register NAME PASSWORD, /login NAME PASSWORD, /help",
+        session.core.node()
+    )));
+    if let Err(e) = session.run(&mut shutdown).await {
+        tracing::debug!(error = %e, "line connection ended");
+    }
+    session.end().await;
+}
+
+/// Tells a connection over the limit why it is being closed.
+pub async fn refuse(mut stream: TcpStream) {
+    let mut out = Vec::new();
+    err("limit", "too many connections; try again later").encode(&mut out);
+    let _ = tokio::time::timeout(WRITE_TIMEOUT, stream.write_all(&out)).await;
+}
+
+async fn next_delivery(inbox: &mut Option<Inbox>) -> Result<crate::core::Delivery, Closed> {
+    match inbox {
+        Some(inbox) => inbox.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+impl Session {
+    async fn run(&mut self, shutdown: &mut Shutdown) -> std::io::Result<()> {
+        loop {
+            self.conn.flush().await?;
+            tokio::select! {
+                line = self.conn.read_line() => {
+                    let flow = match line? {
+                        None => return Ok(()),
+                        Some(Ok(line)) => self.handle(&line).await,
+                        Some(Err(LineError::TooLong)) => {
+                            self.conn.push(err("too-long", format!(
+                                "line is over {} bytes", crate::codec::line::MAX_LINE
+                            )));
+                            Flow::Continue
+                        }
+                        Some(Err(LineError::InvalidUtf8)) => {
+                            self.conn.push(err("utf8", "line is not valid UTF-8"));
+                            Flow::Continue
+                        }
+                    };
+                    if let Flow::Quit = flow {
+                        return self.conn.flush().await;
+                    }
+                }
+                delivery = next_delivery(&mut self.inbox) => {
+                    match delivery {
+                        Ok(message) => self.deliver(message).await?,
+                        Err(why) => {
+                            self.conn.push(closed_line(why));
+                            return self.conn.flush().await;
+                        }
+                    }
+                }
+                _ = shutdown.wait() => {
+                    self.conn.push(err("unavailable", "the server is shutting down"));
+                    return self.conn.flush().await;
+                }
+            }
+        }
+    }
+
+    /// Writes a delivery and whatever else is ready, then acknowledges them:
+    /// a line written to the socket counts as shown.
+    async fn deliver(&mut self, first: crate::core::Delivery) -> std::io::Result<()> {
+        let mut ids = vec![first.id];
+        self.conn.push(message_line(&first));
+        if let Some(inbox) = &mut self.inbox {
+            while ids.len() < 256 {
+                match inbox.next().now_or_never() {
+                    Some(Ok(message)) => {
+                        ids.push(message.id);
+                        self.conn.push(message_line(&message));
+                    }
+                    // A closed stream is reported on the next turn of the loop.
+                    _ => break,
+                }
+            }
+        }
+        self.conn.flush().await?;
+        if let Some(who) = self.who.clone() {
+            let core = self.core.clone();
+            tokio::spawn(async move {
+                if let Err(e) = core.ack(&who, &ids).await {
+                    tracing::debug!(error = %e, "ack failed; the messages will come again");
+                }
+            });
+        }
+        Ok(())
+    }
+
+    /// Logs the connection's session out when it closes.
+    async fn end(&mut self) {
+        self.inbox = None;
+        if let Some(who) = self.who.take() {
+            let _ = self.core.logout(&who).await;
+        }
+    }
+
+    async fn handle(&mut self, line: &str) -> Flow {
+        let command = match Command::parse(line) {
+            Ok(Some(command)) => command,
+            Ok(None) => return Flow::Continue,
+            Err(e @ ParseError::Unknown(_)) => {
+                self.conn.push(err("unknown", e.to_string()));
+                return Flow::Continue;
+            }
+            Err(e @ ParseError::Usage(_)) => {
+                self.conn.push(err("usage", e.to_string()));
+                return Flow::Continue;
+            }
+        };
+        let Some(who) = self.who.clone() else {
+            return self.handle_anonymous(command).await;
+        };
+        match self.handle_logged_in(&who, command).await {
+            Ok(flow) => flow,
+            Err(e) => {
+                self.conn.push(core_error(e));
+                Flow::Continue
+            }
+        }
+    }
+
+    async fn handle_anonymous(&mut self, command: Command) -> Flow {
+        match command {
+            Command::Help => self.help(),
+            Command::Quit => {
+                self.conn.push(ok("bye"));
+                return Flow::Quit;
+            }
+            Command::Register { name, password } => {
+                match self.core.register(&name, &password).await {
+                    Ok(name) => self
+                        .conn
+                        .push(ok(format!("registered {name}: now /login {name} PASSWORD"))),
+                    Err(e) => self.conn.push(core_error(e)),
+                }
+            }
+            Command::Login { name, password } => match self.login(&name, &password).await {
+                Ok(name) => self
+                    .conn
+                    .push(ok(format!("logged in as {name}; you are in #lobby"))),
+                Err(e) => self.conn.push(core_error(e)),
+            },
+            _ => self
+                .conn
+                .push(err("auth", "log in first: /login NAME PASSWORD")),
+        }
+        Flow::Continue
+    }
+
+    async fn login(&mut self, name: &str, password: &str) -> Result<String, CoreError> {
+        let login = self.core.login(name, password).await?;
+        match self.core.attach(&login.identity).await {
+            Ok(inbox) => {
+                self.inbox = Some(inbox);
+                self.room = names::LOBBY.into();
+                let name = login.identity.name.clone();
+                self.who = Some(login.identity);
+                Ok(name)
+            }
+            Err(e) => {
+                let _ = self.core.logout(&login.identity).await;
+                Err(e)
+            }
+        }
+    }
+
+    fn help(&mut self) {
+        for line in HELP {
+            self.conn.push(notice(*line));
+        }
+        self.conn.push(ok("help"));
+    }
+
+    fn operator(&self, who: &Identity) -> Result<(), CoreError> {
+        if self.core.is_operator(who) {
+            Ok(())
+        } else {
+            Err(CoreError::NotOperator)
+        }
+    }
+
+    async fn handle_logged_in(
+        &mut self,
+        who: &Identity,
+        command: Command,
+    ) -> Result<Flow, CoreError> {
+        let core = self.core.clone();
+        match command {
+            Command::Say(text) => {
+                // Speech succeeds silently: the speaker gets no echo.
+                core.send(who, &Target::Room(self.room.clone()), &text, None)
+                    .await?;
+            }
+            Command::Help => self.help(),
+            Command::Register { .. } | Command::Login { .. } => {
+                self.conn.push(err(
+                    "state",
+                    format!("already logged in as {}: /logout first", who.name),
+                ));
+            }
+            Command::Logout => {
+                self.inbox = None;
+                self.who = None;
+                core.logout(who).await?;
+                self.conn.push(ok("logged out"));
+            }
+            Command::DeleteAccount { password } => {
+                core.delete_account(who, &password).await?;
+                self.inbox = None;
+                self.who = None;
+                self.conn.push(ok("account deleted"));
+            }
+            Command::Users(pattern) => {
+                let users = core.list_users(&pattern)?;
+                for u in &users {
+                    let state = if u.online { "online" } else { "offline" };
+                    self.conn
+                        .push(notice(format!("{} {state} {}", u.name, u.node)));
+                }
+                self.conn.push(ok(format!("{} users", users.len())));
+            }
+            Command::Who => {
+                let users = core.who();
+                for u in &users {
+                    self.conn.push(notice(format!("{} {}", u.name, u.node)));
+                }
+                self.conn.push(ok(format!("{} online", users.len())));
+            }
+            Command::Tell { to, text } => {
+                let sent = core
+                    .send(who, &Target::User(to.clone()), &text, None)
+                    .await?;
+                self.conn.push(ok(format!("sent to {to} ({})", sent.id)));
+            }
+            Command::Join(room) => {
+                let (room, _) = core.join_room(who, &room).await?;
+                self.conn.push(ok(format!("joined #{room}")));
+                self.room = room;
+            }
+            Command::Leave(room) => {
+                let left = core.leave_room(who, &room).await?;
+                let bare = room.trim_start_matches('#');
+                if bare.eq_ignore_ascii_case(&self.room) {
+                    self.room = names::LOBBY.into();
+                }
+                self.conn.push(ok(if left {
+                    format!("left #{bare}; you are in #{}", self.room)
+                } else {
+                    format!("you were not in #{bare}")
+                }));
+            }
+            Command::Rooms => {
+                let rooms = core.list_rooms(who);
+                for r in &rooms {
+                    let mark = if r.joined { " (joined)" } else { "" };
+                    self.conn
+                        .push(notice(format!("#{} {} members{mark}", r.name, r.members)));
+                }
+                self.conn.push(ok(format!("{} rooms", rooms.len())));
+            }
+            Command::History(n) => {
+                let messages = core
+                    .history(who, &Target::Room(self.room.clone()), 0, n, true)
+                    .await?;
+                for m in &messages {
+                    self.conn.push(message_line(m));
+                }
+                self.conn.push(ok(format!("{} lines", messages.len())));
+            }
+            Command::Stats => {
+                let s = core.stats().await?;
+                for line in [
+                    format!("node {}", s.node),
+                    format!("messages {}", s.messages),
+                    format!("accounts {}", s.accounts),
+                    format!("sessions {}", s.sessions_online),
+                    format!("rooms {}", s.rooms),
+                    format!("uptime {}s", s.uptime_secs),
+                ] {
+                    self.conn.push(notice(line));
+                }
+                self.conn.push(ok("stats"));
+            }
+            Command::Quit => {
+                self.conn.push(ok("bye"));
+                return Ok(Flow::Quit);
+            }
+            Command::Peers => {
+                self.operator(who)?;
+                self.conn.push(ok("0 peers"));
+            }
+            Command::Topology => {
+                self.operator(who)?;
+                self.conn.push(notice(format!("node {}", core.node())));
+                self.conn.push(ok("1 node, 0 links"));
+            }
+            Command::PeerListen { .. } | Command::PeerConnect { .. } | Command::PeerKill(_) => {
+                self.operator(who)?;
+                self.conn.push(err(
+                    "unsupported",
+                    "this node runs stand-alone: peer links are not supported by this build",
+                ));
+            }
+        }
+        Ok(Flow::Continue)
+    }
+}

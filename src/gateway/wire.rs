@@ -1,0 +1,449 @@
+//! The binary protocol: length-prefixed frames with a version, an opcode, a
+//! request id and length-prefixed arguments. See `docs/wire-protocol.md`.
+//!
+//! Requests are answered in order, each reply carrying its request's opcode
+//! and id; deliveries arrive as pushes with request id 0. A frame whose
+//! inside is bad gets an error reply and the connection goes on; when the
+//! stream itself cannot be trusted (a length over the limit, a header too
+//! short, another protocol version) the server sends a BYE push saying why
+//! and closes.
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
+use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+
+use super::listener::{Shutdown, WRITE_TIMEOUT};
+use crate::codec::frame::{Frame, FrameError, MAX_REQUEST, VERSION, arg};
+use crate::codec::wire::{Status, message_args, op};
+use crate::core::{Closed, Core, CoreError, ErrorKind, Identity, Inbox, Target};
+
+/// Why a request failed: a status and a sentence for a person.
+struct Reject {
+    status: Status,
+    text: String,
+}
+
+impl Reject {
+    fn new(status: Status, text: impl Into<String>) -> Reject {
+        Reject {
+            status,
+            text: text.into(),
+        }
+    }
+}
+
+impl From<CoreError> for Reject {
+    fn from(e: CoreError) -> Reject {
+        if e.kind() == ErrorKind::Internal {
+            tracing::error!(error = %e, "internal error");
+            return Reject::new(
+                Status::Internal,
+                "internal error; the server log has details",
+            );
+        }
+        Reject::new(Status::from_kind(e.kind()), e.to_string())
+    }
+}
+
+type Reply = Result<Vec<Bytes>, Reject>;
+
+/// What reading a frame can end in, besides a frame.
+enum ReadError {
+    Io(std::io::Error),
+    Frame(FrameError),
+    /// The peer closed in the middle of a frame.
+    Truncated(usize),
+}
+
+struct Connection {
+    reader: OwnedReadHalf,
+    writer: BufWriter<OwnedWriteHalf>,
+    buffer: BytesMut,
+    out: BytesMut,
+}
+
+impl Connection {
+    async fn read_frame(&mut self) -> Result<Option<Frame>, ReadError> {
+        loop {
+            if let Some(frame) =
+                Frame::decode(&mut self.buffer, MAX_REQUEST).map_err(ReadError::Frame)?
+            {
+                return Ok(Some(frame));
+            }
+            if self
+                .reader
+                .read_buf(&mut self.buffer)
+                .await
+                .map_err(ReadError::Io)?
+                == 0
+            {
+                return if self.buffer.is_empty() {
+                    Ok(None)
+                } else {
+                    Err(ReadError::Truncated(self.buffer.len()))
+                };
+            }
+        }
+    }
+
+    fn push(&mut self, frame: &Frame) {
+        frame.encode(&mut self.out);
+    }
+
+    async fn flush(&mut self) -> std::io::Result<()> {
+        if self.out.is_empty() {
+            return Ok(());
+        }
+        let write = async {
+            self.writer.write_all(&self.out).await?;
+            self.writer.flush().await
+        };
+        let result = match tokio::time::timeout(WRITE_TIMEOUT, write).await {
+            Ok(result) => result,
+            Err(_) => Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "the client stopped reading",
+            )),
+        };
+        self.out.clear();
+        result
+    }
+}
+
+fn reply(request: &Frame, result: Reply) -> Frame {
+    let (status, args) = match result {
+        Ok(args) => (Status::Ok, args),
+        Err(reject) => (reject.status, vec![arg::str(&reject.text)]),
+    };
+    Frame {
+        version: VERSION,
+        opcode: request.opcode,
+        request_id: request.request_id,
+        status: status as u8,
+        args,
+    }
+}
+
+/// A push saying why the server closes the connection.
+pub fn bye(status: Status, text: &str) -> Frame {
+    Frame {
+        version: VERSION,
+        opcode: op::PUSH_BYE,
+        request_id: 0,
+        status: status as u8,
+        args: vec![arg::str(text)],
+    }
+}
+
+fn closed_status(why: Closed) -> Status {
+    match why {
+        Closed::Overflow => Status::Limit,
+        Closed::LoggedOut | Closed::AccountDeleted => Status::Auth,
+        Closed::ShuttingDown | Closed::StoreFailed => Status::Unavailable,
+    }
+}
+
+/// Tells a connection over the limit why it is being closed.
+pub async fn refuse(mut stream: TcpStream) {
+    let frame = bye(Status::Limit, "too many connections; try again later").to_bytes();
+    let _ = tokio::time::timeout(WRITE_TIMEOUT, stream.write_all(&frame)).await;
+}
+
+struct Session {
+    core: Core,
+    conn: Connection,
+    who: Option<Identity>,
+    inbox: Option<Inbox>,
+}
+
+/// Serves one connection until it closes or the server stops.
+pub async fn serve_connection(core: Core, stream: TcpStream, mut shutdown: Shutdown) {
+    let (reader, writer) = stream.into_split();
+    let mut session = Session {
+        core,
+        conn: Connection {
+            reader,
+            writer: BufWriter::new(writer),
+            buffer: BytesMut::with_capacity(512),
+            out: BytesMut::with_capacity(512),
+        },
+        who: None,
+        inbox: None,
+    };
+    if let Err(e) = session.run(&mut shutdown).await {
+        tracing::debug!(error = %e, "binary connection ended");
+    }
+    session.inbox = None;
+    if let Some(who) = session.who.take() {
+        let _ = session.core.logout(&who).await;
+    }
+}
+
+async fn next_delivery(inbox: &mut Option<Inbox>) -> Result<crate::core::Delivery, Closed> {
+    match inbox {
+        Some(inbox) => inbox.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+impl Session {
+    async fn run(&mut self, shutdown: &mut Shutdown) -> std::io::Result<()> {
+        loop {
+            self.conn.flush().await?;
+            tokio::select! {
+                frame = self.conn.read_frame() => match frame {
+                    Ok(None) => return Ok(()),
+                    Ok(Some(frame)) => {
+                        if frame.version != VERSION {
+                            let text = format!(
+                                "protocol version {} is not supported; this server speaks {VERSION}",
+                                frame.version
+                            );
+                            let mut answer = reply(&frame, Err(Reject::new(Status::Version, text)));
+                            answer.version = VERSION;
+                            self.conn.push(&answer);
+                            return self.conn.flush().await;
+                        }
+                        let result = self.handle(&frame).await;
+                        self.conn.push(&reply(&frame, result));
+                    }
+                    Err(ReadError::Frame(FrameError::Malformed { opcode, request_id, why })) => {
+                        let request = Frame::request(opcode, request_id, vec![]);
+                        self.conn.push(&reply(&request, Err(Reject::new(Status::BadFrame, why))));
+                    }
+                    Err(ReadError::Frame(e @ FrameError::TooLarge { .. })) => {
+                        self.conn.push(&bye(Status::TooLarge, &e.to_string()));
+                        return self.conn.flush().await;
+                    }
+                    Err(ReadError::Frame(e @ FrameError::TooShort(_))) => {
+                        self.conn.push(&bye(Status::BadFrame, &e.to_string()));
+                        return self.conn.flush().await;
+                    }
+                    Err(ReadError::Truncated(n)) => {
+                        tracing::debug!(bytes = n, "connection closed inside a frame");
+                        return Ok(());
+                    }
+                    Err(ReadError::Io(e)) => return Err(e),
+                },
+                delivery = next_delivery(&mut self.inbox) => match delivery {
+                    Ok(message) => {
+                        let mut args = Vec::with_capacity(crate::codec::wire::MESSAGE_ARGS);
+                        message_args(&message, &mut args);
+                        self.conn.push(&Frame {
+                            version: VERSION,
+                            opcode: op::PUSH_MESSAGE,
+                            request_id: 0,
+                            status: 0,
+                            args,
+                        });
+                    }
+                    Err(why) => {
+                        self.conn.push(&bye(closed_status(why), &why.to_string()));
+                        return self.conn.flush().await;
+                    }
+                },
+                _ = shutdown.wait() => {
+                    self.conn.push(&bye(Status::Unavailable, "the server is shutting down"));
+                    return self.conn.flush().await;
+                }
+            }
+        }
+    }
+
+    async fn handle(&mut self, frame: &Frame) -> Reply {
+        let a = &frame.args;
+        match frame.opcode {
+            op::PING => return Ok(a.clone()),
+            op::REGISTER => {
+                let [name, password] = exact(a)?;
+                let name = self.core.register(text(name)?, text(password)?).await?;
+                return Ok(vec![arg::str(&name)]);
+            }
+            op::LOGIN => {
+                let [name, password] = exact(a)?;
+                if let Some(who) = &self.who {
+                    return Err(Reject::new(
+                        Status::Invalid,
+                        format!("already logged in as {}: log out first", who.name),
+                    ));
+                }
+                let login = self.core.login(text(name)?, text(password)?).await?;
+                match self.core.attach(&login.identity).await {
+                    Ok(inbox) => self.inbox = Some(inbox),
+                    Err(e) => {
+                        let _ = self.core.logout(&login.identity).await;
+                        return Err(e.into());
+                    }
+                }
+                let name = arg::str(&login.identity.name);
+                self.who = Some(login.identity);
+                return Ok(vec![name]);
+            }
+            opcode if !is_known(opcode) => {
+                return Err(Reject::new(
+                    Status::UnknownOpcode,
+                    format!("unknown opcode 0x{opcode:02x}"),
+                ));
+            }
+            _ => {}
+        }
+        let Some(who) = self.who.clone() else {
+            return Err(Reject::new(
+                Status::Auth,
+                "log in first (opcode 0x02 LOGIN)",
+            ));
+        };
+        let core = self.core.clone();
+        match frame.opcode {
+            op::LOGOUT => {
+                let [] = exact(a)?;
+                self.inbox = None;
+                self.who = None;
+                core.logout(&who).await?;
+                Ok(vec![])
+            }
+            op::DELETE_ACCOUNT => {
+                let [password] = exact(a)?;
+                core.delete_account(&who, text(password)?).await?;
+                self.inbox = None;
+                self.who = None;
+                Ok(vec![])
+            }
+            op::LIST_USERS => {
+                let [pattern] = exact(a)?;
+                let mut out = vec![];
+                for u in core.list_users(text(pattern)?)? {
+                    out.extend([arg::str(&u.name), arg::bool(u.online), arg::str(&u.node)]);
+                }
+                Ok(out)
+            }
+            op::SEND_DM | op::SEND_ROOM => {
+                let [to, body, client_id] = exact(a)?;
+                let to = text(to)?.to_owned();
+                let to = if frame.opcode == op::SEND_DM {
+                    Target::User(to)
+                } else {
+                    Target::Room(to)
+                };
+                let client_id = Some(text(client_id)?).filter(|id| !id.is_empty());
+                let sent = core.send(&who, &to, text(body)?, client_id).await?;
+                Ok(vec![
+                    arg::u64(sent.id),
+                    arg::i64(sent.sent_at_ms),
+                    arg::bool(sent.duplicate),
+                ])
+            }
+            op::ACK => {
+                let ids = a
+                    .iter()
+                    .map(|id| arg::to_u64(id))
+                    .collect::<Option<Vec<u64>>>()
+                    .ok_or_else(|| {
+                        Reject::new(Status::Arguments, "every ACK argument is an 8-byte id")
+                    })?;
+                core.ack(&who, &ids).await?;
+                Ok(vec![])
+            }
+            op::HISTORY => {
+                let [kind, name, after, limit, newest] = exact(a)?;
+                let name = text(name)?.to_owned();
+                let of = match kind.as_ref() {
+                    [0] => Target::Room(name),
+                    [1] => Target::User(name),
+                    _ => {
+                        return Err(Reject::new(
+                            Status::Arguments,
+                            "kind is 0 (room) or 1 (user)",
+                        ));
+                    }
+                };
+                let after = arg::to_u64(after).ok_or_else(|| size("after", 8))?;
+                let limit = arg::to_u32(limit).ok_or_else(|| size("limit", 4))?;
+                let newest = arg::to_bool(newest).ok_or_else(|| size("newest", 1))?;
+                let mut out = vec![];
+                for m in core.history(&who, &of, after, limit, newest).await? {
+                    message_args(&m, &mut out);
+                }
+                Ok(out)
+            }
+            op::JOIN => {
+                let [room] = exact(a)?;
+                let (room, joined) = core.join_room(&who, text(room)?).await?;
+                Ok(vec![arg::str(&room), arg::bool(joined)])
+            }
+            op::LEAVE => {
+                let [room] = exact(a)?;
+                Ok(vec![arg::bool(core.leave_room(&who, text(room)?).await?)])
+            }
+            op::ROOMS => {
+                let [] = exact(a)?;
+                let mut out = vec![];
+                for r in core.list_rooms(&who) {
+                    out.extend([arg::str(&r.name), arg::u32(r.members), arg::bool(r.joined)]);
+                }
+                Ok(out)
+            }
+            op::WHO => {
+                let [] = exact(a)?;
+                let mut out = vec![];
+                for u in core.who() {
+                    out.extend([arg::str(&u.name), arg::str(&u.node)]);
+                }
+                Ok(out)
+            }
+            op::STATS => {
+                let [] = exact(a)?;
+                let s = core.stats().await?;
+                Ok(vec![
+                    arg::u64(s.messages),
+                    arg::u64(s.accounts),
+                    arg::u64(s.sessions_online),
+                    arg::u64(s.rooms),
+                    arg::u64(s.uptime_secs),
+                    arg::str(&s.node),
+                ])
+            }
+            op::PEERS | op::TOPOLOGY | op::PEER_LISTEN | op::PEER_CONNECT | op::PEER_KILL => {
+                if !core.is_operator(&who) {
+                    return Err(CoreError::NotOperator.into());
+                }
+                match frame.opcode {
+                    op::PEERS => Ok(vec![]),
+                    op::TOPOLOGY => Ok(vec![arg::str(core.node())]),
+                    _ => Err(Reject::new(
+                        Status::Unsupported,
+                        "this node runs stand-alone: peer links are not supported by this build",
+                    )),
+                }
+            }
+            opcode => Err(Reject::new(
+                Status::UnknownOpcode,
+                format!("unknown opcode 0x{opcode:02x}"),
+            )),
+        }
+    }
+}
+
+fn is_known(opcode: u8) -> bool {
+    matches!(opcode, op::REGISTER..=op::PING | op::PEERS..=op::PEER_KILL)
+}
+
+/// Exactly N arguments, or an error saying how many were expected.
+fn exact<const N: usize>(args: &[Bytes]) -> Result<&[Bytes; N], Reject> {
+    args.try_into().map_err(|_| {
+        Reject::new(
+            Status::Arguments,
+            format!("expected {N} arguments, got {}", args.len()),
+        )
+    })
+}
+
+fn text(b: &Bytes) -> Result<&str, Reject> {
+    std::str::from_utf8(b)
+        .map_err(|_| Reject::new(Status::Utf8, "a text argument is not valid UTF-8"))
+}
+
+fn size(what: &str, bytes: usize) -> Reject {
+    Reject::new(Status::Arguments, format!("{what} is {bytes} bytes"))
+}
