@@ -1,0 +1,305 @@
+//! The binary protocol over real sockets: every capability, replies matched
+//! by request id, pushes told apart, and bad frames answered or closed on
+//! with a reason while a neighbour carries on undisturbed.
+
+mod common;
+
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use bytes::Bytes;
+use common::{PASSWORD, TestServer};
+use meshtalk::client::wire::{WireClient, WireError};
+use meshtalk::codec::frame::{Frame, VERSION, arg};
+use meshtalk::codec::wire::{Status, op};
+use meshtalk::core::Target;
+
+fn status<T: std::fmt::Debug>(result: Result<T, WireError>) -> Status {
+    match result {
+        Err(WireError::Rejected {
+            status: Some(status),
+            ..
+        }) => status,
+        other => panic!("expected a rejection, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn every_capability_over_the_binary_protocol() {
+    let t = TestServer::start().await;
+    let alice = t.wire_user("alice").await;
+    let bob = t.wire_user("bob").await;
+
+    // DMs: the reply to the sender, a push to the recipient.
+    let sent = alice.send_dm("BOB", "lunch?", "c-1").await.unwrap();
+    let m = bob.next_message().await.unwrap();
+    assert_eq!(
+        (m.id, m.from.as_str(), m.body.as_str()),
+        (sent.id, "alice", "lunch?")
+    );
+    assert_eq!(m.to, Target::User("bob".into()));
+    assert_eq!(m.client_msg_id.as_deref(), Some("c-1"));
+    let retry = alice.send_dm("bob", "lunch?", "c-1").await.unwrap();
+    assert!(retry.duplicate && retry.id == sent.id);
+    bob.ack(&[m.id]).await.unwrap();
+
+    // Rooms.
+    assert_eq!(alice.join("#Rust").await.unwrap(), "Rust");
+    bob.join("rust").await.unwrap();
+    let said = alice.send_room("rust", "hello rust", "").await.unwrap();
+    let m = bob.next_message().await.unwrap();
+    assert_eq!((m.id, m.to), (said.id, Target::Room("Rust".into())));
+    let history = bob.history(true, "rust", 10).await.unwrap();
+    assert_eq!(
+        history.iter().map(|m| m.body.as_str()).collect::<Vec<_>>(),
+        ["hello rust"]
+    );
+    let dms = bob.history(false, "alice", 10).await.unwrap();
+    assert_eq!(dms.len(), 1);
+    assert_eq!(
+        bob.call(op::LEAVE, vec![arg::str("rust")]).await.unwrap(),
+        [arg::bool(true)]
+    );
+    let rooms = bob.call(op::ROOMS, vec![]).await.unwrap();
+    assert_eq!(rooms.len(), 6, "two rooms, three arguments each");
+    assert_eq!(rooms[0], arg::str("lobby"));
+    assert_eq!(
+        rooms[3..],
+        [arg::str("Rust"), arg::u32(1), arg::bool(false)]
+    );
+
+    // Views.
+    assert_eq!(bob.who().await.unwrap(), ["alice", "bob"]);
+    let users = bob
+        .call(op::LIST_USERS, vec![arg::str("a*")])
+        .await
+        .unwrap();
+    assert_eq!(
+        users,
+        [arg::str("alice"), arg::bool(true), arg::str("test-node")]
+    );
+    let stats = bob.call(op::STATS, vec![]).await.unwrap();
+    assert_eq!(stats[0], arg::u64(2), "messages");
+    assert_eq!(stats[1], arg::u64(2), "accounts");
+    assert_eq!(stats[5], arg::str("test-node"));
+    let echo = bob
+        .call(op::PING, vec![arg::str("x"), arg::str("y")])
+        .await
+        .unwrap();
+    assert_eq!(echo, [arg::str("x"), arg::str("y")]);
+
+    // Operators only.
+    assert_eq!(status(bob.call(op::PEERS, vec![]).await), Status::Perm);
+    let root = t.wire_user("root").await;
+    assert_eq!(
+        root.call(op::TOPOLOGY, vec![]).await.unwrap(),
+        [arg::str("test-node")]
+    );
+    assert_eq!(
+        status(
+            root.call(op::PEER_CONNECT, vec![arg::str("h"), arg::u16(1)])
+                .await
+        ),
+        Status::Unsupported
+    );
+
+    // Log out, log in elsewhere: waiting messages arrive there.
+    bob.call(op::LOGOUT, vec![]).await.unwrap();
+    assert_eq!(status(bob.who().await), Status::Auth);
+    let later = alice
+        .send_dm("bob", "while you were out", "")
+        .await
+        .unwrap();
+    let bob2 = WireClient::connect(t.server.wire_addr()).await.unwrap();
+    bob2.login("bob", PASSWORD).await.unwrap();
+    let waiting = bob2.next_message().await.unwrap();
+    assert_eq!(waiting.id, later.id);
+
+    bob2.call(op::DELETE_ACCOUNT, vec![arg::str(PASSWORD)])
+        .await
+        .unwrap();
+    assert_eq!(
+        status(alice.send_dm("bob", "gone?", "").await),
+        Status::NotFound
+    );
+}
+
+#[tokio::test]
+async fn concurrent_requests_are_matched_by_request_id() {
+    let t = TestServer::start().await;
+    let alice = t.wire_user("alice").await;
+    t.wire_user("bob").await;
+    let sends = (0..50).map(|i| {
+        let alice = alice.clone();
+        async move {
+            (
+                i,
+                alice
+                    .send_dm("bob", &format!("m{i}"), &format!("id-{i}"))
+                    .await
+                    .unwrap(),
+            )
+        }
+    });
+    let results = futures::future::join_all(sends).await;
+    let history = alice.history(false, "bob", 100).await.unwrap();
+    for (i, sent) in results {
+        let stored = history.iter().find(|m| m.id == sent.id).unwrap();
+        assert_eq!(
+            stored.body,
+            format!("m{i}"),
+            "reply {i} matched its own request"
+        );
+    }
+}
+
+#[tokio::test]
+async fn bad_requests_get_error_replies_and_the_connection_goes_on() {
+    let t = TestServer::start().await;
+    let c = WireClient::connect(t.server.wire_addr()).await.unwrap();
+    assert_eq!(status(c.who().await), Status::Auth, "log in first");
+    assert_eq!(status(c.login("nobody", PASSWORD).await), Status::Auth);
+    assert_eq!(
+        status(c.register("no way", PASSWORD).await),
+        Status::Invalid
+    );
+    c.register("carol", PASSWORD).await.unwrap();
+    assert_eq!(status(c.register("CAROL", PASSWORD).await), Status::Exists);
+    c.login("carol", PASSWORD).await.unwrap();
+
+    assert_eq!(status(c.call(0x5e, vec![]).await), Status::UnknownOpcode);
+    assert_eq!(status(c.call(op::JOIN, vec![]).await), Status::Arguments);
+    assert_eq!(
+        status(c.call(op::WHO, vec![arg::str("x")]).await),
+        Status::Arguments
+    );
+    assert_eq!(
+        status(
+            c.call(op::JOIN, vec![Bytes::from_static(b"\xff\xfe")])
+                .await
+        ),
+        Status::Utf8
+    );
+    assert_eq!(
+        status(c.call(op::ACK, vec![arg::str("abc")]).await),
+        Status::Arguments
+    );
+    assert_eq!(
+        status(
+            c.call(
+                op::HISTORY,
+                vec![
+                    Bytes::from_static(&[7]),
+                    arg::str("x"),
+                    arg::u64(0),
+                    arg::u32(1),
+                    arg::bool(false)
+                ]
+            )
+            .await
+        ),
+        Status::Arguments
+    );
+    assert_eq!(
+        status(c.send_dm("nobody", "hi", "").await),
+        Status::NotFound
+    );
+    assert_eq!(
+        status(c.send_room("nowhere", "hi", "").await),
+        Status::NotFound
+    );
+    assert_eq!(status(c.send_room("lobby", "", "").await), Status::Invalid);
+    assert_eq!(
+        status(c.send_room("lobby", &"x".repeat(4097), "").await),
+        Status::Invalid
+    );
+
+    // A frame whose arguments overrun it: the length still delimits it, so
+    // it is answered and the next frame is read as usual.
+    let mut raw = tokio::net::TcpStream::connect(t.server.wire_addr())
+        .await
+        .unwrap();
+    let mut lying = Frame::request(op::PING, 1000, vec![arg::str("abc")])
+        .to_bytes()
+        .to_vec();
+    lying[12] = 3; // claims three arguments, carries one
+    lying.extend_from_slice(&Frame::request(op::PING, 1001, vec![]).to_bytes());
+    raw.write_all(&lying).await.unwrap();
+    let mut buf = bytes::BytesMut::new();
+    let mut replies = vec![];
+    while replies.len() < 2 {
+        raw.read_buf(&mut buf).await.unwrap();
+        while let Some(frame) = Frame::decode(&mut buf, 1 << 20).unwrap() {
+            replies.push(frame);
+        }
+    }
+    assert_eq!(
+        (replies[0].request_id, replies[0].status),
+        (1000, Status::BadFrame as u8)
+    );
+    let why = String::from_utf8(replies[0].args[0].to_vec()).unwrap();
+    assert!(why.contains("runs past the end"), "{why}");
+    assert_eq!((replies[1].request_id, replies[1].status), (1001, 0));
+    assert_eq!(c.who().await.unwrap(), ["carol"], "still the same session");
+}
+
+async fn expect_bye(c: &WireClient, expected: Status) -> String {
+    let frame = tokio::time::timeout(Duration::from_secs(5), c.next_push())
+        .await
+        .expect("a BYE in time")
+        .expect("a BYE before the close");
+    assert_eq!(frame.opcode, op::PUSH_BYE);
+    assert_eq!(Status::from_u8(frame.status), Some(expected));
+    let text = String::from_utf8(frame.args[0].to_vec()).unwrap();
+    assert!(c.next_push().await.is_none(), "then the server closes");
+    text
+}
+
+#[tokio::test]
+async fn untrustworthy_streams_are_closed_with_a_reason_and_neighbours_carry_on() {
+    let t = TestServer::start().await;
+    let neighbour = t.wire_user("neighbour").await;
+
+    // A length over the limit.
+    let c = WireClient::connect(t.server.wire_addr()).await.unwrap();
+    c.send_raw(&[0x7f, 0xff, 0xff, 0xff, 1, 2, 3])
+        .await
+        .unwrap();
+    let why = expect_bye(&c, Status::TooLarge).await;
+    assert!(why.contains("over the limit"), "{why}");
+
+    // A length too short for a header.
+    let c = WireClient::connect(t.server.wire_addr()).await.unwrap();
+    c.send_raw(&[0, 0, 0, 2, 1, 1]).await.unwrap();
+    expect_bye(&c, Status::BadFrame).await;
+
+    // Another protocol version: answered, then closed.
+    let c = WireClient::connect(t.server.wire_addr()).await.unwrap();
+    let mut frame = Frame::request(op::PING, 5, vec![]);
+    frame.version = 9;
+    let reply = c.exchange(frame).await.unwrap();
+    assert_eq!(Status::from_u8(reply.status), Some(Status::Version));
+    assert_eq!(reply.version, VERSION);
+    assert!(c.next_push().await.is_none());
+
+    // A truncated frame, then the client vanishes.
+    let c = WireClient::connect(t.server.wire_addr()).await.unwrap();
+    let whole = Frame::request(op::PING, 1, vec![arg::str("half")]).to_bytes();
+    c.send_raw(&whole[..whole.len() - 2]).await.unwrap();
+    drop(c);
+
+    // A client that disconnects abruptly while logged in.
+    let gone = t.wire_user("gone").await;
+    drop(gone);
+
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(neighbour.who().await.unwrap(), ["neighbour"]);
+    assert_eq!(
+        neighbour
+            .call(op::PING, vec![arg::str("still fine")])
+            .await
+            .unwrap(),
+        [arg::str("still fine")]
+    );
+}
