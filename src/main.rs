@@ -17,7 +17,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run a server.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Chat interactively with a server.
     Chat(ChatArgs),
 }
@@ -25,7 +25,7 @@ enum Command {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
-        Command::Serve(args) => serve(args).await,
+        Command::Serve(args) => serve(*args).await,
         Command::Chat(args) => {
             init_logging(LogFormat::Text, "warn");
             chat::run(args).await

@@ -49,7 +49,7 @@ async fn register_login_logout_delete() {
             .await
             .map_err(ClientError::from),
     );
-    assert_eq!(code, Code::Unauthenticated, "deleting needs the password");
+    assert_eq!(code, Code::PermissionDenied, "deleting needs the password");
     session
         .accounts()
         .delete_account(session.request(proto::DeleteAccountRequest {

@@ -167,10 +167,11 @@ async fn offline_dms_arrive_at_login_and_accounts_can_go() {
         .await
         .unwrap());
     assert_eq!(bob.request("/who").await.unwrap().lines.len(), 2);
+    assert_eq!(bob.take_deliveries(), [], "nothing was delivered again");
 
     assert_eq!(
-        err(&bob.request("/delete-account wrong").await.unwrap()).0,
-        "auth"
+        err(&bob.request("/delete-account wrong").await.unwrap()),
+        ("perm", "wrong password")
     );
     assert_eq!(
         ok(&bob
@@ -229,7 +230,7 @@ async fn bad_input_gets_its_exact_code_and_the_connection_stays() {
         "exists"
     );
     assert_eq!(
-        err(&c.request(&format!("/login carol wrong")).await.unwrap()).0,
+        err(&c.request("/login carol wrong").await.unwrap()).0,
         "auth"
     );
     ok(&c

@@ -131,6 +131,11 @@ impl LineClient {
         self.read_reply().await
     }
 
+    /// The deliveries set aside while waiting for replies.
+    pub fn take_deliveries(&mut self) -> Vec<ServerLine> {
+        self.deliveries.drain(..).collect()
+    }
+
     /// The next room line or direct message (or a closing `-ERR`).
     pub async fn next_delivery(&mut self) -> io::Result<ServerLine> {
         if let Some(line) = self.deliveries.pop_front() {

@@ -41,14 +41,15 @@ impl WireError {
     }
 }
 
-type Pending = Arc<Mutex<HashMap<u32, oneshot::Sender<Frame>>>>;
+/// Waiters by request id; `None` once the connection is gone.
+type Pending = Arc<Mutex<Option<HashMap<u32, oneshot::Sender<Frame>>>>>;
 
 #[derive(Clone)]
 pub struct WireClient {
     writer: Arc<tokio::sync::Mutex<OwnedWriteHalf>>,
     pending: Pending,
     next_id: Arc<AtomicU32>,
-    pushes: Arc<tokio::sync::Mutex<mpsc::Receiver<Frame>>>,
+    pushes: Arc<tokio::sync::Mutex<mpsc::UnboundedReceiver<Frame>>>,
 }
 
 impl WireClient {
@@ -56,8 +57,9 @@ impl WireClient {
         let stream = TcpStream::connect(addr).await?;
         stream.set_nodelay(true)?;
         let (mut reader, writer) = stream.into_split();
-        let pending: Pending = Arc::default();
-        let (push_tx, pushes) = mpsc::channel(4096);
+        let pending: Pending = Arc::new(Mutex::new(Some(HashMap::new())));
+        // Unbounded so a caller that reads pushes late never stalls replies.
+        let (push_tx, pushes) = mpsc::unbounded_channel();
         let table = pending.clone();
         tokio::spawn(async move {
             let mut buffer = BytesMut::with_capacity(4096);
@@ -65,14 +67,13 @@ impl WireClient {
                 match Frame::decode(&mut buffer, MAX_REPLY) {
                     Ok(Some(frame)) => {
                         if frame.request_id == 0 {
-                            if push_tx.send(frame).await.is_err() {
+                            if push_tx.send(frame).is_err() {
                                 break;
                             }
                         } else {
-                            let waiter = table
-                                .lock()
-                                .ok()
-                                .and_then(|mut t| t.remove(&frame.request_id));
+                            let waiter = table.lock().ok().and_then(|mut t| {
+                                t.as_mut().and_then(|t| t.remove(&frame.request_id))
+                            });
                             if let Some(waiter) = waiter {
                                 let _ = waiter.send(frame);
                             }
@@ -87,9 +88,9 @@ impl WireClient {
                     Ok(_) => {}
                 }
             }
-            // Waiters see their senders dropped: the connection closed.
+            // Waiters see their senders dropped, and later calls fail at once.
             if let Ok(mut table) = table.lock() {
-                table.clear();
+                table.take();
             }
         });
         Ok(WireClient {
@@ -111,6 +112,8 @@ impl WireClient {
         self.pending
             .lock()
             .map_err(|_| WireError::Closed)?
+            .as_mut()
+            .ok_or(WireError::Closed)?
             .insert(frame.request_id, tx);
         self.send_raw(&frame.to_bytes()).await?;
         rx.await.map_err(|_| WireError::Closed)

@@ -7,9 +7,19 @@
 use argon2::password_hash::{PasswordHash, SaltString, rand_core::OsRng};
 use argon2::{Argon2, PasswordHasher, PasswordVerifier};
 use sha2::{Digest, Sha256};
+use std::sync::atomic::Ordering;
 
 use super::{Closed, Core, CoreError, Identity, names};
 use crate::store::StoreError;
+
+impl Core {
+    /// Drops cached sessions, and tells concurrent look-ups not to re-add them.
+    fn revoke(&self, matches: impl Fn(&Identity) -> bool) {
+        let mut sessions = self.sessions();
+        self.inner.revocations.fetch_add(1, Ordering::SeqCst);
+        sessions.retain(|_, s| !matches(s));
+    }
+}
 
 /// A login: the token to present from now on, and who it belongs to.
 #[derive(Debug, Clone)]
@@ -85,6 +95,7 @@ impl Core {
         if let Some(identity) = self.sessions().get(&token_hash) {
             return Ok(identity.clone());
         }
+        let revocations = self.inner.revocations.load(Ordering::SeqCst);
         let record = self.inner.store.session_by_token(token_hash).await?.ok_or(
             CoreError::Unauthenticated("unknown or logged-out token: log in again"),
         )?;
@@ -93,14 +104,19 @@ impl Core {
             name: record.name,
             session: record.id,
         };
-        self.sessions().insert(token_hash, identity.clone());
+        let mut sessions = self.sessions();
+        // A logout that ran while the store was being read must not have its
+        // session put back in the cache.
+        if self.inner.revocations.load(Ordering::SeqCst) == revocations {
+            sessions.insert(token_hash, identity.clone());
+        }
         Ok(identity)
     }
 
     /// Ends a session: its token stops working and its streams close.
     pub async fn logout(&self, who: &Identity) -> Result<(), CoreError> {
         self.inner.store.delete_session(who.session).await?;
-        self.sessions().retain(|_, s| s.session != who.session);
+        self.revoke(|s| s.session == who.session);
         self.inner
             .hub
             .close_session(who.account, who.session, Closed::LoggedOut);
@@ -117,7 +133,7 @@ impl Core {
             .await?
             .ok_or(CoreError::Unauthenticated("this account no longer exists"))?;
         if !verify_password(password.to_owned(), account.password_hash).await? {
-            return Err(CoreError::BadCredentials);
+            return Err(CoreError::WrongPassword);
         }
         self.inner.store.delete_account(who.account).await?;
         self.directory_write()
@@ -125,7 +141,7 @@ impl Core {
         for members in self.rooms_write().members.values_mut() {
             members.remove(&who.account);
         }
-        self.sessions().retain(|_, s| s.account != who.account);
+        self.revoke(|s| s.account == who.account);
         self.inner
             .hub
             .close_account(who.account, Closed::AccountDeleted);

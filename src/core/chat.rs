@@ -66,7 +66,12 @@ impl Inbox {
     pub async fn next(&mut self) -> Result<Delivery, Closed> {
         loop {
             if let Some(message) = self.backlog.pop_front() {
-                return Ok(message);
+                // A logout or shutdown ends the stream at once, backlog or not;
+                // an overflow only after the backlog, which is still owed.
+                match self.live.closed() {
+                    Some(why) if why != Closed::Overflow => return Err(why),
+                    _ => return Ok(message),
+                }
             }
             if !self.backlog_done {
                 let page = self
@@ -135,32 +140,37 @@ impl Core {
             }
         };
         let recipient = message.recipient.as_ref().map(|(id, _)| *id);
-        let appended = self.inner.store.append(message).await?;
-        let sent = Sent {
-            id: appended.message.id,
-            sent_at_ms: appended.message.sent_at_ms,
-            duplicate: appended.duplicate,
-        };
-        if !appended.duplicate {
-            let delivery = Arc::new(appended.message);
+        // Fan-out runs on the commit path: in commit order (so a receiver
+        // sees ids ascending and a room ack never skips an earlier message),
+        // and even when the sender has stopped waiting.
+        let core = self.clone();
+        let except = who.session;
+        let fan_out: crate::store::CommitHook = Box::new(move |appended| {
+            if appended.duplicate {
+                return;
+            }
+            let delivery = Arc::new(appended.message.clone());
             match (room, recipient) {
                 (Some(room), _) => {
-                    let rooms = self.rooms_read();
+                    let rooms = core.rooms_read();
                     if let Some(members) = rooms.members.get(&room) {
-                        self.inner
-                            .hub
-                            .fan_out(&delivery, members, Some(who.session));
+                        core.inner.hub.fan_out(&delivery, members, Some(except));
                     }
                 }
                 (None, Some(recipient)) => {
-                    self.inner
+                    core.inner
                         .hub
-                        .fan_out(&delivery, [&recipient], Some(who.session));
+                        .fan_out(&delivery, [&recipient], Some(except));
                 }
                 (None, None) => {}
             }
-        }
-        Ok(sent)
+        });
+        let appended = self.inner.store.append(message, fan_out).await?;
+        Ok(Sent {
+            id: appended.message.id,
+            sent_at_ms: appended.message.sent_at_ms,
+            duplicate: appended.duplicate,
+        })
     }
 
     fn check_body(&self, body: &str) -> Result<(), CoreError> {
@@ -371,7 +381,7 @@ impl Core {
         Ok(Stats {
             messages: counts.messages,
             accounts: counts.accounts,
-            sessions_online: self.inner.hub.sink_count() as u64,
+            sessions_online: self.inner.hub.session_count() as u64,
             rooms: counts.rooms,
             uptime_secs: self.inner.started.elapsed().as_secs(),
             node: self.inner.node.clone(),

@@ -25,6 +25,9 @@ pub enum CoreError {
     NameTaken(String),
     #[error("wrong name or password")]
     BadCredentials,
+    /// The session is fine but the password it was asked for is not.
+    #[error("wrong password")]
+    WrongPassword,
     #[error("{0}")]
     Unauthenticated(&'static str),
     #[error("no such user: {0}")]
@@ -57,7 +60,9 @@ impl CoreError {
             CoreError::NameTaken(_) => ErrorKind::AlreadyExists,
             CoreError::BadCredentials | CoreError::Unauthenticated(_) => ErrorKind::Unauthenticated,
             CoreError::NoSuchUser(_) | CoreError::NoSuchRoom(_) => ErrorKind::NotFound,
-            CoreError::NotMember(_) | CoreError::NotOperator => ErrorKind::PermissionDenied,
+            CoreError::NotMember(_) | CoreError::NotOperator | CoreError::WrongPassword => {
+                ErrorKind::PermissionDenied
+            }
             CoreError::Limit(_) => ErrorKind::ResourceExhausted,
             CoreError::ShuttingDown | CoreError::Store(StoreError::Closed) => {
                 ErrorKind::Unavailable

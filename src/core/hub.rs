@@ -44,6 +44,13 @@ impl fmt::Display for Closed {
     }
 }
 
+#[derive(Default)]
+struct Sinks {
+    by_account: HashMap<AccountId, Vec<Sink>>,
+    /// Set by `close_all`: later attachments are closed from the start.
+    closing: bool,
+}
+
 struct Sink {
     id: u64,
     session: SessionId,
@@ -58,7 +65,7 @@ impl Sink {
 }
 
 pub struct Hub {
-    sinks: Mutex<HashMap<AccountId, Vec<Sink>>>,
+    sinks: Mutex<Sinks>,
     next_id: AtomicU64,
     queue_depth: usize,
 }
@@ -74,6 +81,11 @@ pub struct Attachment {
 }
 
 impl Attachment {
+    /// Why the hub let go of this sink, if it has.
+    pub fn closed(&self) -> Option<Closed> {
+        self.reason.get().copied()
+    }
+
     /// The next live delivery, or why the hub let go of this sink.
     pub async fn recv(&mut self) -> Result<Delivery, Closed> {
         match self.rx.recv().await {
@@ -86,10 +98,10 @@ impl Attachment {
 impl Drop for Attachment {
     fn drop(&mut self) {
         let mut sinks = self.hub.lock();
-        if let Some(list) = sinks.get_mut(&self.account) {
+        if let Some(list) = sinks.by_account.get_mut(&self.account) {
             list.retain(|s| s.id != self.id);
             if list.is_empty() {
-                sinks.remove(&self.account);
+                sinks.by_account.remove(&self.account);
             }
         }
     }
@@ -98,13 +110,13 @@ impl Drop for Attachment {
 impl Hub {
     pub fn new(queue_depth: usize) -> Arc<Self> {
         Arc::new(Hub {
-            sinks: Mutex::new(HashMap::new()),
+            sinks: Mutex::new(Sinks::default()),
             next_id: AtomicU64::new(1),
             queue_depth: queue_depth.max(1),
         })
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<AccountId, Vec<Sink>>> {
+    fn lock(&self) -> MutexGuard<'_, Sinks> {
         // A panic while holding this lock leaves only plain data behind.
         self.sinks.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -113,12 +125,20 @@ impl Hub {
         let (tx, rx) = mpsc::channel(self.queue_depth);
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let reason = Arc::new(OnceLock::new());
-        self.lock().entry(account).or_default().push(Sink {
-            id,
-            session,
-            tx,
-            reason: reason.clone(),
-        });
+        let mut sinks = self.lock();
+        if sinks.closing {
+            // Dropping the sender ends the stream at once, with this reason.
+            let _ = reason.set(Closed::ShuttingDown);
+            drop(tx);
+        } else {
+            sinks.by_account.entry(account).or_default().push(Sink {
+                id,
+                session,
+                tx,
+                reason: reason.clone(),
+            });
+        }
+        drop(sinks);
         Attachment {
             hub: self.clone(),
             account,
@@ -136,7 +156,8 @@ impl Hub {
         accounts: impl IntoIterator<Item = &'a AccountId>,
         except: Option<SessionId>,
     ) {
-        let mut sinks = self.lock();
+        let mut guard = self.lock();
+        let sinks = &mut guard.by_account;
         for account in accounts {
             let Some(list) = sinks.get_mut(account) else {
                 continue;
@@ -162,7 +183,8 @@ impl Hub {
 
     /// Ends every sink of one session.
     pub fn close_session(&self, account: AccountId, session: SessionId, why: Closed) {
-        let mut sinks = self.lock();
+        let mut guard = self.lock();
+        let sinks = &mut guard.by_account;
         if let Some(list) = sinks.get_mut(&account) {
             list.retain(|s| {
                 let keep = s.session != session;
@@ -178,27 +200,36 @@ impl Hub {
     }
 
     pub fn close_account(&self, account: AccountId, why: Closed) {
-        if let Some(list) = self.lock().remove(&account) {
+        if let Some(list) = self.lock().by_account.remove(&account) {
             list.iter().for_each(|s| s.close(why));
         }
     }
 
+    /// Ends every sink, and every sink attached from now on.
     pub fn close_all(&self, why: Closed) {
-        for (_, list) in self.lock().drain() {
+        let mut sinks = self.lock();
+        sinks.closing = true;
+        for (_, list) in sinks.by_account.drain() {
             list.iter().for_each(|s| s.close(why));
         }
     }
 
     /// Accounts with at least one live sink.
     pub fn online(&self) -> Vec<AccountId> {
-        self.lock().keys().copied().collect()
+        self.lock().by_account.keys().copied().collect()
     }
 
     pub fn is_online(&self, account: AccountId) -> bool {
-        self.lock().contains_key(&account)
+        self.lock().by_account.contains_key(&account)
     }
 
-    pub fn sink_count(&self) -> usize {
-        self.lock().values().map(Vec::len).sum()
+    /// Sessions with at least one live sink.
+    pub fn session_count(&self) -> usize {
+        self.lock()
+            .by_account
+            .values()
+            .flat_map(|list| list.iter().map(|s| s.session))
+            .collect::<std::collections::HashSet<_>>()
+            .len()
     }
 }

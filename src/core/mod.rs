@@ -16,7 +16,7 @@ mod message;
 pub mod names;
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
@@ -86,6 +86,9 @@ struct Inner {
     rooms: RwLock<Rooms>,
     /// Token hash → session, for tokens seen since start.
     sessions: Mutex<HashMap<[u8; 32], Identity>>,
+    /// Counts logouts and deletions, so a token look-up that raced one does
+    /// not cache a session that is gone.
+    revocations: AtomicU64,
 }
 
 #[derive(Default)]
@@ -128,6 +131,7 @@ impl Core {
                 directory: RwLock::new(directory),
                 rooms: RwLock::new(rooms),
                 sessions: Mutex::new(HashMap::new()),
+                revocations: AtomicU64::new(0),
                 store,
             }),
         })

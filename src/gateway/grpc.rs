@@ -6,7 +6,7 @@
 
 use std::pin::Pin;
 
-use futures::{Stream, StreamExt, future};
+use futures::{Stream, StreamExt};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
@@ -281,28 +281,44 @@ impl Chat for GrpcGateway {
         let who = self.identify(&request).await?;
         let inbox = self.core.attach(&who).await.map_err(status)?;
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
-        let deliveries = forward(inbox, tx.clone(), |event| proto::ServerFrame {
+        let mut deliveries = forward(inbox, tx.clone(), |event| proto::ServerFrame {
             kind: Some(proto::server_frame::Kind::Event(event)),
         });
         let core = self.core.clone();
-        let frames = request
-            .into_inner()
-            .take_while(|frame| future::ready(frame.is_ok()))
-            .filter_map(|frame| future::ready(frame.ok()));
+        let frames = request.into_inner();
         tokio::spawn(async move {
             // Sends run concurrently up to PIPELINE, but their results go out
-            // in the order the sends came in.
+            // in the order the sends came in. A broken client stream ends the
+            // call with its status.
             let mut replies = frames
-                .map(|frame| client_frame(&core, &who, frame))
+                .map(|frame| {
+                    let (core, who) = (core.clone(), who.clone());
+                    async move {
+                        match frame {
+                            Ok(frame) => client_frame(&core, &who, frame).await.map(Ok),
+                            Err(e) => Some(Err(e)),
+                        }
+                    }
+                })
                 .buffered(PIPELINE);
-            while let Some(reply) = replies.next().await {
-                if let Some(reply) = reply
-                    && tx.send(Ok(reply)).await.is_err()
-                {
-                    break;
+            loop {
+                tokio::select! {
+                    // The delivery half ended (logout, overflow, shutdown): so
+                    // does the call, sends included.
+                    _ = &mut deliveries => break,
+                    reply = replies.next() => match reply {
+                        // The client finished sending: the call is over.
+                        None => break,
+                        Some(None) => {}
+                        Some(Some(reply)) => {
+                            let failed = reply.is_err();
+                            if tx.send(reply).await.is_err() || failed {
+                                break;
+                            }
+                        }
+                    },
                 }
             }
-            // The client finished sending: the call is over.
             deliveries.abort();
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))

@@ -69,6 +69,10 @@ pub struct Appended {
     pub duplicate: bool,
 }
 
+/// Runs right after the commit that stored a message, before the sender is
+/// answered, in commit order; it must not block.
+pub type CommitHook = Box<dyn FnOnce(&Appended) + Send>;
+
 /// Whose history to read.
 #[derive(Debug, Clone, Copy)]
 pub enum Conversation {
@@ -122,8 +126,13 @@ pub trait Store: Send + Sync + 'static {
     async fn leave(&self, account: AccountId, room: RoomId) -> Result<bool, StoreError>;
 
     /// Stores a message (and, for a direct message, puts it in the
-    /// recipient's inbox) durably before returning.
-    async fn append(&self, message: NewMessage) -> Result<Appended, StoreError>;
+    /// recipient's inbox) durably before returning. `on_commit` runs once the
+    /// message is committed, in commit order, even if the caller has gone.
+    async fn append(
+        &self,
+        message: NewMessage,
+        on_commit: CommitHook,
+    ) -> Result<Appended, StoreError>;
     /// What waits for an account with `after < id <= up_to`, oldest first, at
     /// most `limit`: its inbox and the room speech of others since its
     /// acknowledged cursor in each room.

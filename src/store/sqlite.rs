@@ -16,8 +16,8 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use super::{
-    AccountId, AccountRecord, Appended, Conversation, Counts, NewMessage, RoomId, RoomRecord,
-    SessionId, SessionRecord, Store, StoreError, message_target,
+    AccountId, AccountRecord, Appended, CommitHook, Conversation, Counts, NewMessage, RoomId,
+    RoomRecord, SessionId, SessionRecord, Store, StoreError, message_target,
 };
 use crate::core::Message;
 
@@ -90,7 +90,7 @@ pub struct SqliteStore {
     writer: Mutex<Option<mpsc::Sender<Job>>>,
     writer_thread: Mutex<Option<JoinHandle<()>>>,
     readers: Arc<Mutex<Vec<Connection>>>,
-    reader_permits: Semaphore,
+    reader_permits: Arc<Semaphore>,
 }
 
 fn backend(e: rusqlite::Error) -> StoreError {
@@ -141,7 +141,7 @@ impl SqliteStore {
             writer: Mutex::new(Some(tx)),
             writer_thread: Mutex::new(Some(thread)),
             readers: Arc::new(Mutex::new(readers)),
-            reader_permits: Semaphore::new(READERS),
+            reader_permits: Arc::new(Semaphore::new(READERS)),
         })
     }
 
@@ -150,6 +150,16 @@ impl SqliteStore {
         &self,
         f: impl FnOnce(&Connection) -> Result<R, StoreError> + Send + 'static,
     ) -> Result<R, StoreError> {
+        self.write_then(f, |_| {}).await
+    }
+
+    /// Like [`write`](Self::write), and runs `then` on the writer thread
+    /// after a successful commit, before answering.
+    async fn write_then<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<R, StoreError> + Send + 'static,
+        then: impl FnOnce(&R) + Send + 'static,
+    ) -> Result<R, StoreError> {
         let (reply, answer) = oneshot::channel();
         let job: Job = Box::new(move |conn| {
             let result = f(conn);
@@ -157,7 +167,12 @@ impl SqliteStore {
             let finish: Finish = Box::new(move |commit_error| {
                 let _ = reply.send(match commit_error {
                     Some(e) => Err(e.clone()),
-                    None => result,
+                    None => {
+                        if let Ok(value) = &result {
+                            then(value);
+                        }
+                        result
+                    }
                 });
             });
             (ok, finish)
@@ -176,13 +191,17 @@ impl SqliteStore {
         &self,
         f: impl FnOnce(&Connection) -> rusqlite::Result<R> + Send + 'static,
     ) -> Result<R, StoreError> {
-        let _permit = self
+        // The permit moves into the blocking task: if the caller goes away,
+        // the connection stays counted until it is back in the pool.
+        let permit = self
             .reader_permits
-            .acquire()
+            .clone()
+            .acquire_owned()
             .await
             .map_err(|_| StoreError::Closed)?;
         let pool = self.readers.clone();
         tokio::task::spawn_blocking(move || {
+            let _permit = permit;
             // The permit guarantees a connection is free.
             let conn = pool
                 .lock()
@@ -215,30 +234,41 @@ fn write_loop(conn: Connection, mut jobs: mpsc::Receiver<Job>) {
         let commit = match begun {
             Err(e) => Err(e),
             Ok(()) => {
+                let mut aborted = None;
                 for job in batch.drain(..) {
                     let opened = conn.execute_batch("SAVEPOINT job");
                     let (ok, finish) = job(&conn);
-                    if opened.is_ok() {
-                        let end = if ok {
-                            "RELEASE job"
-                        } else {
-                            "ROLLBACK TO job; RELEASE job"
-                        };
-                        if let Err(e) = conn.execute_batch(end) {
-                            tracing::error!(error = %e, "savepoint failed");
-                        }
-                    }
                     finishes.push(finish);
+                    let ended = match opened {
+                        Ok(()) if ok => conn.execute_batch("RELEASE job"),
+                        Ok(()) => conn.execute_batch("ROLLBACK TO job; RELEASE job"),
+                        Err(e) => Err(e),
+                    };
+                    // On a full disk or an I/O error SQLite rolls the whole
+                    // transaction back by itself: nothing in it may be
+                    // reported as stored, and no later job may run outside it.
+                    if ended.is_err() || conn.is_autocommit() {
+                        aborted = Some(match ended {
+                            Err(e) => backend(e),
+                            Ok(()) => StoreError::Backend("the transaction was rolled back".into()),
+                        });
+                        break;
+                    }
                 }
-                conn.execute_batch("COMMIT").map_err(backend)
+                match aborted {
+                    Some(e) => Err(e),
+                    None => conn.execute_batch("COMMIT").map_err(backend),
+                }
             }
         };
         if let Err(e) = &commit {
             tracing::error!(error = %e, "commit failed");
-            let _ = conn.execute_batch("ROLLBACK");
+            if !conn.is_autocommit() {
+                let _ = conn.execute_batch("ROLLBACK");
+            }
         }
-        // When BEGIN failed no job ran; dropping them drops their replies,
-        // which their callers see as an unavailable store.
+        // Jobs that never ran are dropped with their replies, which their
+        // callers see as an unavailable store.
         batch.clear();
         for finish in finishes {
             finish(commit.as_ref().err());
@@ -450,8 +480,9 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn append(&self, m: NewMessage) -> Result<Appended, StoreError> {
-        self.write(move |c| append_tx(c, m).map_err(backend)).await
+    async fn append(&self, m: NewMessage, on_commit: CommitHook) -> Result<Appended, StoreError> {
+        self.write_then(move |c| append_tx(c, m).map_err(backend), on_commit)
+            .await
     }
 
     async fn pending(
@@ -461,23 +492,41 @@ impl Store for SqliteStore {
         up_to: u64,
         limit: u32,
     ) -> Result<Vec<Message>, StoreError> {
+        // Each source is read as an index range with its own limit, then
+        // merged: a page costs `limit` rows per source, however far behind
+        // the account is.
         self.read(move |c| {
-            let sql = format!(
-                "SELECT {MESSAGE_COLUMNS} FROM messages WHERE id IN (
-                     SELECT message_id FROM inbox
-                      WHERE account_id = ?1 AND message_id > ?2 AND message_id <= ?3
-                     UNION ALL
-                     SELECT m.id FROM memberships s JOIN messages m ON m.room_id = s.room_id
-                      WHERE s.account_id = ?1 AND m.id > MAX(s.acked_id, ?2) AND m.id <= ?3
-                        AND m.sender_id != ?1)
-                 ORDER BY id LIMIT ?4"
-            );
-            c.prepare_cached(&sql)?
-                .query_map(
-                    params![account, after as i64, up_to as i64, limit],
+            let (after, up_to) = (after as i64, up_to as i64);
+            let mut page: Vec<Message> = c
+                .prepare_cached(&format!(
+                    "SELECT {MESSAGE_COLUMNS} FROM messages WHERE id IN (
+                         SELECT message_id FROM inbox
+                          WHERE account_id = ?1 AND message_id > ?2 AND message_id <= ?3
+                          ORDER BY message_id LIMIT ?4)"
+                ))?
+                .query_map(params![account, after, up_to, limit], row_to_message)?
+                .collect::<rusqlite::Result<_>>()?;
+            let cursors: Vec<(RoomId, i64)> = c
+                .prepare_cached("SELECT room_id, acked_id FROM memberships WHERE account_id = ?1")?
+                .query_map([account], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<rusqlite::Result<_>>()?;
+            let mut room_page = c.prepare_cached(&format!(
+                "SELECT {MESSAGE_COLUMNS} FROM messages
+                  WHERE room_id = ?1 AND id > ?2 AND id <= ?3 AND sender_id != ?4
+                  ORDER BY id LIMIT ?5"
+            ))?;
+            for (room, acked) in cursors {
+                let rows = room_page.query_map(
+                    params![room, acked.max(after), up_to, account, limit],
                     row_to_message,
-                )?
-                .collect()
+                )?;
+                for row in rows {
+                    page.push(row?);
+                }
+            }
+            page.sort_by_key(|m| m.id);
+            page.truncate(limit as usize);
+            Ok(page)
         })
         .await
     }

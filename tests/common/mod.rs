@@ -134,13 +134,10 @@ pub struct ChildServer {
 impl ChildServer {
     pub fn start(data_dir: &Path) -> ChildServer {
         let mut child = Command::new(env!("CARGO_BIN_EXE_meshtalk"))
-            .args([
-                "serve",
-                "--grpc-addr",
-                "127.0.0.1:0",
-                "--log-format",
-                "json",
-            ])
+            .args(["serve", "--log-format", "json"])
+            .args(["--grpc-addr", "127.0.0.1:0"])
+            .args(["--talk-addr", "127.0.0.1:0"])
+            .args(["--wire-addr", "127.0.0.1:0"])
             .arg("--data-dir")
             .arg(data_dir)
             .env("RUST_LOG", "info")
@@ -150,11 +147,12 @@ impl ChildServer {
             .expect("spawn meshtalk");
         let stderr = child.stderr.take().expect("stderr");
         let mut lines = BufReader::new(stderr).lines();
+        let mut seen = Vec::new();
         let addr = loop {
-            let line = lines
-                .next()
-                .expect("the server logs that it is serving")
-                .expect("read log");
+            let Some(Ok(line)) = lines.next() else {
+                panic!("the server stopped before serving; its log: {seen:#?}");
+            };
+            seen.push(line.clone());
             if let Some(rest) = line.split("\"grpc\":\"").nth(1) {
                 break rest.split('"').next().expect("address").to_owned();
             }

@@ -1,0 +1,189 @@
+//! Property tests for every parser: what is encoded decodes to the same
+//! thing, however the bytes arrive, and arbitrary bytes never panic a decoder.
+
+use bytes::{Bytes, BytesMut};
+use meshtalk::codec::frame::{Frame, MAX_REPLY, MAX_REQUEST};
+use meshtalk::codec::line::{Command, LineDecoder, LineError, MAX_LINE, ServerLine};
+use meshtalk::codec::wire::{message_args, parse_message};
+use meshtalk::core::{Message, Target};
+use proptest::prelude::*;
+
+fn word() -> impl Strategy<Value = String> {
+    "[A-Za-z0-9_.-]{1,32}"
+}
+
+/// Text a line can carry: no line breaks, no leading `/` worries.
+fn text() -> impl Strategy<Value = String> {
+    "[^\r\n]{1,200}".prop_filter("not blank", |t| !t.trim().is_empty())
+}
+
+fn frame() -> impl Strategy<Value = Frame> {
+    (
+        any::<u8>(),
+        any::<u8>(),
+        any::<u32>(),
+        any::<u8>(),
+        prop::collection::vec(prop::collection::vec(any::<u8>(), 0..300), 0..20),
+    )
+        .prop_map(|(version, opcode, request_id, status, args)| Frame {
+            version,
+            opcode,
+            request_id,
+            status,
+            args: args.into_iter().map(Bytes::from).collect(),
+        })
+}
+
+fn command() -> impl Strategy<Value = Command> {
+    prop_oneof![
+        text()
+            .prop_filter("say", |t| !t.starts_with('/'))
+            .prop_map(Command::Say),
+        text().prop_map(|t| Command::Say(format!("/{}", t.trim_start_matches('/')))),
+        (word(), word()).prop_map(|(name, password)| Command::Register { name, password }),
+        (word(), word()).prop_map(|(name, password)| Command::Login { name, password }),
+        word().prop_map(|password| Command::DeleteAccount { password }),
+        word().prop_map(Command::Users),
+        (
+            word(),
+            text()
+                .prop_map(|t| t.trim().to_owned())
+                .prop_filter("text", |t| !t.is_empty())
+        )
+            .prop_map(|(to, text)| Command::Tell { to, text }),
+        word().prop_map(Command::Join),
+        word().prop_map(Command::Leave),
+        (1u32..=1000).prop_map(Command::History),
+        (word(), any::<u16>()).prop_map(|(host, port)| Command::PeerConnect { host, port }),
+        word().prop_map(Command::PeerKill),
+        Just(Command::Help),
+        Just(Command::Logout),
+        Just(Command::Who),
+        Just(Command::Rooms),
+        Just(Command::Stats),
+        Just(Command::Quit),
+        Just(Command::Peers),
+        Just(Command::Topology),
+    ]
+}
+
+fn server_line() -> impl Strategy<Value = ServerLine> {
+    prop_oneof![
+        "[^\r\n]{0,100}".prop_map(ServerLine::Ok),
+        (word(), "[^\r\n]{0,100}").prop_map(|(code, text)| ServerLine::Err { code, text }),
+        (word(), word(), "[^\r\n]{0,100}").prop_map(|(room, from, text)| ServerLine::Room {
+            room,
+            from,
+            text
+        }),
+        (word(), "[^\r\n]{0,100}").prop_map(|(from, text)| ServerLine::Direct { from, text }),
+        "[^\r\n]{0,100}".prop_map(ServerLine::Notice),
+    ]
+}
+
+fn decode_all(decoder: &mut LineDecoder, buf: &mut BytesMut) -> Vec<Result<String, LineError>> {
+    let mut out = vec![];
+    while let Some(line) = decoder.decode(buf) {
+        out.push(line);
+    }
+    out
+}
+
+proptest! {
+    #[test]
+    fn frames_round_trip_in_any_chunking(frames in prop::collection::vec(frame(), 1..5), cuts in prop::collection::vec(any::<prop::sample::Index>(), 0..6)) {
+        let mut wire = BytesMut::new();
+        for f in &frames {
+            f.encode(&mut wire);
+        }
+        let wire = wire.freeze();
+        let mut points: Vec<usize> = cuts.iter().map(|i| i.index(wire.len() + 1)).collect();
+        points.sort();
+        let mut buf = BytesMut::new();
+        let mut decoded = vec![];
+        let mut last = 0;
+        for point in points.into_iter().chain([wire.len()]) {
+            buf.extend_from_slice(&wire[last..point]);
+            last = point;
+            while let Some(f) = Frame::decode(&mut buf, MAX_REPLY).unwrap() {
+                decoded.push(f);
+            }
+        }
+        prop_assert_eq!(decoded, frames);
+        prop_assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn arbitrary_bytes_never_panic_the_frame_decoder(bytes in prop::collection::vec(any::<u8>(), 0..2000)) {
+        let mut buf = BytesMut::from(&bytes[..]);
+        // Either frames, a wait for more, or an error: never a panic or a loop.
+        for _ in 0..bytes.len() + 1 {
+            match Frame::decode(&mut buf, MAX_REQUEST) {
+                Ok(Some(_)) => continue,
+                Ok(None) | Err(_) => break,
+            }
+        }
+    }
+
+    #[test]
+    fn commands_round_trip(c in command()) {
+        prop_assert_eq!(Command::parse(&c.to_line()), Ok(Some(c)));
+    }
+
+    #[test]
+    fn server_lines_round_trip_through_the_decoder(lines in prop::collection::vec(server_line(), 1..10), crlf in any::<bool>()) {
+        let mut wire = Vec::new();
+        for line in &lines {
+            if crlf {
+                line.encode(&mut wire);
+            } else {
+                wire.extend_from_slice(format!("{line}\n").as_bytes());
+            }
+        }
+        let mut decoder = LineDecoder::new();
+        let mut buf = BytesMut::from(&wire[..]);
+        let decoded: Vec<ServerLine> = decode_all(&mut decoder, &mut buf)
+            .into_iter()
+            .map(|l| ServerLine::parse(&l.unwrap()).unwrap())
+            .collect();
+        prop_assert_eq!(decoded, lines);
+    }
+
+    #[test]
+    fn the_line_decoder_survives_anything(chunks in prop::collection::vec(prop::collection::vec(any::<u8>(), 0..3000), 0..8)) {
+        let mut decoder = LineDecoder::new();
+        let mut buf = BytesMut::new();
+        for chunk in &chunks {
+            buf.extend_from_slice(chunk);
+            for line in decode_all(&mut decoder, &mut buf).into_iter().flatten() {
+                prop_assert!(line.len() <= MAX_LINE);
+                let _ = Command::parse(&line);
+                let _ = ServerLine::parse(&line);
+            }
+            // The decoder never holds more than one line's worth.
+            prop_assert!(buf.len() <= MAX_LINE + 1);
+        }
+        let _ = decoder.decode_eof(&mut buf);
+    }
+
+    #[test]
+    fn messages_round_trip_as_arguments(id in any::<u64>(), at in any::<i64>(), from in word(), to in word(), room in any::<bool>(), body in "[^\r\n]{1,100}", client in proptest::option::of(word())) {
+        let m = Message {
+            id,
+            from,
+            to: if room { Target::Room(to) } else { Target::User(to) },
+            body,
+            sent_at_ms: at,
+            client_msg_id: client,
+        };
+        let mut args = vec![];
+        message_args(&m, &mut args);
+        prop_assert_eq!(parse_message(&args), Some(m));
+    }
+
+    #[test]
+    fn arbitrary_arguments_never_panic_the_message_parser(args in prop::collection::vec(prop::collection::vec(any::<u8>(), 0..20), 0..8)) {
+        let args: Vec<Bytes> = args.into_iter().map(Bytes::from).collect();
+        let _ = parse_message(&args);
+    }
+}
