@@ -89,7 +89,7 @@ async fn two_users_talk_through_the_chat_client() {
     );
     assert_eq!(
         show(&mut alice, "/dance").await,
-        ["! unknown command /dance: try /help"]
+        ["! no such command /dance: try /help"]
     );
     assert!(show(&mut alice, "").await.is_empty());
     assert_eq!(alice.handle("/quit").await, Outcome::Quit);

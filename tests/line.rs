@@ -252,7 +252,7 @@ async fn bad_input_gets_its_exact_code_and_the_connection_stays() {
     );
     assert_eq!(
         err(&c.request("/dance").await.unwrap()),
-        ("unknown", "unknown command /dance: try /help")
+        ("unknown", "no such command /dance: try /help")
     );
     assert_eq!(
         err(&c.request("/tell nobody hi").await.unwrap()),

@@ -210,19 +210,16 @@ mod tests {
 
     #[test]
     fn the_documented_login_example() {
-        let frame = Frame::request(0x02, 7, vec![arg::str("bob"), arg::str("pw")]);
-        let bytes = frame.to_bytes();
-        assert_eq!(
-            bytes.as_ref(),
-            [
-                0, 0, 0, 0x16, // length 22
-                1, 0x02, 0, 0, 0, 7, 0, // version, opcode, request id, status
-                0, 2, // two arguments
-                0, 0, 0, 3, b'b', b'o', b'b', //
-                0, 0, 0, 2, b'p', b'w',
-            ]
-        );
-        let mut buf = BytesMut::from(&bytes[..]);
+        // docs/wire-protocol.md, "LOGIN request".
+        let documented = "00 00 00 1b 01 02 00 00 00 01 00 00 02 00 00 00 03 62 6f 62 \
+                          00 00 00 07 68 75 6e 74 65 72 32";
+        let expected: Vec<u8> = documented
+            .split_whitespace()
+            .map(|h| u8::from_str_radix(h, 16).unwrap())
+            .collect();
+        let frame = Frame::request(0x02, 1, vec![arg::str("bob"), arg::str("hunter2")]);
+        assert_eq!(frame.to_bytes().as_ref(), &expected[..]);
+        let mut buf = BytesMut::from(&expected[..]);
         assert_eq!(Frame::decode(&mut buf, MAX_REQUEST), Ok(Some(frame)));
         assert!(buf.is_empty());
     }

@@ -147,7 +147,7 @@ pub enum ParseError {
 impl fmt::Display for ParseError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            ParseError::Unknown(verb) => write!(f, "unknown command /{verb}: try /help"),
+            ParseError::Unknown(verb) => write!(f, "no such command /{verb}: try /help"),
             ParseError::Usage(usage) => write!(f, "usage: {usage}"),
         }
     }
