@@ -93,16 +93,31 @@ async fn grpc(server: &Server, sender: &str, recipient: &str) -> anyhow::Result<
     let (sm, rm) = (Arc::new(Meter::default()), Arc::new(Meter::default()));
     let s_addr = proxy(server.grpc_addr(), sm.clone()).await?;
     let r_addr = proxy(server.grpc_addr(), rm.clone()).await?;
-    let s = Client::connect(&format!("http://{s_addr}")).await?.login(sender, PASSWORD).await?.0;
-    let r = Client::connect(&format!("http://{r_addr}")).await?.login(recipient, PASSWORD).await?.0;
+    let s = Client::connect(&format!("http://{s_addr}"))
+        .await?
+        .login(sender, PASSWORD)
+        .await?
+        .0;
+    let r = Client::connect(&format!("http://{r_addr}"))
+        .await?
+        .login(recipient, PASSWORD)
+        .await?
+        .0;
     let mut events = r.subscribe().await?;
     let to = To::User(recipient.into());
-    let mut cost = Cost { send: 0, delivery: 0, ack: 0 };
+    let mut cost = Cost {
+        send: 0,
+        delivery: 0,
+        ack: 0,
+    };
     for round in 0..2 {
         settle().await;
         let (s0, r0) = (sm.read(), rm.read());
         s.send(&to, BODY, None).await?;
-        let event = events.message().await?.ok_or_else(|| anyhow::anyhow!("stream ended"))?;
+        let event = events
+            .message()
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("stream ended"))?;
         settle().await;
         let (s1, r1) = (sm.read(), rm.read());
         let Some(proto::event::Kind::Message(m)) = event.kind else {
@@ -111,7 +126,11 @@ async fn grpc(server: &Server, sender: &str, recipient: &str) -> anyhow::Result<
         r.ack(vec![m.id]).await?;
         settle().await;
         if round == 1 {
-            cost = Cost { send: s1 - s0, delivery: r1 - r0, ack: rm.read() - r1 };
+            cost = Cost {
+                send: s1 - s0,
+                delivery: r1 - r0,
+                ack: rm.read() - r1,
+            };
         }
     }
     Ok(cost)
@@ -123,7 +142,11 @@ async fn line(server: &Server, sender: &str, recipient: &str) -> anyhow::Result<
     let mut r = LineClient::connect(proxy(server.talk_addr(), rm.clone()).await?).await?;
     s.request(&format!("/login {sender} {PASSWORD}")).await?;
     r.request(&format!("/login {recipient} {PASSWORD}")).await?;
-    let mut cost = Cost { send: 0, delivery: 0, ack: 0 };
+    let mut cost = Cost {
+        send: 0,
+        delivery: 0,
+        ack: 0,
+    };
     for round in 0..2 {
         settle().await;
         let (s0, r0) = (sm.read(), rm.read());
@@ -132,7 +155,11 @@ async fn line(server: &Server, sender: &str, recipient: &str) -> anyhow::Result<
         settle().await;
         if round == 1 {
             // Writing the line to the socket is the acknowledgement: no bytes.
-            cost = Cost { send: sm.read() - s0, delivery: rm.read() - r0, ack: 0 };
+            cost = Cost {
+                send: sm.read() - s0,
+                delivery: rm.read() - r0,
+                ack: 0,
+            };
         }
     }
     Ok(cost)
@@ -144,7 +171,11 @@ async fn wire(server: &Server, sender: &str, recipient: &str) -> anyhow::Result<
     let r = WireClient::connect(proxy(server.wire_addr(), rm.clone()).await?).await?;
     s.login(sender, PASSWORD).await?;
     r.login(recipient, PASSWORD).await?;
-    let mut cost = Cost { send: 0, delivery: 0, ack: 0 };
+    let mut cost = Cost {
+        send: 0,
+        delivery: 0,
+        ack: 0,
+    };
     for round in 0..2 {
         settle().await;
         let (s0, r0) = (sm.read(), rm.read());
@@ -155,7 +186,11 @@ async fn wire(server: &Server, sender: &str, recipient: &str) -> anyhow::Result<
         r.ack(&[m.id]).await?;
         settle().await;
         if round == 1 {
-            cost = Cost { send: s1 - s0, delivery: r1 - r0, ack: rm.read() - r1 };
+            cost = Cost {
+                send: s1 - s0,
+                delivery: r1 - r0,
+                ack: rm.read() - r1,
+            };
         }
     }
     Ok(cost)
@@ -181,11 +216,17 @@ async fn main() -> anyhow::Result<()> {
         setup.register(name, PASSWORD).await?;
     }
     let rows = [
-        ("gRPC (HTTP/2, protobuf)", grpc(&server, "alice", "bob").await?),
+        (
+            "gRPC (HTTP/2, protobuf)",
+            grpc(&server, "alice", "bob").await?,
+        ),
         ("line protocol", line(&server, "carol", "dave").await?),
         ("binary protocol", wire(&server, "erin", "frank").await?),
     ];
-    println!("One direct message of {} bytes (\"{BODY}\"), steady state, bytes in both directions:\n", BODY.len());
+    println!(
+        "One direct message of {} bytes (\"{BODY}\"), steady state, bytes in both directions:\n",
+        BODY.len()
+    );
     println!("| protocol | send + reply | delivery | ack | total |");
     println!("|---|---:|---:|---:|---:|");
     for (name, c) in rows {

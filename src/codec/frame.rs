@@ -128,10 +128,9 @@ impl Frame {
         }))
     }
 
-    /// The frame's bytes on the wire.
-    pub fn encode(&self, out: &mut BytesMut) {
+    /// Appends the frame's bytes on the wire to `out`.
+    pub fn encode(&self, out: &mut impl BufMut) {
         let len = HEADER_LEN - 4 + self.args.iter().map(|a| 4 + a.len()).sum::<usize>();
-        out.reserve(4 + len);
         out.put_u32(len as u32);
         out.put_u8(self.version);
         out.put_u8(self.opcode);

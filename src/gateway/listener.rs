@@ -6,8 +6,12 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::io::{AsyncWriteExt, BufWriter};
+use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc, watch};
+
+use crate::core::{Closed, Delivery, Inbox};
 
 /// Tells connection tasks to say goodbye and stop.
 #[derive(Clone)]
@@ -78,5 +82,37 @@ pub async fn accept_loop<H, HF, R, RF>(
                 tokio::spawn(refuse(stream));
             }
         }
+    }
+}
+
+/// Writes and flushes `out`, then empties it. A client that does not read
+/// for [`WRITE_TIMEOUT`] is given up on rather than holding its task forever.
+pub async fn write_out(
+    writer: &mut BufWriter<OwnedWriteHalf>,
+    out: &mut Vec<u8>,
+) -> std::io::Result<()> {
+    if out.is_empty() {
+        return Ok(());
+    }
+    let write = async {
+        writer.write_all(out).await?;
+        writer.flush().await
+    };
+    let result = match tokio::time::timeout(WRITE_TIMEOUT, write).await {
+        Ok(result) => result,
+        Err(_) => Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "the client stopped reading",
+        )),
+    };
+    out.clear();
+    result
+}
+
+/// The next delivery of a logged-in connection; never resolves before login.
+pub async fn next_delivery(inbox: &mut Option<Inbox>) -> Result<Delivery, Closed> {
+    match inbox {
+        Some(inbox) => inbox.next().await,
+        None => std::future::pending().await,
     }
 }

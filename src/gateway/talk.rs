@@ -12,7 +12,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
-use super::listener::{Shutdown, WRITE_TIMEOUT};
+use super::listener::{Shutdown, WRITE_TIMEOUT, next_delivery, write_out};
 use crate::codec::line::{Command, HELP, LineDecoder, LineError, ParseError, ServerLine};
 use crate::core::{Closed, Core, CoreError, ErrorKind, Identity, Inbox, Message, Target, names};
 
@@ -54,22 +54,7 @@ impl Connection {
     }
 
     async fn flush(&mut self) -> std::io::Result<()> {
-        if self.out.is_empty() {
-            return Ok(());
-        }
-        let write = async {
-            self.writer.write_all(&self.out).await?;
-            self.writer.flush().await
-        };
-        let result = match tokio::time::timeout(WRITE_TIMEOUT, write).await {
-            Ok(result) => result,
-            Err(_) => Err(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                "the client stopped reading",
-            )),
-        };
-        self.out.clear();
-        result
+        write_out(&mut self.writer, &mut self.out).await
     }
 }
 
@@ -172,13 +157,6 @@ pub async fn refuse(mut stream: TcpStream) {
     let mut out = Vec::new();
     err("limit", "too many connections; try again later").encode(&mut out);
     let _ = tokio::time::timeout(WRITE_TIMEOUT, stream.write_all(&out)).await;
-}
-
-async fn next_delivery(inbox: &mut Option<Inbox>) -> Result<crate::core::Delivery, Closed> {
-    match inbox {
-        Some(inbox) => inbox.next().await,
-        None => std::future::pending().await,
-    }
 }
 
 impl Session {

@@ -13,7 +13,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
-use super::listener::{Shutdown, WRITE_TIMEOUT};
+use super::listener::{Shutdown, WRITE_TIMEOUT, next_delivery, write_out};
 use crate::codec::frame::{Frame, FrameError, MAX_REQUEST, VERSION, arg};
 use crate::codec::wire::{Status, message_args, op};
 use crate::core::{Closed, Core, CoreError, ErrorKind, Identity, Inbox, Target};
@@ -60,7 +60,7 @@ struct Connection {
     reader: OwnedReadHalf,
     writer: BufWriter<OwnedWriteHalf>,
     buffer: BytesMut,
-    out: BytesMut,
+    out: Vec<u8>,
 }
 
 impl Connection {
@@ -92,22 +92,7 @@ impl Connection {
     }
 
     async fn flush(&mut self) -> std::io::Result<()> {
-        if self.out.is_empty() {
-            return Ok(());
-        }
-        let write = async {
-            self.writer.write_all(&self.out).await?;
-            self.writer.flush().await
-        };
-        let result = match tokio::time::timeout(WRITE_TIMEOUT, write).await {
-            Ok(result) => result,
-            Err(_) => Err(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                "the client stopped reading",
-            )),
-        };
-        self.out.clear();
-        result
+        write_out(&mut self.writer, &mut self.out).await
     }
 }
 
@@ -166,7 +151,7 @@ pub async fn serve_connection(core: Core, stream: TcpStream, mut shutdown: Shutd
             reader,
             writer: BufWriter::new(writer),
             buffer: BytesMut::with_capacity(512),
-            out: BytesMut::with_capacity(512),
+            out: Vec::with_capacity(512),
         },
         who: None,
         inbox: None,
@@ -177,13 +162,6 @@ pub async fn serve_connection(core: Core, stream: TcpStream, mut shutdown: Shutd
     session.inbox = None;
     if let Some(who) = session.who.take() {
         let _ = session.core.logout(&who).await;
-    }
-}
-
-async fn next_delivery(inbox: &mut Option<Inbox>) -> Result<crate::core::Delivery, Closed> {
-    match inbox {
-        Some(inbox) => inbox.next().await,
-        None => std::future::pending().await,
     }
 }
 
