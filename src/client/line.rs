@@ -50,7 +50,12 @@ fn protocol_error(text: String) -> io::Error {
 impl LineClient {
     /// Connects and reads the greeting.
     pub async fn connect(addr: impl ToSocketAddrs) -> io::Result<LineClient> {
-        let (reader, writer) = TcpStream::connect(addr).await?.into_split();
+        Self::over(TcpStream::connect(addr).await?).await
+    }
+
+    /// Speaks over an already connected stream; reads the greeting.
+    pub async fn over(stream: TcpStream) -> io::Result<LineClient> {
+        let (reader, writer) = stream.into_split();
         let mut client = LineClient {
             reader,
             writer,
