@@ -8,12 +8,15 @@
 //! - [`store`]: the [`store::Store`] trait and its embedded SQLite backend,
 //!   with group commit.
 //! - [`gateway`]: one module per client protocol, each a thin translation
-//!   onto the core (today: gRPC).
+//!   onto the core: gRPC, the line protocol and the binary protocol.
 //! - [`server`]: wires store, core and gateways together; signals and shutdown.
-//! - [`client`]: the reusable gRPC client library and the interactive chat.
+//! - [`client`]: the client libraries (gRPC, line, binary) and the interactive chat.
+//! - [`codec`]: the line and binary wire formats, pure functions over bytes.
+//! - [`bench`]: the load generator behind `meshtalk bench`.
 //! - [`config`]: command-line flags, environment and the TOML config file.
 //! - [`proto`]: the generated gRPC types.
 
+pub mod bench;
 pub mod client;
 pub mod codec;
 pub mod config;

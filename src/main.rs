@@ -20,6 +20,8 @@ enum Command {
     Serve(Box<ServeArgs>),
     /// Chat interactively with a server.
     Chat(ChatArgs),
+    /// Drive a server with load and report throughput and latency.
+    Bench(meshtalk::bench::BenchArgs),
 }
 
 #[tokio::main]
@@ -29,6 +31,10 @@ async fn main() -> anyhow::Result<()> {
         Command::Chat(args) => {
             init_logging(LogFormat::Text, "warn");
             chat::run(args).await
+        }
+        Command::Bench(args) => {
+            init_logging(LogFormat::Text, "warn");
+            meshtalk::bench::run(args).await
         }
     }
 }

@@ -136,6 +136,12 @@ impl LineClient {
         self.read_reply().await
     }
 
+    /// The connection's halves and any bytes already read, for callers that
+    /// take over the stream after logging in.
+    pub fn into_parts(self) -> (OwnedReadHalf, OwnedWriteHalf, BytesMut) {
+        (self.reader, self.writer, self.buffer)
+    }
+
     /// The deliveries set aside while waiting for replies.
     pub fn take_deliveries(&mut self) -> Vec<ServerLine> {
         self.deliveries.drain(..).collect()

@@ -62,6 +62,14 @@ impl Client {
         }
     }
 
+    /// The same session (token) over another channel.
+    pub fn on_channel(&self, channel: Channel) -> Client {
+        Client {
+            channel,
+            token: self.token.clone(),
+        }
+    }
+
     /// A client that presents an existing token.
     pub fn with_token(&self, token: &str) -> Result<Client, ClientError> {
         let value = format!("Bearer {token}")

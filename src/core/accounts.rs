@@ -1,11 +1,10 @@
 //! Accounts and sessions: register, log in, authenticate, log out, delete.
 //!
-//! Passwords are hashed with argon2id on the blocking pool: a hash takes tens
-//! of milliseconds by design and would otherwise stall an async worker.
+//! Passwords are hashed with argon2id on a small pool of threads of their own
+//! ([`super::passwords`]): a hash takes tens of milliseconds and 19 MiB by
+//! design, and must neither stall an async worker nor multiply in a burst.
 //! Tokens are 256 random bits; only their SHA-256 is stored.
 
-use argon2::password_hash::{PasswordHash, SaltString, rand_core::OsRng};
-use argon2::{Argon2, PasswordHasher, PasswordVerifier};
 use sha2::{Digest, Sha256};
 use std::sync::atomic::Ordering;
 
@@ -39,7 +38,7 @@ impl Core {
         if self.directory_read().contains_key(&key) {
             return Err(CoreError::NameTaken(name.to_owned()));
         }
-        let hash = hash_password(password.to_owned()).await?;
+        let hash = self.inner.passwords.hash(password).await?;
         let id = self
             .inner
             .store
@@ -62,10 +61,15 @@ impl Core {
         let key = names::account_key(name).map_err(|_| CoreError::BadCredentials)?;
         let Some(account) = self.inner.store.account_by_key(&key).await? else {
             // An unknown name costs a hash too, so timing does not tell which names exist.
-            hash_password(password.to_owned()).await?;
+            self.inner.passwords.hash(password).await?;
             return Err(CoreError::BadCredentials);
         };
-        if !verify_password(password.to_owned(), account.password_hash.clone()).await? {
+        if !self
+            .inner
+            .passwords
+            .verify(password, &account.password_hash)
+            .await?
+        {
             return Err(CoreError::BadCredentials);
         }
         let token = new_token();
@@ -132,7 +136,12 @@ impl Core {
             .account_by_id(who.account)
             .await?
             .ok_or(CoreError::Unauthenticated("this account no longer exists"))?;
-        if !verify_password(password.to_owned(), account.password_hash).await? {
+        if !self
+            .inner
+            .passwords
+            .verify(password, &account.password_hash)
+            .await?
+        {
             return Err(CoreError::WrongPassword);
         }
         self.inner.store.delete_account(who.account).await?;
@@ -147,32 +156,6 @@ impl Core {
             .close_account(who.account, Closed::AccountDeleted);
         Ok(())
     }
-}
-
-async fn hash_password(password: String) -> Result<String, CoreError> {
-    tokio::task::spawn_blocking(move || {
-        let salt = SaltString::generate(&mut OsRng);
-        Argon2::default()
-            .hash_password(password.as_bytes(), &salt)
-            .map(|h| h.to_string())
-            .map_err(|e| CoreError::Store(StoreError::Backend(format!("hashing failed: {e}"))))
-    })
-    .await
-    .map_err(|e| CoreError::Store(StoreError::Backend(format!("hashing failed: {e}"))))?
-}
-
-async fn verify_password(password: String, hash: String) -> Result<bool, CoreError> {
-    tokio::task::spawn_blocking(move || {
-        PasswordHash::new(&hash)
-            .map(|parsed| {
-                Argon2::default()
-                    .verify_password(password.as_bytes(), &parsed)
-                    .is_ok()
-            })
-            .unwrap_or(false)
-    })
-    .await
-    .map_err(|e| CoreError::Store(StoreError::Backend(format!("verifying failed: {e}"))))
 }
 
 fn new_token() -> String {

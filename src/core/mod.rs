@@ -14,6 +14,7 @@ mod error;
 mod hub;
 mod message;
 pub mod names;
+mod passwords;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -86,6 +87,7 @@ struct Inner {
     rooms: RwLock<Rooms>,
     /// Token hash → session, for tokens seen since start.
     sessions: Mutex<HashMap<[u8; 32], Identity>>,
+    passwords: passwords::PasswordPool,
     /// Counts logouts and deletions, so a token look-up that raced one does
     /// not cache a session that is gone.
     revocations: AtomicU64,
@@ -132,6 +134,7 @@ impl Core {
                 rooms: RwLock::new(rooms),
                 sessions: Mutex::new(HashMap::new()),
                 revocations: AtomicU64::new(0),
+                passwords: passwords::PasswordPool::new(),
                 store,
             }),
         })

@@ -1,0 +1,178 @@
+//! Durable direct messages: C senders, each sending M messages one after
+//! another to its own recipient and waiting for each acknowledgement (given
+//! only after the commit). Recipients check they got every message once.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use clap::Args;
+use futures::StreamExt;
+use serde::Serialize;
+
+use super::driver::{Receiver, Sender};
+use super::fanout::{register_all, stamp, tally};
+use super::{BenchError, Latency, Proto, Target, TargetArgs, histogram, run_id};
+
+#[derive(Debug, Clone, Args)]
+pub struct DmArgs {
+    #[command(flatten)]
+    pub target: TargetArgs,
+    #[arg(long, value_enum, default_value = "grpc")]
+    pub proto: Proto,
+    /// Concurrent senders (each with its own connection and recipient).
+    #[arg(short, long, default_value_t = 50)]
+    pub clients: usize,
+    /// Messages each sender sends.
+    #[arg(short, long, default_value_t = 2000)]
+    pub messages: usize,
+    /// Bytes per message body.
+    #[arg(short, long, default_value_t = 64)]
+    pub bytes: usize,
+    /// Seconds of silence after which recipients stop waiting.
+    #[arg(long, default_value_t = 5)]
+    pub idle_timeout: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DmReport {
+    pub scenario: &'static str,
+    pub proto: Proto,
+    pub clients: usize,
+    pub messages: usize,
+    pub bytes: usize,
+    pub acked: u64,
+    pub acked_per_sec: f64,
+    pub ack_latency: Latency,
+    pub expected: u64,
+    pub received: u64,
+    pub duplicates: u64,
+    pub missing: u64,
+    pub seconds: f64,
+    pub errors: Vec<String>,
+}
+
+impl DmReport {
+    pub fn print(&self) {
+        let l = &self.ack_latency;
+        super::print_report(
+            &format!(
+                "dm over {:?}: {} senders x {} durable messages of {} bytes",
+                self.proto, self.clients, self.messages, self.bytes
+            ),
+            &[
+                ("acked sends/s", format!("{:.0}", self.acked_per_sec)),
+                (
+                    "ack latency µs",
+                    format!(
+                        "p50 {} p90 {} p99 {} max {}",
+                        l.p50_us, l.p90_us, l.p99_us, l.max_us
+                    ),
+                ),
+                (
+                    "deliveries",
+                    format!(
+                        "expected {} received {} duplicated {} missing {}",
+                        self.expected, self.received, self.duplicates, self.missing
+                    ),
+                ),
+                ("seconds", format!("{:.2}", self.seconds)),
+                ("errors", format!("{:?}", self.errors)),
+            ],
+            self,
+        );
+    }
+}
+
+pub async fn run(target: &Target, args: &DmArgs) -> Result<DmReport, BenchError> {
+    let id = run_id();
+    let senders: Vec<String> = (0..args.clients).map(|i| format!("{id}d{i}")).collect();
+    let recipients: Vec<String> = (0..args.clients).map(|i| format!("{id}r{i}")).collect();
+    eprintln!("registering {} accounts", 2 * args.clients);
+    register_all(target, &[senders.clone(), recipients.clone()].concat()).await?;
+
+    let receivers: Vec<Receiver> = futures::stream::iter(recipients.iter())
+        .map(|name| Receiver::connect(target, args.proto, name, None, None, None))
+        .buffered(8)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect::<Result<_, _>>()?;
+    let connections: Vec<Sender> = futures::stream::iter(senders.iter())
+        .map(|name| Sender::connect(target, args.proto, name, None))
+        .buffered(8)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect::<Result<_, _>>()?;
+
+    let acked = Arc::new(AtomicU64::new(0));
+    let counter = acked.clone();
+    let total = (args.clients * args.messages) as u64;
+    let _progress = super::progress("dm", move || {
+        format!("{} of {total} acked", counter.load(Ordering::Relaxed))
+    });
+    let idle = Duration::from_secs(args.idle_timeout);
+    let delivered = Arc::new(AtomicU64::new(0));
+    // Each recipient hears from one sender: "publisher" 0 in the stamp.
+    let tallies: Vec<_> = receivers
+        .into_iter()
+        .map(|r| tokio::spawn(tally(r, 1, args.messages, idle, delivered.clone())))
+        .collect();
+
+    let start = Instant::now();
+    let mut sending = Vec::new();
+    for (mut sender, to) in connections.into_iter().zip(recipients.clone()) {
+        let (acked, messages, bytes) = (acked.clone(), args.messages, args.bytes);
+        sending.push(tokio::spawn(async move {
+            let mut latency = histogram();
+            for seq in 0..messages {
+                let began = Instant::now();
+                sender.tell(&to, &stamp(0, seq, bytes)).await?;
+                let _ = latency.record((began.elapsed().as_micros() as u64).max(1));
+                acked.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok::<_, String>(latency)
+        }));
+    }
+    let mut errors = Vec::new();
+    let mut latency = histogram();
+    for task in sending {
+        match task.await {
+            Ok(Ok(h)) => {
+                let _ = latency.add(&h);
+            }
+            Ok(Err(e)) => errors.push(format!("sender: {e}")),
+            Err(e) => errors.push(format!("sender: {e}")),
+        }
+    }
+    let seconds = start.elapsed().as_secs_f64().max(1e-9);
+    let (mut received, mut duplicates) = (0, 0);
+    for task in tallies {
+        let t = task.await.map_err(BenchError::setup)?;
+        received += t.unique;
+        duplicates += t.duplicates;
+        if let Some(e) = t.error {
+            errors.push(format!("recipient: {e}"));
+        }
+    }
+    errors.sort();
+    errors.dedup();
+    let acked = acked.load(Ordering::Relaxed);
+    Ok(DmReport {
+        scenario: "dm",
+        proto: args.proto,
+        clients: args.clients,
+        messages: args.messages,
+        bytes: args.bytes,
+        acked,
+        acked_per_sec: acked as f64 / seconds,
+        ack_latency: Latency::of(&latency),
+        expected: total,
+        received,
+        duplicates,
+        missing: total - received,
+        seconds,
+        errors,
+    })
+}

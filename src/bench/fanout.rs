@@ -1,0 +1,369 @@
+//! Room fan-out: S subscribers in one room, P publishers each sending M
+//! messages of B bytes. Every body starts with its send time, publisher and
+//! sequence number, so subscribers measure latency and spot missing and
+//! duplicated deliveries.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use clap::Args;
+use futures::StreamExt;
+use serde::Serialize;
+
+use super::driver::{Receiver, Sender};
+use super::{BenchError, Latency, PASSWORD, Proto, Target, TargetArgs, histogram, run_id};
+
+#[derive(Debug, Clone, Args)]
+pub struct FanoutArgs {
+    #[command(flatten)]
+    pub target: TargetArgs,
+    /// The protocol every connection speaks.
+    #[arg(long, value_enum, default_value = "line")]
+    pub proto: Proto,
+    /// Subscribers in the room.
+    #[arg(short, long, default_value_t = 100)]
+    pub subscribers: usize,
+    /// Publishers in the room.
+    #[arg(short, long, default_value_t = 4)]
+    pub publishers: usize,
+    /// Messages each publisher sends.
+    #[arg(short, long, default_value_t = 5000)]
+    pub messages: usize,
+    /// Bytes per message body (at least the 40-odd bytes of its header).
+    #[arg(short, long, default_value_t = 64)]
+    pub bytes: usize,
+    /// Messages per second across all publishers [default: as fast as possible].
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// Sends each binary or gRPC publisher keeps in flight.
+    #[arg(long, default_value_t = 32)]
+    pub pipeline: usize,
+    /// Seconds of silence after which subscribers stop waiting.
+    #[arg(long, default_value_t = 5)]
+    pub idle_timeout: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct FanoutReport {
+    pub scenario: &'static str,
+    pub proto: Proto,
+    pub subscribers: usize,
+    pub publishers: usize,
+    pub messages: usize,
+    pub bytes: usize,
+    pub rate: Option<f64>,
+    pub expected: u64,
+    pub received: u64,
+    pub duplicates: u64,
+    pub missing: u64,
+    pub seconds: f64,
+    pub sent_per_sec: f64,
+    pub delivered_per_sec: f64,
+    pub latency: Latency,
+    pub errors: Vec<String>,
+}
+
+impl FanoutReport {
+    pub fn print(&self) {
+        let l = &self.latency;
+        super::print_report(
+            &format!(
+                "fanout over {:?}: {} subscribers, {} publishers x {} messages of {} bytes",
+                self.proto, self.subscribers, self.publishers, self.messages, self.bytes
+            ),
+            &[
+                ("delivered/s", format!("{:.0}", self.delivered_per_sec)),
+                ("sent/s", format!("{:.0}", self.sent_per_sec)),
+                (
+                    "latency µs",
+                    format!(
+                        "p50 {} p90 {} p99 {} max {}",
+                        l.p50_us, l.p90_us, l.p99_us, l.max_us
+                    ),
+                ),
+                (
+                    "deliveries",
+                    format!(
+                        "expected {} received {} duplicated {} missing {}",
+                        self.expected, self.received, self.duplicates, self.missing
+                    ),
+                ),
+                ("seconds", format!("{:.2}", self.seconds)),
+                ("errors", format!("{:?}", self.errors)),
+            ],
+            self,
+        );
+    }
+}
+
+pub fn now_nanos() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
+/// A body stamped with its send time, publisher and sequence number.
+pub fn stamp(publisher: usize, seq: usize, bytes: usize) -> String {
+    let mut body = format!("{:016x} {publisher} {seq} ", now_nanos());
+    while body.len() < bytes {
+        body.push('.');
+    }
+    body
+}
+
+/// The send time, publisher and sequence number of a stamped body.
+pub fn unstamp(body: &str) -> Option<(u64, usize, usize)> {
+    let mut fields = body.split(' ');
+    let sent = u64::from_str_radix(fields.next()?, 16).ok()?;
+    Some((
+        sent,
+        fields.next()?.parse().ok()?,
+        fields.next()?.parse().ok()?,
+    ))
+}
+
+/// Waits until `sent` messages at `rate` per second are due.
+pub async fn pace(start: Instant, sent: usize, rate: Option<f64>) {
+    if let Some(rate) = rate.filter(|r| *r > 0.0) {
+        let due = start + Duration::from_secs_f64(sent as f64 / rate);
+        tokio::time::sleep_until(due.into()).await;
+    }
+}
+
+/// What one receiver saw.
+pub struct Tally {
+    pub unique: u64,
+    pub duplicates: u64,
+    pub latency: hdrhistogram::Histogram<u64>,
+    pub last: Option<Instant>,
+    pub error: Option<String>,
+}
+
+/// Receives until `expected` distinct (publisher, seq) pairs have arrived,
+/// the stream ends, or `idle` passes in silence.
+pub async fn tally(
+    mut receiver: Receiver,
+    publishers: usize,
+    per_publisher: usize,
+    idle: Duration,
+    progress: Arc<AtomicU64>,
+) -> Tally {
+    let expected = (publishers * per_publisher) as u64;
+    let mut seen = vec![0u64; (publishers * per_publisher).div_ceil(64)];
+    let mut t = Tally {
+        unique: 0,
+        duplicates: 0,
+        latency: histogram(),
+        last: None,
+        error: None,
+    };
+    let mut to_ack = Vec::new();
+    while t.unique < expected {
+        let received = match tokio::time::timeout(idle, receiver.next()).await {
+            Ok(Some(Ok(received))) => received,
+            Ok(Some(Err(reason))) => {
+                t.error = Some(reason);
+                break;
+            }
+            Ok(None) | Err(_) => break,
+        };
+        let now = now_nanos();
+        t.last = Some(Instant::now());
+        to_ack.extend(received.id);
+        if to_ack.len() >= 1024 {
+            receiver.ack(std::mem::take(&mut to_ack)).await;
+        }
+        let Some((sent, publisher, seq)) = unstamp(&received.body) else {
+            continue;
+        };
+        if publisher >= publishers || seq >= per_publisher {
+            continue;
+        }
+        let index = publisher * per_publisher + seq;
+        let (word, bit) = (index / 64, 1u64 << (index % 64));
+        if seen[word] & bit != 0 {
+            t.duplicates += 1;
+            continue;
+        }
+        seen[word] |= bit;
+        t.unique += 1;
+        progress.fetch_add(1, Ordering::Relaxed);
+        let _ = t.latency.record((now.saturating_sub(sent) / 1000).max(1));
+    }
+    receiver.ack(to_ack).await;
+    t
+}
+
+/// Registers NAMES, a few at a time (password hashing is deliberately slow).
+pub async fn register_all(target: &Target, names: &[String]) -> Result<(), BenchError> {
+    let admin = target.admin().await?;
+    let results: Vec<_> = futures::stream::iter(names.iter().cloned())
+        .map(|name| {
+            let admin = admin.clone();
+            async move { admin.register(&name, PASSWORD).await }
+        })
+        .buffer_unordered(8)
+        .collect()
+        .await;
+    results
+        .into_iter()
+        .collect::<Result<Vec<_>, _>>()
+        .map(drop)
+        .map_err(BenchError::setup)
+}
+
+pub async fn run(target: &Target, args: &FanoutArgs) -> Result<FanoutReport, BenchError> {
+    let id = run_id();
+    let room = format!("{id}-room");
+    let subs: Vec<String> = (0..args.subscribers).map(|i| format!("{id}s{i}")).collect();
+    let pubs: Vec<String> = (0..args.publishers).map(|i| format!("{id}p{i}")).collect();
+    eprintln!("registering {} accounts", subs.len() + pubs.len());
+    register_all(target, &[subs.clone(), pubs.clone()].concat()).await?;
+    // The room exists before anyone joins it from a publisher connection.
+    let admin = target.admin().await?;
+    let (first, _) = admin
+        .login(&subs[0], PASSWORD)
+        .await
+        .map_err(BenchError::setup)?;
+    first.join(&room).await.map_err(BenchError::setup)?;
+
+    eprintln!("connecting {} subscribers", subs.len());
+    let receivers: Vec<Receiver> = futures::stream::iter(subs.iter())
+        .map(|name| Receiver::connect(target, args.proto, name, Some(&room), None, None))
+        .buffered(8)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect::<Result<_, _>>()?;
+    let mut senders = Vec::new();
+    for name in &pubs {
+        senders.push(Sender::connect(target, args.proto, name, Some(&room)).await?);
+    }
+
+    let delivered = Arc::new(AtomicU64::new(0));
+    let expected = (args.subscribers * args.publishers * args.messages) as u64;
+    let counter = delivered.clone();
+    let _progress = super::progress("fanout", move || {
+        format!(
+            "{} of {expected} delivered",
+            counter.load(Ordering::Relaxed)
+        )
+    });
+
+    let idle = Duration::from_secs(args.idle_timeout);
+    let tallies: Vec<_> = receivers
+        .into_iter()
+        .map(|r| {
+            tokio::spawn(tally(
+                r,
+                args.publishers,
+                args.messages,
+                idle,
+                delivered.clone(),
+            ))
+        })
+        .collect();
+    let start = Instant::now();
+    let per_publisher_rate = args.rate.map(|r| r / args.publishers as f64);
+    let mut publishing = Vec::new();
+    for (p, sender) in senders.into_iter().enumerate() {
+        publishing.push(tokio::spawn(publish(
+            sender,
+            room.clone(),
+            p,
+            args.messages,
+            args.bytes,
+            per_publisher_rate,
+            args.pipeline.max(1),
+            start,
+        )));
+    }
+    let mut errors = Vec::new();
+    for task in publishing {
+        match task.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => errors.push(format!("publisher: {e}")),
+            Err(e) => errors.push(format!("publisher: {e}")),
+        }
+    }
+    let sent_seconds = start.elapsed().as_secs_f64();
+
+    let mut latency = histogram();
+    let (mut received, mut duplicates, mut last) = (0, 0, start);
+    for task in tallies {
+        let t = task.await.map_err(BenchError::setup)?;
+        received += t.unique;
+        duplicates += t.duplicates;
+        last = last.max(t.last.unwrap_or(start));
+        let _ = latency.add(&t.latency);
+        if let Some(e) = t.error {
+            errors.push(format!("subscriber: {e}"));
+        }
+    }
+    errors.sort();
+    errors.dedup();
+    let seconds = last.duration_since(start).as_secs_f64().max(1e-9);
+    Ok(FanoutReport {
+        scenario: "fanout",
+        proto: args.proto,
+        subscribers: args.subscribers,
+        publishers: args.publishers,
+        messages: args.messages,
+        bytes: args.bytes,
+        rate: args.rate,
+        expected,
+        received,
+        duplicates,
+        missing: expected - received,
+        seconds,
+        sent_per_sec: (args.publishers * args.messages) as f64 / sent_seconds.max(1e-9),
+        delivered_per_sec: received as f64 / seconds,
+        latency: Latency::of(&latency),
+        errors,
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn publish(
+    mut sender: Sender,
+    room: String,
+    publisher: usize,
+    messages: usize,
+    bytes: usize,
+    rate: Option<f64>,
+    pipeline: usize,
+    start: Instant,
+) -> Result<(), String> {
+    let Some(_) = sender.concurrent() else {
+        // The line protocol: one writer, no replies to wait for.
+        for seq in 0..messages {
+            if rate.is_some() {
+                sender.flush().await?;
+                pace(start, seq, rate).await;
+            }
+            sender.say(&room, &stamp(publisher, seq, bytes)).await?;
+        }
+        return sender.finish().await;
+    };
+    // Binary and gRPC: `pipeline` sends in flight, each lane paced.
+    let lanes: Vec<_> = (0..pipeline)
+        .filter_map(|lane| {
+            let mut handle = sender.concurrent()?;
+            let room = room.clone();
+            let lane_rate = rate.map(|r| r / pipeline as f64);
+            Some(tokio::spawn(async move {
+                for (n, seq) in (lane..messages).step_by(pipeline).enumerate() {
+                    pace(start, n, lane_rate).await;
+                    handle.say(&room, &stamp(publisher, seq, bytes)).await?;
+                }
+                Ok::<(), String>(())
+            }))
+        })
+        .collect();
+    for lane in lanes {
+        lane.await.map_err(|e| e.to_string())??;
+    }
+    Ok(())
+}

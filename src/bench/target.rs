@@ -1,0 +1,124 @@
+//! Where a benchmark sends its load: a running server's addresses, or a
+//! fresh server spawned in a temporary directory for the run.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+
+use clap::Args;
+
+use super::BenchError;
+use crate::client::Client;
+
+#[derive(Debug, Clone, Args)]
+pub struct TargetArgs {
+    /// Start a fresh server (this binary) in a temporary directory for the run.
+    #[arg(long)]
+    pub spawn: bool,
+    /// The server's gRPC URL.
+    #[arg(long, default_value = "http://127.0.0.1:50051")]
+    pub grpc: String,
+    /// The server's line-protocol address.
+    #[arg(long, default_value = "127.0.0.1:8889")]
+    pub talk: String,
+    /// The server's binary-protocol address.
+    #[arg(long, default_value = "127.0.0.1:8890")]
+    pub wire: String,
+    /// The server's process id, for memory figures (known with --spawn).
+    #[arg(long)]
+    pub pid: Option<u32>,
+}
+
+/// A server under load.
+pub struct Target {
+    pub grpc: String,
+    pub talk: String,
+    pub wire: String,
+    pub pid: Option<u32>,
+    spawned: Option<(Child, tempfile::TempDir)>,
+}
+
+impl Target {
+    pub async fn open(args: &TargetArgs) -> Result<Target, BenchError> {
+        if !args.spawn {
+            return Ok(Target {
+                grpc: args.grpc.clone(),
+                talk: args.talk.clone(),
+                wire: args.wire.clone(),
+                pid: args.pid,
+                spawned: None,
+            });
+        }
+        let dir = tempfile::tempdir().map_err(|e| BenchError::Spawn(e.to_string()))?;
+        let exe = std::env::current_exe().map_err(|e| BenchError::Spawn(e.to_string()))?;
+        let mut child = Command::new(exe)
+            .args(["serve", "--log-format", "json", "--node-name", "bench"])
+            .args(["--grpc-addr", "127.0.0.1:0", "--talk-addr", "127.0.0.1:0"])
+            .args(["--wire-addr", "127.0.0.1:0"])
+            .arg("--data-dir")
+            .arg(dir.path())
+            .env("RUST_LOG", "warn,meshtalk::server=info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| BenchError::Spawn(e.to_string()))?;
+        let stderr = child
+            .stderr
+            .take()
+            .ok_or_else(|| BenchError::Spawn("no log".into()))?;
+        let (fields, lines) = tokio::task::spawn_blocking(move || {
+            let mut lines = BufReader::new(stderr).lines();
+            for line in lines.by_ref() {
+                let Ok(line) = line else { break };
+                let Ok(json) = serde_json::from_str::<serde_json::Value>(&line) else {
+                    continue;
+                };
+                let fields = &json["fields"];
+                if fields["grpc"].is_string() {
+                    return (Some(fields.clone()), lines);
+                }
+            }
+            (None, lines)
+        })
+        .await
+        .map_err(|e| BenchError::Spawn(e.to_string()))?;
+        // Keep draining the log so the server never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        let fields = fields.ok_or_else(|| BenchError::Spawn("the server did not start".into()))?;
+        let field = |name: &str| fields[name].as_str().unwrap_or_default().to_owned();
+        let pid = child.id();
+        Ok(Target {
+            grpc: format!("http://{}", field("grpc")),
+            talk: field("talk"),
+            wire: field("wire"),
+            pid: Some(pid),
+            spawned: Some((child, dir)),
+        })
+    }
+
+    /// A gRPC client for setting up accounts and rooms.
+    pub async fn admin(&self) -> Result<Client, BenchError> {
+        Client::connect(&self.grpc).await.map_err(BenchError::setup)
+    }
+
+    /// The server's resident memory in KiB, if its pid is known.
+    pub fn rss_kib(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid?)).ok()?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+    }
+}
+
+impl Drop for Target {
+    fn drop(&mut self) {
+        if let Some((child, _)) = &mut self.spawned {
+            // SAFETY: kill(2) on our own child's pid has no memory effects.
+            unsafe {
+                libc::kill(child.id() as i32, libc::SIGTERM);
+            }
+            let _ = child.wait();
+        }
+    }
+}

@@ -1,0 +1,104 @@
+//! A short run of every `meshtalk bench` scenario over every protocol, so the
+//! load generator cannot rot. Figures are not asserted: only completeness.
+
+mod common;
+
+use common::TestServer;
+use meshtalk::bench::{Proto, Target, TargetArgs, conns, dm, fanout};
+
+fn target_args(t: &TestServer) -> TargetArgs {
+    TargetArgs {
+        spawn: false,
+        grpc: t.url.clone(),
+        talk: t.server.talk_addr().to_string(),
+        wire: t.server.wire_addr().to_string(),
+        pid: Some(std::process::id()),
+    }
+}
+
+const PROTOS: [Proto; 3] = [Proto::Line, Proto::Wire, Proto::Grpc];
+
+#[tokio::test]
+async fn fanout_delivers_everything_once_on_every_protocol() {
+    let t = TestServer::start().await;
+    let target = Target::open(&target_args(&t)).await.unwrap();
+    for proto in PROTOS {
+        let args = fanout::FanoutArgs {
+            target: target_args(&t),
+            proto,
+            subscribers: 3,
+            publishers: 2,
+            messages: 50,
+            bytes: 64,
+            rate: None,
+            pipeline: 4,
+            idle_timeout: 5,
+        };
+        let report = fanout::run(&target, &args).await.unwrap();
+        assert_eq!(report.expected, 300, "{proto:?}");
+        assert_eq!(report.received, 300, "{proto:?}: {report:?}");
+        assert_eq!((report.duplicates, report.missing), (0, 0), "{proto:?}");
+        assert!(report.errors.is_empty(), "{proto:?}: {:?}", report.errors);
+        assert!(report.latency.p50_us > 0 && report.delivered_per_sec > 0.0);
+    }
+    // Paced: the rate holds the publishers back.
+    let args = fanout::FanoutArgs {
+        target: target_args(&t),
+        proto: Proto::Grpc,
+        subscribers: 1,
+        publishers: 1,
+        messages: 20,
+        bytes: 64,
+        rate: Some(100.0),
+        pipeline: 1,
+        idle_timeout: 5,
+    };
+    let report = fanout::run(&target, &args).await.unwrap();
+    assert_eq!(report.received, 20);
+    assert!(report.sent_per_sec < 150.0, "{}", report.sent_per_sec);
+}
+
+#[tokio::test]
+async fn dm_acks_and_delivers_everything_on_every_protocol() {
+    let t = TestServer::start().await;
+    let target = Target::open(&target_args(&t)).await.unwrap();
+    for proto in PROTOS {
+        let args = dm::DmArgs {
+            target: target_args(&t),
+            proto,
+            clients: 3,
+            messages: 20,
+            bytes: 64,
+            idle_timeout: 5,
+        };
+        let report = dm::run(&target, &args).await.unwrap();
+        assert_eq!(
+            (report.acked, report.received),
+            (60, 60),
+            "{proto:?}: {report:?}"
+        );
+        assert_eq!((report.duplicates, report.missing), (0, 0), "{proto:?}");
+        assert!(report.ack_latency.p99_us > 0);
+    }
+}
+
+#[tokio::test]
+async fn conns_holds_every_connection_alive_on_every_protocol() {
+    let t = TestServer::start().await;
+    let target = Target::open(&target_args(&t)).await.unwrap();
+    for proto in PROTOS {
+        let args = conns::ConnsArgs {
+            target: target_args(&t),
+            proto,
+            connections: 12,
+            concurrency: 4,
+        };
+        let report = conns::run(&target, &args).await.unwrap();
+        assert_eq!(
+            (report.connected, report.alive),
+            (12, 12),
+            "{proto:?}: {report:?}"
+        );
+        assert!(report.rss_after_kib.is_some());
+    }
+}
