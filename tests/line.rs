@@ -373,3 +373,36 @@ async fn input_split_at_every_byte_and_mixed_line_ends_reply_the_same() {
     let bytes: Vec<&[u8]> = script.chunks(1).collect();
     assert_eq!(replies(&t, &bytes, expected_lines).await, reference);
 }
+
+#[tokio::test]
+async fn a_burst_of_speech_is_stored_in_order_and_failures_come_before_the_next_reply() {
+    let t = TestServer::start().await;
+    let mut c = t.line_user("talker").await;
+    let mut burst = Vec::new();
+    for i in 0..100 {
+        if i == 60 {
+            burst.extend_from_slice(b"bad \x01 byte\r\n");
+        } else {
+            burst.extend_from_slice(format!("line {i}\r\n").as_bytes());
+        }
+    }
+    burst.extend_from_slice(b"/history 200\r\n");
+    c.send_raw(&burst).await.unwrap();
+    let reply = c.read_reply().await.unwrap();
+    assert_eq!(
+        err(&reply),
+        (
+            "invalid",
+            "invalid body: it contains a line break or control character"
+        )
+    );
+    let history = c.read_reply().await.unwrap();
+    assert_eq!(ok(&history), "99 lines");
+    // History lines are room lines, set aside as deliveries by the client.
+    let lines: Vec<String> = c.take_deliveries().iter().map(|l| l.to_string()).collect();
+    let expected: Vec<String> = (0..100)
+        .filter(|i| *i != 60)
+        .map(|i| format!("#lobby talker: line {i}"))
+        .collect();
+    assert_eq!(lines, expected);
+}

@@ -303,3 +303,63 @@ async fn untrustworthy_streams_are_closed_with_a_reason_and_neighbours_carry_on(
         [arg::str("still fine")]
     );
 }
+
+#[tokio::test]
+async fn pipelined_sends_are_stored_and_answered_in_request_order() {
+    let t = TestServer::start().await;
+    let c = t.wire_user("piper").await;
+    drop(c);
+    let mut raw = tokio::net::TcpStream::connect(t.server.wire_addr())
+        .await
+        .unwrap();
+    let mut burst = Frame::request(op::LOGIN, 1, vec![arg::str("piper"), arg::str(PASSWORD)])
+        .to_bytes()
+        .to_vec();
+    for i in 0..100u32 {
+        let frame = if i == 50 {
+            Frame::request(op::WHO, 2 + i, vec![])
+        } else if i == 70 {
+            Frame::request(
+                op::SEND_ROOM,
+                2 + i,
+                vec![arg::str("nowhere"), arg::str("x"), arg::str("")],
+            )
+        } else {
+            Frame::request(
+                op::SEND_ROOM,
+                2 + i,
+                vec![arg::str("lobby"), arg::str(&format!("m{i}")), arg::str("")],
+            )
+        };
+        burst.extend_from_slice(&frame.to_bytes());
+    }
+    raw.write_all(&burst).await.unwrap();
+    let mut buf = bytes::BytesMut::new();
+    let mut replies = vec![];
+    while replies.len() < 101 {
+        raw.read_buf(&mut buf).await.unwrap();
+        while let Some(frame) = Frame::decode(&mut buf, 1 << 20).unwrap() {
+            if frame.request_id != 0 {
+                replies.push(frame);
+            }
+        }
+    }
+    let ids: Vec<u32> = replies.iter().map(|r| r.request_id).collect();
+    assert_eq!(
+        ids,
+        (1..=101).collect::<Vec<_>>(),
+        "replies in request order"
+    );
+    assert_eq!(replies[51].opcode, op::WHO);
+    assert_eq!(replies[71].status, Status::NotFound as u8);
+    let stored: Vec<u64> = replies[1..]
+        .iter()
+        .filter(|r| r.opcode == op::SEND_ROOM && r.status == 0)
+        .map(|r| arg::to_u64(&r.args[0]).unwrap())
+        .collect();
+    assert_eq!(stored.len(), 98);
+    assert!(
+        stored.windows(2).all(|w| w[0] < w[1]),
+        "stored in request order"
+    );
+}

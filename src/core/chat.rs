@@ -1,6 +1,7 @@
 //! Sending, receiving, rooms, history and the views of who is here.
 
 use std::collections::VecDeque;
+use std::future::Future;
 use std::sync::Arc;
 
 use wildmatch::WildMatch;
@@ -101,13 +102,36 @@ impl Inbox {
 
 impl Core {
     /// Stores a message and hands it to every live session it is for.
-    pub async fn send(
+    ///
+    /// The checks run and the message is queued for the store before this
+    /// returns; the future resolves once it is on disk. So a connection may
+    /// keep several sends in flight and they are still stored in the order
+    /// it made them.
+    pub fn send(
         &self,
         who: &Identity,
         to: &Target,
         body: &str,
         client_msg_id: Option<&str>,
-    ) -> Result<Sent, CoreError> {
+    ) -> impl Future<Output = Result<Sent, CoreError>> + Send + use<> {
+        let queued = self.queue_send(who, to, body, client_msg_id);
+        async move {
+            let appended = queued?.await?;
+            Ok(Sent {
+                id: appended.message.id,
+                sent_at_ms: appended.message.sent_at_ms,
+                duplicate: appended.duplicate,
+            })
+        }
+    }
+
+    fn queue_send(
+        &self,
+        who: &Identity,
+        to: &Target,
+        body: &str,
+        client_msg_id: Option<&str>,
+    ) -> Result<crate::store::PendingAppend, CoreError> {
         self.check_running()?;
         self.check_body(body)?;
         if client_msg_id.is_some_and(|id| id.len() > MAX_CLIENT_MSG_ID) {
@@ -165,12 +189,7 @@ impl Core {
                 (None, None) => {}
             }
         });
-        let appended = self.inner.store.append(message, fan_out).await?;
-        Ok(Sent {
-            id: appended.message.id,
-            sent_at_ms: appended.message.sent_at_ms,
-            duplicate: appended.duplicate,
-        })
+        Ok(self.inner.store.append(message, fan_out))
     }
 
     fn check_body(&self, body: &str) -> Result<(), CoreError> {

@@ -7,14 +7,21 @@
 //! in, gets its own live stream from the core, and logs out when it closes.
 
 use bytes::BytesMut;
-use futures::FutureExt;
+use futures::future::BoxFuture;
+use futures::stream::FuturesOrdered;
+use futures::{FutureExt, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
 use super::listener::{Shutdown, WRITE_TIMEOUT, next_delivery, write_out};
 use crate::codec::line::{Command, HELP, LineDecoder, LineError, ParseError, ServerLine};
-use crate::core::{Closed, Core, CoreError, ErrorKind, Identity, Inbox, Message, Target, names};
+use crate::core::{
+    Closed, Core, CoreError, ErrorKind, Identity, Inbox, Message, Sent, Target, names,
+};
+
+/// Speech lines one connection may have waiting for their commit.
+const PIPELINE: usize = 64;
 
 /// A connection: reads lines, writes server lines.
 struct Connection {
@@ -126,6 +133,9 @@ struct Session {
     who: Option<Identity>,
     room: String,
     inbox: Option<Inbox>,
+    /// Speech queued for the store, oldest first. Speech has no reply, so
+    /// the connection reads on while it commits; only failures are reported.
+    speech: FuturesOrdered<BoxFuture<'static, Result<Sent, CoreError>>>,
 }
 
 enum Flow {
@@ -140,6 +150,7 @@ pub async fn serve_connection(core: Core, stream: TcpStream, mut shutdown: Shutd
         who: None,
         room: names::LOBBY.into(),
         inbox: None,
+        speech: FuturesOrdered::new(),
         core,
     };
     session.conn.push(notice(format!(
@@ -181,6 +192,11 @@ impl Session {
                     };
                     if let Flow::Quit = flow {
                         return self.conn.flush().await;
+                    }
+                }
+                Some(said) = self.speech.next(), if !self.speech.is_empty() => {
+                    if let Err(e) = said {
+                        self.conn.push(core_error(e));
                     }
                 }
                 delivery = next_delivery(&mut self.inbox) => {
@@ -237,6 +253,16 @@ impl Session {
         }
     }
 
+    /// Waits for speech in flight, reporting failures, until at most
+    /// `keep` remain.
+    async fn settle_speech(&mut self, keep: usize) {
+        while self.speech.len() > keep {
+            if let Some(Err(e)) = self.speech.next().await {
+                self.conn.push(core_error(e));
+            }
+        }
+    }
+
     async fn handle(&mut self, line: &str) -> Flow {
         let command = match Command::parse(line) {
             Ok(Some(command)) => command,
@@ -250,6 +276,10 @@ impl Session {
                 return Flow::Continue;
             }
         };
+        // A reply must not overtake the outcome of earlier speech.
+        if !matches!(command, Command::Say(_)) {
+            self.settle_speech(0).await;
+        }
         let Some(who) = self.who.clone() else {
             return self.handle_anonymous(command).await;
         };
@@ -331,8 +361,9 @@ impl Session {
         match command {
             Command::Say(text) => {
                 // Speech succeeds silently: the speaker gets no echo.
-                core.send(who, &Target::Room(self.room.clone()), &text, None)
-                    .await?;
+                self.settle_speech(PIPELINE - 1).await;
+                let said = core.send(who, &Target::Room(self.room.clone()), &text, None);
+                self.speech.push_back(said.boxed());
             }
             Command::Help => self.help(),
             Command::Register { .. } | Command::Login { .. } => {

@@ -9,6 +9,9 @@
 //! and closes.
 
 use bytes::{Bytes, BytesMut};
+use futures::future::BoxFuture;
+use futures::stream::FuturesOrdered;
+use futures::{FutureExt, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -47,6 +50,11 @@ impl From<CoreError> for Reject {
 }
 
 type Reply = Result<Vec<Bytes>, Reject>;
+
+/// Sends one connection may have waiting for their commit.
+const PIPELINE: usize = 64;
+/// Pushes written per turn of the loop, at most.
+const PUSH_BATCH: usize = 256;
 
 /// What reading a frame can end in, besides a frame.
 enum ReadError {
@@ -140,6 +148,9 @@ struct Session {
     conn: Connection,
     who: Option<Identity>,
     inbox: Option<Inbox>,
+    /// Replies still being worked out, in request order: sends wait for
+    /// their commit here while the connection reads on.
+    replies: FuturesOrdered<BoxFuture<'static, Frame>>,
 }
 
 /// Serves one connection until it closes or the server stops.
@@ -155,6 +166,7 @@ pub async fn serve_connection(core: Core, stream: TcpStream, mut shutdown: Shutd
         },
         who: None,
         inbox: None,
+        replies: FuturesOrdered::new(),
     };
     if let Err(e) = session.run(&mut shutdown).await {
         tracing::debug!(error = %e, "binary connection ended");
@@ -183,10 +195,19 @@ impl Session {
                             self.conn.push(&answer);
                             return self.conn.flush().await;
                         }
-                        let result = self.handle(&frame).await;
-                        self.conn.push(&reply(&frame, result));
+                        if matches!(frame.opcode, op::SEND_DM | op::SEND_ROOM) {
+                            self.settle(PIPELINE - 1).await;
+                            let pending = self.queue_send(&frame);
+                            self.replies.push_back(pending);
+                        } else {
+                            // Replies go out in request order.
+                            self.settle(0).await;
+                            let result = self.handle(&frame).await;
+                            self.conn.push(&reply(&frame, result));
+                        }
                     }
                     Err(ReadError::Frame(FrameError::Malformed { opcode, request_id, why })) => {
+                        self.settle(0).await;
                         let request = Frame::request(opcode, request_id, vec![]);
                         self.conn.push(&reply(&request, Err(Reject::new(Status::BadFrame, why))));
                     }
@@ -204,17 +225,21 @@ impl Session {
                     }
                     Err(ReadError::Io(e)) => return Err(e),
                 },
+                Some(answer) = self.replies.next(), if !self.replies.is_empty() => {
+                    self.conn.push(&answer);
+                }
                 delivery = next_delivery(&mut self.inbox) => match delivery {
                     Ok(message) => {
-                        let mut args = Vec::with_capacity(crate::codec::wire::MESSAGE_ARGS);
-                        message_args(&message, &mut args);
-                        self.conn.push(&Frame {
-                            version: VERSION,
-                            opcode: op::PUSH_MESSAGE,
-                            request_id: 0,
-                            status: 0,
-                            args,
-                        });
+                        self.conn.push(&push(&message));
+                        // Write whatever else is ready in the same flush.
+                        for _ in 1..PUSH_BATCH {
+                            let Some(inbox) = &mut self.inbox else { break };
+                            match inbox.next().now_or_never() {
+                                Some(Ok(message)) => self.conn.push(&push(&message)),
+                                // A closed stream is reported on the next turn.
+                                _ => break,
+                            }
+                        }
                     }
                     Err(why) => {
                         self.conn.push(&bye(closed_status(why), &why.to_string()));
@@ -227,6 +252,49 @@ impl Session {
                 }
             }
         }
+    }
+
+    /// Writes finished replies in order until at most `keep` are pending.
+    async fn settle(&mut self, keep: usize) {
+        while self.replies.len() > keep {
+            if let Some(answer) = self.replies.next().await {
+                self.conn.push(&answer);
+            }
+        }
+    }
+
+    /// Queues a SEND_DM or SEND_ROOM; the returned future is its reply.
+    fn queue_send(&self, frame: &Frame) -> BoxFuture<'static, Frame> {
+        let request = Frame::request(frame.opcode, frame.request_id, vec![]);
+        let queued = (|| {
+            let who = self
+                .who
+                .clone()
+                .ok_or_else(|| Reject::new(Status::Auth, "log in first (opcode 0x02 LOGIN)"))?;
+            let [to, body, client_id] = exact(&frame.args)?;
+            let to = text(to)?.to_owned();
+            let to = if frame.opcode == op::SEND_DM {
+                Target::User(to)
+            } else {
+                Target::Room(to)
+            };
+            let client_id = Some(text(client_id)?).filter(|id| !id.is_empty());
+            Ok::<_, Reject>(self.core.send(&who, &to, text(body)?, client_id))
+        })();
+        async move {
+            let result = match queued {
+                Ok(sent) => sent.await.map_err(Reject::from).map(|sent| {
+                    vec![
+                        arg::u64(sent.id),
+                        arg::i64(sent.sent_at_ms),
+                        arg::bool(sent.duplicate),
+                    ]
+                }),
+                Err(reject) => Err(reject),
+            };
+            reply(&request, result)
+        }
+        .boxed()
     }
 
     async fn handle(&mut self, frame: &Frame) -> Reply {
@@ -295,22 +363,6 @@ impl Session {
                     out.extend([arg::str(&u.name), arg::bool(u.online), arg::str(&u.node)]);
                 }
                 Ok(out)
-            }
-            op::SEND_DM | op::SEND_ROOM => {
-                let [to, body, client_id] = exact(a)?;
-                let to = text(to)?.to_owned();
-                let to = if frame.opcode == op::SEND_DM {
-                    Target::User(to)
-                } else {
-                    Target::Room(to)
-                };
-                let client_id = Some(text(client_id)?).filter(|id| !id.is_empty());
-                let sent = core.send(&who, &to, text(body)?, client_id).await?;
-                Ok(vec![
-                    arg::u64(sent.id),
-                    arg::i64(sent.sent_at_ms),
-                    arg::bool(sent.duplicate),
-                ])
             }
             op::ACK => {
                 let ids = a
@@ -400,6 +452,18 @@ impl Session {
                 format!("unknown opcode 0x{opcode:02x}"),
             )),
         }
+    }
+}
+
+fn push(message: &crate::core::Message) -> Frame {
+    let mut args = Vec::with_capacity(crate::codec::wire::MESSAGE_ARGS);
+    message_args(message, &mut args);
+    Frame {
+        version: VERSION,
+        opcode: op::PUSH_MESSAGE,
+        request_id: 0,
+        status: 0,
+        args,
     }
 }
 

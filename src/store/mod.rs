@@ -69,6 +69,10 @@ pub struct Appended {
     pub duplicate: bool,
 }
 
+/// A queued append: resolves once the message is committed.
+pub type PendingAppend =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<Appended, StoreError>> + Send>>;
+
 /// Runs right after the commit that stored a message, before the sender is
 /// answered, in commit order; it must not block.
 pub type CommitHook = Box<dyn FnOnce(&Appended) + Send>;
@@ -125,14 +129,12 @@ pub trait Store: Send + Sync + 'static {
     /// False if the account was not a member.
     async fn leave(&self, account: AccountId, room: RoomId) -> Result<bool, StoreError>;
 
-    /// Stores a message (and, for a direct message, puts it in the
-    /// recipient's inbox) durably before returning. `on_commit` runs once the
-    /// message is committed, in commit order, even if the caller has gone.
-    async fn append(
-        &self,
-        message: NewMessage,
-        on_commit: CommitHook,
-    ) -> Result<Appended, StoreError>;
+    /// Queues a message for storage (and, for a direct message, for the
+    /// recipient's inbox) before returning; the future resolves once it is
+    /// durably committed. Messages queued one after another are committed in
+    /// that order. `on_commit` runs once the message is committed, in commit
+    /// order, even if the caller has gone.
+    fn append(&self, message: NewMessage, on_commit: CommitHook) -> PendingAppend;
     /// What waits for an account with `after < id <= up_to`, oldest first, at
     /// most `limit`: its inbox and the room speech of others since its
     /// acknowledged cursor in each room.

@@ -16,15 +16,13 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use super::{
-    AccountId, AccountRecord, Appended, CommitHook, Conversation, Counts, NewMessage, RoomId,
-    RoomRecord, SessionId, SessionRecord, Store, StoreError, message_target,
+    AccountId, AccountRecord, Appended, CommitHook, Conversation, Counts, NewMessage,
+    PendingAppend, RoomId, RoomRecord, SessionId, SessionRecord, Store, StoreError, message_target,
 };
 use crate::core::Message;
 
 /// The most jobs one transaction takes.
 const MAX_BATCH: usize = 4096;
-/// Jobs that may wait for the writer before senders wait too.
-const QUEUE_DEPTH: usize = 16 * 1024;
 const READERS: usize = 4;
 
 const SCHEMA: &str = "
@@ -86,8 +84,11 @@ type Job = Box<dyn FnOnce(&Connection) -> (bool, Finish) + Send>;
 /// Answers the caller: with the job's result if the commit succeeded.
 type Finish = Box<dyn FnOnce(Option<&StoreError>) + Send>;
 
+/// The writer's queue is unbounded so that queueing never waits and jobs
+/// queued one after another keep their order; what bounds it is upstream:
+/// every connection and stream caps the sends it has in flight.
 pub struct SqliteStore {
-    writer: Mutex<Option<mpsc::Sender<Job>>>,
+    writer: Mutex<Option<mpsc::UnboundedSender<Job>>>,
     writer_thread: Mutex<Option<JoinHandle<()>>>,
     readers: Arc<Mutex<Vec<Connection>>>,
     reader_permits: Arc<Semaphore>,
@@ -132,7 +133,7 @@ impl SqliteStore {
             readers.push(conn);
         }
 
-        let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
+        let (tx, rx) = mpsc::unbounded_channel();
         let thread = std::thread::Builder::new()
             .name("sqlite-writer".into())
             .spawn(move || write_loop(writer, rx))
@@ -160,6 +161,16 @@ impl SqliteStore {
         f: impl FnOnce(&Connection) -> Result<R, StoreError> + Send + 'static,
         then: impl FnOnce(&R) + Send + 'static,
     ) -> Result<R, StoreError> {
+        self.queue(f, then).await
+    }
+
+    /// Queues a job now (so jobs keep the order they were queued in) and
+    /// returns a future for its answer.
+    fn queue<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<R, StoreError> + Send + 'static,
+        then: impl FnOnce(&R) + Send + 'static,
+    ) -> impl std::future::Future<Output = Result<R, StoreError>> + Send + 'static {
         let (reply, answer) = oneshot::channel();
         let job: Job = Box::new(move |conn| {
             let result = f(conn);
@@ -177,14 +188,18 @@ impl SqliteStore {
             });
             (ok, finish)
         });
-        let sender = self
-            .writer
-            .lock()
-            .map_err(|_| StoreError::Closed)?
-            .clone()
-            .ok_or(StoreError::Closed)?;
-        sender.send(job).await.map_err(|_| StoreError::Closed)?;
-        answer.await.map_err(|_| StoreError::Closed)?
+        let queued = match self.writer.lock() {
+            Ok(writer) => writer
+                .as_ref()
+                .is_some_and(|writer| writer.send(job).is_ok()),
+            Err(_) => false,
+        };
+        async move {
+            if !queued {
+                return Err(StoreError::Closed);
+            }
+            answer.await.map_err(|_| StoreError::Closed)?
+        }
     }
 
     async fn read<R: Send + 'static>(
@@ -219,7 +234,7 @@ impl SqliteStore {
     }
 }
 
-fn write_loop(conn: Connection, mut jobs: mpsc::Receiver<Job>) {
+fn write_loop(conn: Connection, mut jobs: mpsc::UnboundedReceiver<Job>) {
     let mut batch: Vec<Job> = Vec::with_capacity(MAX_BATCH);
     while let Some(first) = jobs.blocking_recv() {
         batch.push(first);
@@ -480,9 +495,8 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn append(&self, m: NewMessage, on_commit: CommitHook) -> Result<Appended, StoreError> {
-        self.write_then(move |c| append_tx(c, m).map_err(backend), on_commit)
-            .await
+    fn append(&self, m: NewMessage, on_commit: CommitHook) -> PendingAppend {
+        Box::pin(self.queue(move |c| append_tx(c, m).map_err(backend), on_commit))
     }
 
     async fn pending(
