@@ -247,7 +247,40 @@ impl Core {
         if ids.is_empty() {
             return Ok(());
         }
-        self.inner.store.ack(who.account, ids.to_vec()).await?;
+        self.inner
+            .store
+            .ack(who.account, ids.to_vec(), vec![])
+            .await?;
+        Ok(())
+    }
+
+    /// Marks delivered messages as shown. Knowing the messages, the core
+    /// sends the store only direct-message ids and the newest id per room.
+    pub async fn ack_shown(&self, who: &Identity, shown: &[Delivery]) -> Result<(), CoreError> {
+        let mut direct = Vec::new();
+        let mut rooms: std::collections::HashMap<crate::store::RoomId, u64> = Default::default();
+        {
+            let cache = self.rooms_read();
+            for message in shown {
+                match &message.to {
+                    Target::User(_) => direct.push(message.id),
+                    Target::Room(name) => {
+                        let key = name.to_ascii_lowercase();
+                        if let Some(room) = cache.by_key.get(&key) {
+                            let newest = rooms.entry(room.id).or_insert(message.id);
+                            *newest = (*newest).max(message.id);
+                        }
+                    }
+                }
+            }
+        }
+        if direct.is_empty() && rooms.is_empty() {
+            return Ok(());
+        }
+        self.inner
+            .store
+            .ack(who.account, direct, rooms.into_iter().collect())
+            .await?;
         Ok(())
     }
 

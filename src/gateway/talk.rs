@@ -219,14 +219,14 @@ impl Session {
     /// Writes a delivery and whatever else is ready, then acknowledges them:
     /// a line written to the socket counts as shown.
     async fn deliver(&mut self, first: crate::core::Delivery) -> std::io::Result<()> {
-        let mut ids = vec![first.id];
         self.conn.push(message_line(&first));
+        let mut shown = vec![first];
         if let Some(inbox) = &mut self.inbox {
-            while ids.len() < 256 {
+            while shown.len() < 256 {
                 match inbox.next().now_or_never() {
                     Some(Ok(message)) => {
-                        ids.push(message.id);
                         self.conn.push(message_line(&message));
+                        shown.push(message);
                     }
                     // A closed stream is reported on the next turn of the loop.
                     _ => break,
@@ -237,7 +237,7 @@ impl Session {
         if let Some(who) = self.who.clone() {
             let core = self.core.clone();
             tokio::spawn(async move {
-                if let Err(e) = core.ack(&who, &ids).await {
+                if let Err(e) = core.ack_shown(&who, &shown).await {
                     tracing::debug!(error = %e, "ack failed; the messages will come again");
                 }
             });

@@ -147,9 +147,15 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Vec<Message>, StoreError>;
     /// The newest message id, 0 when there is none.
     async fn last_message_id(&self) -> Result<u64, StoreError>;
-    /// Marks messages as shown: removes them from the inbox and moves room
-    /// cursors forward.
-    async fn ack(&self, account: AccountId, ids: Vec<u64>) -> Result<(), StoreError>;
+    /// Marks messages as shown: removes `ids` from the inbox (an id that is
+    /// not there counts for its room), and moves each room's cursor to at
+    /// least the given id. Only the newest id per room matters.
+    async fn ack(
+        &self,
+        account: AccountId,
+        ids: Vec<u64>,
+        rooms: Vec<(RoomId, u64)>,
+    ) -> Result<(), StoreError>;
     /// History after a cursor, oldest first; with `newest`, the last `limit`.
     async fn history(
         &self,

@@ -251,12 +251,13 @@ fn write_loop(conn: Connection, mut jobs: mpsc::UnboundedReceiver<Job>) {
             Ok(()) => {
                 let mut aborted = None;
                 for job in batch.drain(..) {
-                    let opened = conn.execute_batch("SAVEPOINT job");
+                    let opened = savepoint(&conn, "SAVEPOINT job");
                     let (ok, finish) = job(&conn);
                     finishes.push(finish);
                     let ended = match opened {
-                        Ok(()) if ok => conn.execute_batch("RELEASE job"),
-                        Ok(()) => conn.execute_batch("ROLLBACK TO job; RELEASE job"),
+                        Ok(()) if ok => savepoint(&conn, "RELEASE job"),
+                        Ok(()) => savepoint(&conn, "ROLLBACK TO job")
+                            .and_then(|()| savepoint(&conn, "RELEASE job")),
                         Err(e) => Err(e),
                     };
                     // On a full disk or an I/O error SQLite rolls the whole
@@ -289,6 +290,11 @@ fn write_loop(conn: Connection, mut jobs: mpsc::UnboundedReceiver<Job>) {
             finish(commit.as_ref().err());
         }
     }
+}
+
+/// Runs a savepoint statement, prepared once per connection.
+fn savepoint(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached(sql)?.execute([]).map(drop)
 }
 
 fn row_to_message(row: &rusqlite::Row<'_>) -> rusqlite::Result<Message> {
@@ -555,23 +561,48 @@ impl Store for SqliteStore {
         .map(|id| id as u64)
     }
 
-    async fn ack(&self, account: AccountId, ids: Vec<u64>) -> Result<(), StoreError> {
+    async fn ack(
+        &self,
+        account: AccountId,
+        ids: Vec<u64>,
+        rooms: Vec<(RoomId, u64)>,
+    ) -> Result<(), StoreError> {
         self.write(move |c| {
+            let mut cursors: std::collections::HashMap<RoomId, i64> = rooms
+                .into_iter()
+                .map(|(room, id)| (room, id as i64))
+                .collect();
             let mut unbox = c
                 .prepare_cached("DELETE FROM inbox WHERE account_id = ?1 AND message_id = ?2")
                 .map_err(backend)?;
-            let mut advance = c
-                .prepare_cached(
-                    "UPDATE memberships SET acked_id = MAX(acked_id, ?2)
-                      WHERE account_id = ?1
-                        AND room_id = (SELECT room_id FROM messages WHERE id = ?2)",
-                )
+            let mut room_of = c
+                .prepare_cached("SELECT room_id FROM messages WHERE id = ?1")
                 .map_err(backend)?;
             for id in ids {
                 let id = id as i64;
-                if unbox.execute(params![account, id]).map_err(backend)? == 0 {
-                    advance.execute(params![account, id]).map_err(backend)?;
+                if unbox.execute(params![account, id]).map_err(backend)? > 0 {
+                    continue;
                 }
+                let room: Option<Option<RoomId>> = room_of
+                    .query_row([id], |r| r.get(0))
+                    .optional()
+                    .map_err(backend)?;
+                if let Some(Some(room)) = room {
+                    let cursor = cursors.entry(room).or_insert(id);
+                    *cursor = (*cursor).max(id);
+                }
+            }
+            // One update per room, however many of its messages were acked.
+            let mut advance = c
+                .prepare_cached(
+                    "UPDATE memberships SET acked_id = MAX(acked_id, ?3)
+                      WHERE account_id = ?1 AND room_id = ?2",
+                )
+                .map_err(backend)?;
+            for (room, id) in cursors {
+                advance
+                    .execute(params![account, room, id])
+                    .map_err(backend)?;
             }
             Ok(())
         })
