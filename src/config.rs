@@ -65,6 +65,9 @@ pub struct ServeArgs {
     /// Largest message body in bytes [default: 4096].
     #[arg(long, env = "MESHTALK_MAX_BODY")]
     pub max_body: Option<usize>,
+    /// Rooms this node may hold [default: 100000].
+    #[arg(long, env = "MESHTALK_MAX_ROOMS")]
+    pub max_rooms: Option<usize>,
     /// Deliveries a session may fall behind before it is disconnected [default: 1024].
     #[arg(long, env = "MESHTALK_QUEUE_DEPTH")]
     pub queue_depth: Option<usize>,
@@ -132,6 +135,10 @@ impl ServeArgs {
                 .queue_depth
                 .or(file.queue_depth)
                 .unwrap_or(defaults.queue_depth),
+            max_rooms: self
+                .max_rooms
+                .or(file.max_rooms)
+                .unwrap_or(defaults.max_rooms),
             ..defaults
         };
         if limits.max_body == 0

@@ -163,3 +163,22 @@ async fn list_users_matches_globs_with_online_state() {
     assert_eq!(eve_row.node, "test-node");
     assert!(!users.iter().find(|u| u.name == "Evan").unwrap().online);
 }
+
+#[tokio::test]
+async fn a_login_past_the_session_cap_ends_the_oldest_session() {
+    let t = TestServer::start().await;
+    let c = t.client().await;
+    c.register("busy", PASSWORD).await.unwrap();
+    let (oldest, _) = c.login("busy", PASSWORD).await.unwrap();
+    let mut stream = oldest.subscribe().await.unwrap();
+    let (second, _) = c.login("busy", PASSWORD).await.unwrap();
+    for _ in 0..63 {
+        c.login("busy", PASSWORD).await.unwrap();
+    }
+    let (code, message) = rpc_error(oldest.rooms().await);
+    assert_eq!(code, Code::Unauthenticated);
+    assert!(message.contains("logged-out"), "{message}");
+    let ending = stream.message().await.unwrap_err();
+    assert_eq!(ending.code(), Code::Unauthenticated, "{ending:?}");
+    second.rooms().await.unwrap();
+}

@@ -530,3 +530,20 @@ async fn live_deliveries_arrive_in_id_order_under_concurrent_senders() {
     // can never skip an older one.
     assert!(ids.windows(2).all(|w| w[0] < w[1]), "out of order: {ids:?}");
 }
+
+#[tokio::test]
+async fn new_rooms_past_the_node_limit_are_refused() {
+    let t = TestServer::start_with(meshtalk::config::ServeArgs {
+        max_rooms: Some(3),
+        ..Default::default()
+    })
+    .await;
+    let alice = t.user("alice").await;
+    alice.join("one").await.unwrap();
+    alice.join("two").await.unwrap();
+    let (code, message) = rpc_error(alice.join("three").await);
+    assert_eq!(code, Code::ResourceExhausted);
+    assert!(message.contains("3 rooms"), "{message}");
+    // Existing rooms can still be joined.
+    t.user("bob").await.join("two").await.unwrap();
+}

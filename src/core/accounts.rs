@@ -74,11 +74,22 @@ impl Core {
         }
         let token = new_token();
         let token_hash = hash_token(&token);
-        let session = self
+        let (session, evicted) = self
             .inner
             .store
-            .create_session(token_hash, account.id)
+            .create_session(
+                token_hash,
+                account.id,
+                self.inner.limits.max_sessions_per_account,
+            )
             .await?;
+        // The oldest sessions made room for this one: their tokens stop working.
+        for old in evicted {
+            self.revoke(|s| s.session == old);
+            self.inner
+                .hub
+                .close_session(account.id, old, Closed::LoggedOut);
+        }
         let identity = Identity {
             account: account.id,
             name: account.name,

@@ -340,7 +340,16 @@ impl Core {
         }
         let room = match existing {
             Some(room) => room,
-            None => self.inner.store.ensure_room(bare, &key).await?,
+            None => {
+                let rooms = self.rooms_read().by_key.len();
+                let max = self.inner.limits.max_rooms;
+                if rooms >= max {
+                    return Err(CoreError::Limit(format!(
+                        "this node has {rooms} rooms, the most allowed: join an existing one"
+                    )));
+                }
+                self.inner.store.ensure_room(bare, &key).await?
+            }
         };
         let joined = self.inner.store.join(who.account, room.id).await?;
         let mut rooms = self.rooms_write();

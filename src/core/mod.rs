@@ -38,6 +38,10 @@ pub struct Limits {
     pub queue_depth: usize,
     /// Rooms one account may be a member of.
     pub max_rooms_per_account: usize,
+    /// Rooms on this node; joining a new room past it is refused.
+    pub max_rooms: usize,
+    /// Sessions one account keeps; a login past it ends the oldest.
+    pub max_sessions_per_account: usize,
 }
 
 impl Default for Limits {
@@ -46,6 +50,8 @@ impl Default for Limits {
             max_body: 4096,
             queue_depth: 1024,
             max_rooms_per_account: 100,
+            max_rooms: 100_000,
+            max_sessions_per_account: 64,
         }
     }
 }

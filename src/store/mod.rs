@@ -107,11 +107,14 @@ pub trait Store: Send + Sync + 'static {
     /// Every account as (id, name), sorted by name key.
     async fn accounts(&self) -> Result<Vec<(AccountId, String)>, StoreError>;
 
+    /// Opens a session; if the account then has more than `keep`, the
+    /// oldest go, and their ids are returned with the new one.
     async fn create_session(
         &self,
         token_hash: [u8; 32],
         account: AccountId,
-    ) -> Result<SessionId, StoreError>;
+        keep: usize,
+    ) -> Result<(SessionId, Vec<SessionId>), StoreError>;
     async fn session_by_token(
         &self,
         token_hash: [u8; 32],

@@ -397,14 +397,31 @@ impl Store for SqliteStore {
         &self,
         token_hash: [u8; 32],
         account: AccountId,
-    ) -> Result<SessionId, StoreError> {
+        keep: usize,
+    ) -> Result<(SessionId, Vec<SessionId>), StoreError> {
         self.write(move |c| {
             c.prepare_cached(
                 "INSERT INTO sessions (token_hash, account_id, created_ms) VALUES (?1, ?2, ?3)",
             )
             .and_then(|mut s| s.execute(params![&token_hash[..], account, now_ms()]))
             .map_err(backend)?;
-            Ok(c.last_insert_rowid())
+            let id = c.last_insert_rowid();
+            let evicted: Vec<SessionId> = c
+                .prepare_cached(
+                    "SELECT id FROM sessions WHERE account_id = ?1 ORDER BY id DESC LIMIT -1 OFFSET ?2",
+                )
+                .and_then(|mut s| {
+                    s.query_map(params![account, keep as i64], |r| r.get(0))?
+                        .collect::<rusqlite::Result<Vec<SessionId>>>()
+                })
+                .map_err(backend)?;
+            let mut delete = c
+                .prepare_cached("DELETE FROM sessions WHERE id = ?1")
+                .map_err(backend)?;
+            for old in &evicted {
+                delete.execute([old]).map_err(backend)?;
+            }
+            Ok((id, evicted))
         })
         .await
     }
