@@ -27,17 +27,7 @@ async fn main() -> anyhow::Result<()> {
         _ => vec![(1, 5), (50, 5)],
     };
     let dir = tempfile::tempdir()?;
-    let server = Server::start(
-        ServeArgs {
-            data_dir: Some(dir.path().to_owned()),
-            grpc_addr: Some("127.0.0.1:0".into()),
-            talk_addr: Some("127.0.0.1:0".into()),
-            wire_addr: Some("127.0.0.1:0".into()),
-            ..Default::default()
-        }
-        .resolve()?,
-    )
-    .await?;
+    let server = Server::start(ServeArgs::ephemeral(dir.path()).resolve()?).await?;
     let url = format!("http://{}", server.grpc_addr());
     let setup = Client::connect(&url).await?;
     setup.register("sink", PASSWORD).await?;

@@ -199,18 +199,7 @@ async fn wire(server: &Server, sender: &str, recipient: &str) -> anyhow::Result<
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let server = Server::start(
-        ServeArgs {
-            data_dir: Some(dir.path().to_owned()),
-            grpc_addr: Some("127.0.0.1:0".into()),
-            talk_addr: Some("127.0.0.1:0".into()),
-            wire_addr: Some("127.0.0.1:0".into()),
-            node_name: Some("bytes".into()),
-            ..Default::default()
-        }
-        .resolve()?,
-    )
-    .await?;
+    let server = Server::start(ServeArgs::ephemeral(dir.path()).resolve()?).await?;
     let setup = Client::connect(&format!("http://{}", server.grpc_addr())).await?;
     for name in ["alice", "bob", "carol", "dave", "erin", "frank"] {
         setup.register(name, PASSWORD).await?;

@@ -106,6 +106,19 @@ pub struct Settings {
 }
 
 impl ServeArgs {
+    /// A server for tests, examples and benchmarks: data in `dir`, every
+    /// listener on a free loopback port.
+    pub fn ephemeral(dir: &Path) -> ServeArgs {
+        let any_port = || Some("127.0.0.1:0".to_owned());
+        ServeArgs {
+            data_dir: Some(dir.to_owned()),
+            grpc_addr: any_port(),
+            talk_addr: any_port(),
+            wire_addr: any_port(),
+            ..Default::default()
+        }
+    }
+
     pub fn resolve(self) -> Result<Settings, ConfigError> {
         let file = match &self.config {
             Some(path) => read_file(path)?,

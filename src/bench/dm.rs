@@ -54,7 +54,6 @@ pub struct DmReport {
 
 impl DmReport {
     pub fn print(&self) {
-        let l = &self.ack_latency;
         super::print_report(
             &format!(
                 "dm over {:?}: {} senders x {} durable messages of {} bytes",
@@ -62,18 +61,14 @@ impl DmReport {
             ),
             &[
                 ("acked sends/s", format!("{:.0}", self.acked_per_sec)),
-                (
-                    "ack latency µs",
-                    format!(
-                        "p50 {} p90 {} p99 {} max {}",
-                        l.p50_us, l.p90_us, l.p99_us, l.max_us
-                    ),
-                ),
+                ("ack latency µs", self.ack_latency.describe()),
                 (
                     "deliveries",
-                    format!(
-                        "expected {} received {} duplicated {} missing {}",
-                        self.expected, self.received, self.duplicates, self.missing
+                    super::describe_tally(
+                        self.expected,
+                        self.received,
+                        self.duplicates,
+                        self.missing,
                     ),
                 ),
                 ("seconds", format!("{:.2}", self.seconds)),
@@ -91,13 +86,7 @@ pub async fn run(target: &Target, args: &DmArgs) -> Result<DmReport, BenchError>
     eprintln!("registering {} accounts", 2 * args.clients);
     register_all(target, &[senders.clone(), recipients.clone()].concat()).await?;
 
-    let receivers: Vec<Receiver> = futures::stream::iter(recipients.iter())
-        .map(|name| Receiver::connect(target, args.proto, name, None, None, None))
-        .buffered(8)
-        .collect::<Vec<_>>()
-        .await
-        .into_iter()
-        .collect::<Result<_, _>>()?;
+    let receivers = Receiver::connect_all(target, args.proto, &recipients, None).await?;
     let connections: Vec<Sender> = futures::stream::iter(senders.iter())
         .map(|name| Sender::connect(target, args.proto, name, None))
         .buffered(8)

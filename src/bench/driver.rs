@@ -3,6 +3,7 @@
 use std::net::{IpAddr, SocketAddr};
 
 use bytes::BytesMut;
+use futures::StreamExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
 use tokio::net::TcpSocket;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -139,6 +140,22 @@ impl Receiver {
                 Receiver::Grpc { client, stream }
             }
         })
+    }
+
+    /// Connects one receiver per name, a few at a time.
+    pub async fn connect_all(
+        target: &Target,
+        proto: Proto,
+        names: &[String],
+        room: Option<&str>,
+    ) -> Result<Vec<Receiver>, BenchError> {
+        futures::stream::iter(names)
+            .map(|name| Receiver::connect(target, proto, name, room, None, None))
+            .buffered(8)
+            .collect::<Vec<_>>()
+            .await
+            .into_iter()
+            .collect()
     }
 
     /// The next delivery; `None` when the server closed the stream, `Err`

@@ -66,7 +66,6 @@ pub struct FanoutReport {
 
 impl FanoutReport {
     pub fn print(&self) {
-        let l = &self.latency;
         super::print_report(
             &format!(
                 "fanout over {:?}: {} subscribers, {} publishers x {} messages of {} bytes",
@@ -75,18 +74,14 @@ impl FanoutReport {
             &[
                 ("delivered/s", format!("{:.0}", self.delivered_per_sec)),
                 ("sent/s", format!("{:.0}", self.sent_per_sec)),
-                (
-                    "latency µs",
-                    format!(
-                        "p50 {} p90 {} p99 {} max {}",
-                        l.p50_us, l.p90_us, l.p99_us, l.max_us
-                    ),
-                ),
+                ("latency µs", self.latency.describe()),
                 (
                     "deliveries",
-                    format!(
-                        "expected {} received {} duplicated {} missing {}",
-                        self.expected, self.received, self.duplicates, self.missing
+                    super::describe_tally(
+                        self.expected,
+                        self.received,
+                        self.duplicates,
+                        self.missing,
                     ),
                 ),
                 ("seconds", format!("{:.2}", self.seconds)),
@@ -230,13 +225,7 @@ pub async fn run(target: &Target, args: &FanoutArgs) -> Result<FanoutReport, Ben
     first.join(&room).await.map_err(BenchError::setup)?;
 
     eprintln!("connecting {} subscribers", subs.len());
-    let receivers: Vec<Receiver> = futures::stream::iter(subs.iter())
-        .map(|name| Receiver::connect(target, args.proto, name, Some(&room), None, None))
-        .buffered(8)
-        .collect::<Vec<_>>()
-        .await
-        .into_iter()
-        .collect::<Result<_, _>>()?;
+    let receivers = Receiver::connect_all(target, args.proto, &subs, Some(&room)).await?;
     let mut senders = Vec::new();
     for name in &pubs {
         senders.push(Sender::connect(target, args.proto, name, Some(&room)).await?);

@@ -77,6 +77,14 @@ pub fn histogram() -> Histogram<u64> {
 }
 
 impl Latency {
+    /// The percentiles as one table cell.
+    pub fn describe(&self) -> String {
+        format!(
+            "p50 {} p90 {} p99 {} max {}",
+            self.p50_us, self.p90_us, self.p99_us, self.max_us
+        )
+    }
+
     pub fn of(h: &Histogram<u64>) -> Latency {
         Latency {
             p50_us: h.value_at_quantile(0.50),
@@ -85,6 +93,11 @@ impl Latency {
             max_us: h.max(),
         }
     }
+}
+
+/// The delivery tally as one table cell.
+pub fn describe_tally(expected: u64, received: u64, duplicates: u64, missing: u64) -> String {
+    format!("expected {expected} received {received} duplicated {duplicates} missing {missing}")
 }
 
 /// A unique prefix for the names one run creates.

@@ -29,12 +29,16 @@ impl TestServer {
         Self::start_with(ServeArgs::default()).await
     }
 
-    pub async fn start_with(mut args: ServeArgs) -> TestServer {
+    pub async fn start_with(args: ServeArgs) -> TestServer {
         let dir = tempfile::tempdir().expect("temp dir");
-        args.data_dir = Some(dir.path().to_owned());
-        args.grpc_addr = Some("127.0.0.1:0".into());
-        args.talk_addr = Some("127.0.0.1:0".into());
-        args.wire_addr = Some("127.0.0.1:0".into());
+        let ephemeral = ServeArgs::ephemeral(dir.path());
+        let mut args = ServeArgs {
+            data_dir: ephemeral.data_dir,
+            grpc_addr: ephemeral.grpc_addr,
+            talk_addr: ephemeral.talk_addr,
+            wire_addr: ephemeral.wire_addr,
+            ..args
+        };
         args.node_name.get_or_insert_with(|| "test-node".into());
         if args.operator.is_empty() {
             args.operator = vec!["root".into()];
