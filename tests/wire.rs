@@ -363,3 +363,39 @@ async fn pipelined_sends_are_stored_and_answered_in_request_order() {
         "stored in request order"
     );
 }
+
+#[tokio::test]
+async fn a_client_that_half_closes_still_gets_every_reply_it_is_owed() {
+    let t = TestServer::start().await;
+    drop(t.wire_user("closer").await);
+    let mut raw = tokio::net::TcpStream::connect(t.server.wire_addr())
+        .await
+        .unwrap();
+    let mut burst = Frame::request(op::LOGIN, 1, vec![arg::str("closer"), arg::str(PASSWORD)])
+        .to_bytes()
+        .to_vec();
+    for i in 0..40u32 {
+        let args = vec![arg::str("lobby"), arg::str(&format!("m{i}")), arg::str("")];
+        burst.extend_from_slice(&Frame::request(op::SEND_ROOM, 2 + i, args).to_bytes());
+    }
+    raw.write_all(&burst).await.unwrap();
+    raw.shutdown().await.unwrap(); // done sending; still reading
+    let mut buf = bytes::BytesMut::new();
+    let mut replies = vec![];
+    loop {
+        let n = tokio::time::timeout(Duration::from_secs(10), raw.read_buf(&mut buf))
+            .await
+            .expect("the server answers, then closes")
+            .unwrap();
+        while let Some(frame) = Frame::decode(&mut buf, 1 << 20).unwrap() {
+            replies.push(frame);
+        }
+        if n == 0 {
+            break;
+        }
+    }
+    assert_eq!(replies.len(), 41, "a reply for the login and every send");
+    assert!(replies.iter().all(|r| r.status == 0));
+    let sent: Vec<u32> = replies.iter().map(|r| r.request_id).collect();
+    assert_eq!(sent, (1..=41).collect::<Vec<_>>());
+}

@@ -1,7 +1,7 @@
 //! Idle connections: C logged-in connections, each receiving (a live stream
 //! on gRPC), then the server's resident memory per connection, and a check
-//! that every one of them is still alive: one direct message to the account
-//! must reach all C sessions.
+//! that every one of them is still alive: one direct message to each
+//! account must reach all of that account's connections.
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
@@ -17,6 +17,10 @@ use crate::client::To;
 
 /// Connections per loopback source address, well under its ephemeral ports.
 const PER_SOURCE: usize = 20_000;
+/// Connections per account.
+const PER_ACCOUNT: usize = 32;
+/// The direct message every connection must receive.
+const CHECK: &str = "are you all there?";
 
 #[derive(Debug, Clone, Args)]
 pub struct ConnsArgs {
@@ -88,30 +92,55 @@ fn source(i: usize) -> Option<IpAddr> {
 
 pub async fn run(target: &Target, args: &ConnsArgs) -> Result<ConnsReport, BenchError> {
     let id = run_id();
-    let (name, sender) = (format!("{id}c"), format!("{id}t"));
-    register_all(target, &[name.clone(), sender.clone()]).await?;
+    // Connections share accounts, PER_ACCOUNT each: well under the server's
+    // cap on sessions per account.
+    let accounts: Vec<String> = (0..args.connections.div_ceil(PER_ACCOUNT).max(1))
+        .map(|k| format!("{id}c{k}"))
+        .collect();
+    let teller_name = format!("{id}t");
+    eprintln!("registering {} accounts", accounts.len() + 1);
+    register_all(
+        target,
+        &[accounts.clone(), vec![teller_name.clone()]].concat(),
+    )
+    .await?;
     let admin = target.admin().await?;
-    // gRPC connections share one login; the socket protocols log in each.
-    let token = match args.proto {
-        Proto::Grpc => Some(
-            admin
-                .login(&name, PASSWORD)
+    // gRPC connections of one account share its login; the socket
+    // protocols log in on every connection.
+    let mut tokens = Vec::new();
+    if args.proto == Proto::Grpc {
+        for name in &accounts {
+            let (client, _) = admin
+                .login(name, PASSWORD)
                 .await
-                .map_err(BenchError::setup)?
-                .0,
-        ),
-        _ => None,
-    };
+                .map_err(BenchError::setup)?;
+            tokens.push(client);
+        }
+    }
     let open = |range: std::ops::Range<usize>| {
+        let (accounts, tokens) = (&accounts, &tokens);
         futures::stream::iter(range)
-            .map(|i| Receiver::connect(target, args.proto, &name, None, source(i), token.as_ref()))
+            .map(move |i| async move {
+                let account = i / PER_ACCOUNT;
+                let receiver = Receiver::connect(
+                    target,
+                    args.proto,
+                    &accounts[account],
+                    None,
+                    source(i),
+                    tokens.get(account),
+                )
+                .await;
+                (account, receiver)
+            })
             .buffer_unordered(args.concurrency.max(1))
-            .collect::<Vec<Result<Receiver, BenchError>>>()
+            .collect::<Vec<(usize, Result<Receiver, BenchError>)>>()
     };
     // A first batch warms up what the server allocates once (password
     // threads, buffers, pools), so the measurement sees connections only.
     let warm = args.connections.min(args.concurrency.max(1)).min(64);
     let mut opened = open(0..warm).await;
+    let warmed = opened.iter().filter(|(_, r)| r.is_ok()).count();
     tokio::time::sleep(Duration::from_millis(300)).await;
     let rss_before = target.rss_kib();
     let start = std::time::Instant::now();
@@ -119,9 +148,9 @@ pub async fn run(target: &Target, args: &ConnsArgs) -> Result<ConnsReport, Bench
     let seconds_to_connect = start.elapsed().as_secs_f64();
     let mut errors = Vec::new();
     let mut receivers = Vec::new();
-    for r in opened {
+    for (account, r) in opened {
         match r {
-            Ok(r) => receivers.push(r),
+            Ok(r) => receivers.push((account, r)),
             Err(e) => errors.push(e.to_string()),
         }
     }
@@ -130,19 +159,22 @@ pub async fn run(target: &Target, args: &ConnsArgs) -> Result<ConnsReport, Bench
     let rss_after = target.rss_kib();
     let connected = receivers.len();
 
+    // One direct message per account must reach every one of its sessions.
     let (teller, _) = admin
-        .login(&sender, PASSWORD)
+        .login(&teller_name, PASSWORD)
         .await
         .map_err(BenchError::setup)?;
-    teller
-        .send(&To::User(name.clone()), "are you all there?", None)
-        .await
-        .map_err(BenchError::setup)?;
+    for name in &accounts {
+        teller
+            .send(&To::User(name.clone()), CHECK, None)
+            .await
+            .map_err(BenchError::setup)?;
+    }
     let checks: Vec<bool> = futures::stream::iter(receivers.iter_mut())
-        .map(|r| async move {
+        .map(|(_, r)| async move {
             matches!(
                 tokio::time::timeout(Duration::from_secs(30), r.next()).await,
-                Ok(Some(Ok(m))) if m.body == "are you all there?"
+                Ok(Some(Ok(m))) if m.body == CHECK
             )
         })
         .buffer_unordered(1024)
@@ -151,6 +183,7 @@ pub async fn run(target: &Target, args: &ConnsArgs) -> Result<ConnsReport, Bench
     let alive = checks.into_iter().filter(|ok| *ok).count();
     errors.sort();
     errors.dedup();
+    let measured = connected.saturating_sub(warmed);
     Ok(ConnsReport {
         scenario: "conns",
         proto: args.proto,
@@ -160,8 +193,8 @@ pub async fn run(target: &Target, args: &ConnsArgs) -> Result<ConnsReport, Bench
         rss_before_kib: rss_before,
         rss_after_kib: rss_after,
         bytes_per_connection: match (rss_before, rss_after) {
-            (Some(b), Some(a)) if connected > warm => {
-                Some(a.saturating_sub(b) * 1024 / (connected - warm) as u64)
+            (Some(b), Some(a)) if measured > 0 => {
+                Some(a.saturating_sub(b) * 1024 / measured as u64)
             }
             _ => None,
         },

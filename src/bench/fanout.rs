@@ -341,10 +341,11 @@ async fn publish(
         .filter_map(|lane| {
             let mut handle = sender.concurrent()?;
             let room = room.clone();
-            let lane_rate = rate.map(|r| r / pipeline as f64);
             Some(tokio::spawn(async move {
-                for (n, seq) in (lane..messages).step_by(pipeline).enumerate() {
-                    pace(start, n, lane_rate).await;
+                // Paced by the publisher's own sequence, so the lanes take
+                // turns instead of firing together.
+                for seq in (lane..messages).step_by(pipeline) {
+                    pace(start, seq, rate).await;
                     handle.say(&room, &stamp(publisher, seq, bytes)).await?;
                 }
                 Ok::<(), String>(())

@@ -128,16 +128,19 @@ impl Frame {
         }))
     }
 
-    /// Appends the frame's bytes on the wire to `out`.
+    /// Appends the frame's bytes on the wire to `out`. The argument count is
+    /// a 16-bit field: callers keep frames within it (see the server's
+    /// list replies), and only the first 65,535 arguments are written.
     pub fn encode(&self, out: &mut impl BufMut) {
-        let len = HEADER_LEN - 4 + self.args.iter().map(|a| 4 + a.len()).sum::<usize>();
+        let args = &self.args[..self.args.len().min(u16::MAX as usize)];
+        let len = HEADER_LEN - 4 + args.iter().map(|a| 4 + a.len()).sum::<usize>();
         out.put_u32(len as u32);
         out.put_u8(self.version);
         out.put_u8(self.opcode);
         out.put_u32(self.request_id);
         out.put_u8(self.status);
-        out.put_u16(self.args.len() as u16);
-        for arg in &self.args {
+        out.put_u16(args.len() as u16);
+        for arg in args {
             out.put_u32(arg.len() as u32);
             out.put_slice(arg);
         }

@@ -39,19 +39,25 @@ impl Core {
             return Err(CoreError::NameTaken(name.to_owned()));
         }
         let hash = self.inner.passwords.hash(password).await?;
-        let id = self
-            .inner
+        // Directory and lobby membership change on the commit path, like a join.
+        let (core, registered, cached_key) = (self.clone(), name.to_owned(), key.clone());
+        let on_commit: crate::store::AccountHook = Box::new(move |id| {
+            core.directory_write().insert(cached_key, (*id, registered));
+            let lobby = core.inner.lobby;
+            core.rooms_write()
+                .members
+                .entry(lobby)
+                .or_default()
+                .insert(*id);
+        });
+        self.inner
             .store
-            .create_account(name, &key, &hash, self.inner.lobby)
+            .create_account(name, &key, &hash, self.inner.lobby, on_commit)
             .await
             .map_err(|e| match e {
                 StoreError::NameTaken => CoreError::NameTaken(name.to_owned()),
                 e => e.into(),
             })?;
-        self.directory_write().insert(key, (id, name.to_owned()));
-        if let Some(members) = self.rooms_write().members.get_mut(&self.inner.lobby) {
-            members.insert(id);
-        }
         Ok(name.to_owned())
     }
 

@@ -8,7 +8,7 @@ use wildmatch::WildMatch;
 
 use super::hub::{Attachment, Closed, Delivery};
 use super::{Core, CoreError, Identity, Message, Sent, Target, names, now_ms};
-use crate::store::{AccountId, Conversation, NewMessage};
+use crate::store::{AccountId, Conversation, NewMessage, StoreError};
 
 /// Longest `client_msg_id`, in bytes.
 pub const MAX_CLIENT_MSG_ID: usize = 128;
@@ -60,6 +60,10 @@ pub struct Inbox {
     backlog: VecDeque<Delivery>,
     read_up_to: u64,
     backlog_done: bool,
+    /// The page being read. Kept here so that a caller that stops waiting
+    /// (a `select!` that takes another branch) resumes the same read next
+    /// time instead of abandoning it and starting another.
+    reading: Option<futures::future::BoxFuture<'static, Result<Vec<Message>, StoreError>>>,
 }
 
 impl Inbox {
@@ -75,16 +79,19 @@ impl Inbox {
                 }
             }
             if !self.backlog_done {
-                let page = self
-                    .core
-                    .inner
-                    .store
-                    .pending(self.account, self.read_up_to, self.high_water, BACKLOG_PAGE)
-                    .await
-                    .map_err(|e| {
-                        tracing::error!(error = %e, "reading the backlog failed");
-                        Closed::StoreFailed
-                    })?;
+                let reading = self.reading.get_or_insert_with(|| {
+                    let store = self.core.inner.store.clone();
+                    let (account, after, up_to) = (self.account, self.read_up_to, self.high_water);
+                    Box::pin(
+                        async move { store.pending(account, after, up_to, BACKLOG_PAGE).await },
+                    )
+                });
+                let page = reading.await;
+                self.reading = None;
+                let page = page.map_err(|e| {
+                    tracing::error!(error = %e, "reading the backlog failed");
+                    Closed::StoreFailed
+                })?;
                 self.backlog_done = page.len() < BACKLOG_PAGE as usize;
                 if let Some(last) = page.last() {
                     self.read_up_to = last.id;
@@ -233,6 +240,7 @@ impl Core {
             backlog: VecDeque::new(),
             read_up_to: 0,
             backlog_done: false,
+            reading: None,
         })
     }
 
@@ -351,14 +359,19 @@ impl Core {
                 self.inner.store.ensure_room(bare, &key).await?
             }
         };
-        let joined = self.inner.store.join(who.account, room.id).await?;
-        let mut rooms = self.rooms_write();
-        rooms.by_key.insert(key, room.clone());
-        rooms
-            .members
-            .entry(room.id)
-            .or_default()
-            .insert(who.account);
+        // The member list changes on the commit path, so the first message
+        // committed after the join already reaches the new member.
+        let (core, account, record) = (self.clone(), who.account, room.clone());
+        let on_commit: crate::store::MembershipHook = Box::new(move |_| {
+            let mut rooms = core.rooms_write();
+            rooms.members.entry(record.id).or_default().insert(account);
+            rooms.by_key.insert(key, record);
+        });
+        let joined = self
+            .inner
+            .store
+            .join(who.account, room.id, on_commit)
+            .await?;
         Ok((room.name, joined))
     }
 
@@ -369,11 +382,17 @@ impl Core {
         if room.id == self.inner.lobby {
             return Err(CoreError::invalid("room", "nobody leaves #lobby"));
         }
-        let left = self.inner.store.leave(who.account, room.id).await?;
-        if let Some(members) = self.rooms_write().members.get_mut(&room.id) {
-            members.remove(&who.account);
-        }
-        Ok(left)
+        let (core, account, room_id) = (self.clone(), who.account, room.id);
+        let on_commit: crate::store::MembershipHook = Box::new(move |_| {
+            if let Some(members) = core.rooms_write().members.get_mut(&room_id) {
+                members.remove(&account);
+            }
+        });
+        Ok(self
+            .inner
+            .store
+            .leave(who.account, room.id, on_commit)
+            .await?)
     }
 
     pub fn list_rooms(&self, who: &Identity) -> Vec<RoomInfo> {

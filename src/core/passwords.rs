@@ -20,8 +20,12 @@ enum Job {
     Verify(String, String, oneshot::Sender<bool>),
 }
 
+/// Password checks that may wait for a thread; past this, a login is told
+/// the server is busy instead of queueing without bound.
+const QUEUE: usize = 256;
+
 pub struct PasswordPool {
-    jobs: Mutex<mpsc::Sender<Job>>,
+    jobs: Mutex<mpsc::SyncSender<Job>>,
 }
 
 fn failed(e: impl std::fmt::Display) -> CoreError {
@@ -34,7 +38,7 @@ impl PasswordPool {
             .map(|n| n.get())
             .unwrap_or(1)
             .clamp(1, 8);
-        let (tx, rx) = mpsc::channel::<Job>();
+        let (tx, rx) = mpsc::sync_channel::<Job>(QUEUE);
         let rx = std::sync::Arc::new(Mutex::new(rx));
         for i in 0..threads {
             let rx = rx.clone();
@@ -63,11 +67,13 @@ impl PasswordPool {
     }
 
     fn submit(&self, job: Job) -> Result<(), CoreError> {
-        self.jobs
-            .lock()
-            .map_err(failed)?
-            .send(job)
-            .map_err(|_| failed("no password threads"))
+        match self.jobs.lock().map_err(failed)?.try_send(job) {
+            Ok(()) => Ok(()),
+            Err(mpsc::TrySendError::Full(_)) => Err(CoreError::Limit(
+                "the server is busy checking passwords: try again in a moment".into(),
+            )),
+            Err(mpsc::TrySendError::Disconnected(_)) => Err(failed("no password threads")),
+        }
     }
 
     pub async fn hash(&self, password: &str) -> Result<String, CoreError> {
@@ -91,6 +97,9 @@ impl Default for PasswordPool {
 
 fn run(job: Job) {
     match job {
+        // Whoever asked has gone (a client that disconnected mid-login).
+        Job::Hash(_, reply) if reply.is_closed() => {}
+        Job::Verify(_, _, reply) if reply.is_closed() => {}
         Job::Hash(password, reply) => {
             let salt = SaltString::generate(&mut OsRng);
             let hashed = Argon2::default()

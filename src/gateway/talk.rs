@@ -17,7 +17,7 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use super::listener::{Shutdown, WRITE_TIMEOUT, next_delivery, write_out};
 use crate::codec::line::{Command, HELP, LineDecoder, LineError, ParseError, ServerLine};
 use crate::core::{
-    Closed, Core, CoreError, ErrorKind, Identity, Inbox, Message, Sent, Target, names,
+    Closed, Core, CoreError, Delivery, ErrorKind, Identity, Inbox, Message, Sent, Target, names,
 };
 
 /// Speech lines one connection may have waiting for their commit.
@@ -136,6 +136,11 @@ struct Session {
     /// Speech queued for the store, oldest first. Speech has no reply, so
     /// the connection reads on while it commits; only failures are reported.
     speech: FuturesOrdered<BoxFuture<'static, Result<Sent, CoreError>>>,
+    /// Deliveries written but not yet acknowledged to the store.
+    unacked: Vec<Delivery>,
+    /// The one acknowledgement in flight: later ones wait and merge, so a
+    /// connection never queues more than one at a time.
+    acking: Option<tokio::task::JoinHandle<()>>,
 }
 
 enum Flow {
@@ -151,6 +156,8 @@ pub async fn serve_connection(core: Core, stream: TcpStream, mut shutdown: Shutd
         room: names::LOBBY.into(),
         inbox: None,
         speech: FuturesOrdered::new(),
+        unacked: Vec::new(),
+        acking: None,
         core,
     };
     session.conn.push(notice(format!(
@@ -161,6 +168,16 @@ pub async fn serve_connection(core: Core, stream: TcpStream, mut shutdown: Shutd
         tracing::debug!(error = %e, "line connection ended");
     }
     session.end().await;
+}
+
+/// Resolves when the acknowledgement in flight is done; never if none is.
+async fn acked(acking: &mut Option<tokio::task::JoinHandle<()>>) {
+    match acking {
+        Some(handle) => {
+            let _ = handle.await;
+        }
+        None => std::future::pending().await,
+    }
 }
 
 /// Tells a connection over the limit why it is being closed.
@@ -199,6 +216,10 @@ impl Session {
                         self.conn.push(core_error(e));
                     }
                 }
+                _ = acked(&mut self.acking) => {
+                    self.acking = None;
+                    self.start_ack();
+                }
                 delivery = next_delivery(&mut self.inbox) => {
                     match delivery {
                         Ok(message) => self.deliver(message).await?,
@@ -234,21 +255,40 @@ impl Session {
             }
         }
         self.conn.flush().await?;
-        if let Some(who) = self.who.clone() {
-            let core = self.core.clone();
-            tokio::spawn(async move {
-                if let Err(e) = core.ack_shown(&who, &shown).await {
-                    tracing::debug!(error = %e, "ack failed; the messages will come again");
-                }
-            });
-        }
+        self.unacked.extend(shown);
+        self.start_ack();
         Ok(())
     }
 
-    /// Logs the connection's session out when it closes.
+    /// Acknowledges what was written, unless an acknowledgement is already
+    /// in flight (this one then follows when that one is done).
+    fn start_ack(&mut self) {
+        if self.acking.is_some() || self.unacked.is_empty() {
+            return;
+        }
+        let Some(who) = self.who.clone() else {
+            self.unacked.clear();
+            return;
+        };
+        let (core, shown) = (self.core.clone(), std::mem::take(&mut self.unacked));
+        self.acking = Some(tokio::spawn(async move {
+            if let Err(e) = core.ack_shown(&who, &shown).await {
+                tracing::debug!(error = %e, "ack failed; the messages will come again");
+            }
+        }));
+    }
+
+    /// Acknowledges the last of what was written, then logs the
+    /// connection's session out.
     async fn end(&mut self) {
         self.inbox = None;
+        if let Some(acking) = self.acking.take() {
+            let _ = acking.await;
+        }
         if let Some(who) = self.who.take() {
+            if !self.unacked.is_empty() {
+                let _ = self.core.ack_shown(&who, &self.unacked).await;
+            }
             let _ = self.core.logout(&who).await;
         }
     }

@@ -53,6 +53,8 @@ type Reply = Result<Vec<Bytes>, Reject>;
 
 /// Sends one connection may have waiting for their commit.
 const PIPELINE: usize = 64;
+/// How long a closing connection waits for the replies it owes.
+const SETTLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 /// Pushes written per turn of the loop, at most.
 const PUSH_BATCH: usize = 256;
 
@@ -179,21 +181,36 @@ pub async fn serve_connection(core: Core, stream: TcpStream, mut shutdown: Shutd
 
 impl Session {
     async fn run(&mut self, shutdown: &mut Shutdown) -> std::io::Result<()> {
+        let last = self.serve(shutdown).await?;
+        // Whatever ended the loop, the replies to sends already queued (they
+        // will commit) are owed first, then the last word.
+        if tokio::time::timeout(SETTLE_TIMEOUT, self.settle(0))
+            .await
+            .is_err()
+        {
+            tracing::warn!("replies still pending when the connection ended");
+        }
+        if let Some(frame) = last {
+            self.conn.push(&frame);
+        }
+        self.conn.flush().await
+    }
+
+    /// Serves requests until the connection should end; returns the frame
+    /// to send last, if any.
+    async fn serve(&mut self, shutdown: &mut Shutdown) -> std::io::Result<Option<Frame>> {
         loop {
             self.conn.flush().await?;
             tokio::select! {
                 frame = self.conn.read_frame() => match frame {
-                    Ok(None) => return Ok(()),
+                    Ok(None) => return Ok(None),
                     Ok(Some(frame)) => {
                         if frame.version != VERSION {
                             let text = format!(
                                 "protocol version {} is not supported; this server speaks {VERSION}",
                                 frame.version
                             );
-                            let mut answer = reply(&frame, Err(Reject::new(Status::Version, text)));
-                            answer.version = VERSION;
-                            self.conn.push(&answer);
-                            return self.conn.flush().await;
+                            return Ok(Some(reply(&frame, Err(Reject::new(Status::Version, text)))));
                         }
                         if matches!(frame.opcode, op::SEND_DM | op::SEND_ROOM) {
                             self.settle(PIPELINE - 1).await;
@@ -212,16 +229,14 @@ impl Session {
                         self.conn.push(&reply(&request, Err(Reject::new(Status::BadFrame, why))));
                     }
                     Err(ReadError::Frame(e @ FrameError::TooLarge { .. })) => {
-                        self.conn.push(&bye(Status::TooLarge, &e.to_string()));
-                        return self.conn.flush().await;
+                        return Ok(Some(bye(Status::TooLarge, &e.to_string())));
                     }
                     Err(ReadError::Frame(e @ FrameError::TooShort(_))) => {
-                        self.conn.push(&bye(Status::BadFrame, &e.to_string()));
-                        return self.conn.flush().await;
+                        return Ok(Some(bye(Status::BadFrame, &e.to_string())));
                     }
                     Err(ReadError::Truncated(n)) => {
                         tracing::debug!(bytes = n, "connection closed inside a frame");
-                        return Ok(());
+                        return Ok(None);
                     }
                     Err(ReadError::Io(e)) => return Err(e),
                 },
@@ -241,14 +256,10 @@ impl Session {
                             }
                         }
                     }
-                    Err(why) => {
-                        self.conn.push(&bye(closed_status(why), &why.to_string()));
-                        return self.conn.flush().await;
-                    }
+                    Err(why) => return Ok(Some(bye(closed_status(why), &why.to_string()))),
                 },
                 _ = shutdown.wait() => {
-                    self.conn.push(&bye(Status::Unavailable, "the server is shutting down"));
-                    return self.conn.flush().await;
+                    return Ok(Some(bye(Status::Unavailable, "the server is shutting down")));
                 }
             }
         }
@@ -362,7 +373,7 @@ impl Session {
                 for u in core.list_users(text(pattern)?)? {
                     out.extend([arg::str(&u.name), arg::bool(u.online), arg::str(&u.node)]);
                 }
-                Ok(out)
+                fits(out, "users match: use a narrower pattern")
             }
             op::ACK => {
                 let ids = a
@@ -412,7 +423,7 @@ impl Session {
                 for r in core.list_rooms(&who) {
                     out.extend([arg::str(&r.name), arg::u32(r.members), arg::bool(r.joined)]);
                 }
-                Ok(out)
+                fits(out, "rooms exist to list in one reply")
             }
             op::WHO => {
                 let [] = exact(a)?;
@@ -420,7 +431,7 @@ impl Session {
                 for u in core.who() {
                     out.extend([arg::str(&u.name), arg::str(&u.node)]);
                 }
-                Ok(out)
+                fits(out, "users are online to list in one reply")
             }
             op::STATS => {
                 let [] = exact(a)?;
@@ -465,6 +476,14 @@ fn push(message: &crate::core::Message) -> Frame {
         status: 0,
         args,
     }
+}
+
+/// A reply's arguments, if their count fits the frame's 16-bit field.
+fn fits(args: Vec<Bytes>, what: &str) -> Reply {
+    if args.len() > u16::MAX as usize {
+        return Err(Reject::new(Status::Limit, format!("too many {what}")));
+    }
+    Ok(args)
 }
 
 fn is_known(opcode: u8) -> bool {

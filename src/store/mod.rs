@@ -69,6 +69,12 @@ pub struct Appended {
     pub duplicate: bool,
 }
 
+/// Runs right after an account is created, with its id.
+pub type AccountHook = Box<dyn FnOnce(&AccountId) + Send>;
+
+/// Runs right after a membership change commits, with its outcome.
+pub type MembershipHook = Box<dyn FnOnce(&bool) + Send>;
+
 /// A queued append: resolves once the message is committed.
 pub type PendingAppend =
     std::pin::Pin<Box<dyn std::future::Future<Output = Result<Appended, StoreError>> + Send>>;
@@ -93,12 +99,15 @@ pub struct Counts {
 
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
+    /// Creates an account, a member of `lobby`; `on_commit` gets its id
+    /// right after the commit, in commit order with appends.
     async fn create_account(
         &self,
         name: &str,
         key: &str,
         password_hash: &str,
         lobby: RoomId,
+        on_commit: AccountHook,
     ) -> Result<AccountId, StoreError>;
     async fn account_by_key(&self, key: &str) -> Result<Option<AccountRecord>, StoreError>;
     async fn account_by_id(&self, id: AccountId) -> Result<Option<AccountRecord>, StoreError>;
@@ -127,10 +136,22 @@ pub trait Store: Send + Sync + 'static {
     /// Every (room, account) membership.
     async fn memberships(&self) -> Result<Vec<(RoomId, AccountId)>, StoreError>;
     /// Adds a membership; the member's catch-up cursor starts at the newest
-    /// message, so joining does not replay old speech. False if already a member.
-    async fn join(&self, account: AccountId, room: RoomId) -> Result<bool, StoreError>;
-    /// False if the account was not a member.
-    async fn leave(&self, account: AccountId, room: RoomId) -> Result<bool, StoreError>;
+    /// message, so joining does not replay old speech. False if already a
+    /// member. `on_commit` runs right after the commit, in commit order with
+    /// appends, so a message committed after the join always sees the member.
+    async fn join(
+        &self,
+        account: AccountId,
+        room: RoomId,
+        on_commit: MembershipHook,
+    ) -> Result<bool, StoreError>;
+    /// False if the account was not a member. `on_commit` as for `join`.
+    async fn leave(
+        &self,
+        account: AccountId,
+        room: RoomId,
+        on_commit: MembershipHook,
+    ) -> Result<bool, StoreError>;
 
     /// Queues a message for storage (and, for a direct message, for the
     /// recipient's inbox) before returning; the future resolves once it is

@@ -16,8 +16,9 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use super::{
-    AccountId, AccountRecord, Appended, CommitHook, Conversation, Counts, NewMessage,
-    PendingAppend, RoomId, RoomRecord, SessionId, SessionRecord, Store, StoreError, message_target,
+    AccountHook, AccountId, AccountRecord, Appended, CommitHook, Conversation, Counts,
+    MembershipHook, NewMessage, PendingAppend, RoomId, RoomRecord, SessionId, SessionRecord, Store,
+    StoreError, message_target,
 };
 use crate::core::Message;
 
@@ -323,9 +324,10 @@ impl Store for SqliteStore {
         key: &str,
         password_hash: &str,
         lobby: RoomId,
+        on_commit: AccountHook,
     ) -> Result<AccountId, StoreError> {
         let (name, key, hash) = (name.to_owned(), key.to_owned(), password_hash.to_owned());
-        self.write(move |c| {
+        self.write_then(move |c| {
             c.prepare_cached(
                 "INSERT INTO accounts (name, name_key, password_hash, created_ms) VALUES (?1, ?2, ?3, ?4)",
             )
@@ -340,7 +342,7 @@ impl Store for SqliteStore {
             let id = c.last_insert_rowid();
             join_tx(c, id, lobby).map_err(backend)?;
             Ok(id)
-        })
+        }, move |value| on_commit(value))
         .await
     }
 
@@ -501,20 +503,36 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn join(&self, account: AccountId, room: RoomId) -> Result<bool, StoreError> {
-        self.write(move |c| join_tx(c, account, room).map_err(backend))
-            .await
+    async fn join(
+        &self,
+        account: AccountId,
+        room: RoomId,
+        on_commit: MembershipHook,
+    ) -> Result<bool, StoreError> {
+        self.write_then(
+            move |c| join_tx(c, account, room).map_err(backend),
+            move |joined| on_commit(joined),
+        )
+        .await
     }
 
-    async fn leave(&self, account: AccountId, room: RoomId) -> Result<bool, StoreError> {
-        self.write(move |c| {
-            c.execute(
-                "DELETE FROM memberships WHERE account_id = ?1 AND room_id = ?2",
-                [account, room],
-            )
-            .map(|n| n == 1)
-            .map_err(backend)
-        })
+    async fn leave(
+        &self,
+        account: AccountId,
+        room: RoomId,
+        on_commit: MembershipHook,
+    ) -> Result<bool, StoreError> {
+        self.write_then(
+            move |c| {
+                c.execute(
+                    "DELETE FROM memberships WHERE account_id = ?1 AND room_id = ?2",
+                    [account, room],
+                )
+                .map(|n| n == 1)
+                .map_err(backend)
+            },
+            move |value| on_commit(value),
+        )
         .await
     }
 
