@@ -211,15 +211,30 @@ impl Receiver {
         }
     }
 
-    /// Acknowledges shown messages (the line protocol needs no ack).
-    pub async fn ack(&self, ids: Vec<u64>) {
-        if ids.is_empty() {
-            return;
+    /// A handle that acknowledges for this receiver from another task, so
+    /// acknowledging never holds up receiving. `None` on the line protocol,
+    /// where the server acknowledges what it writes.
+    pub fn acker(&self) -> Option<Acker> {
+        match self {
+            Receiver::Line { .. } => None,
+            Receiver::Wire(c) => Some(Acker::Wire(c.clone())),
+            Receiver::Grpc { client, .. } => Some(Acker::Grpc(client.clone())),
         }
+    }
+}
+
+/// Acknowledges messages for a receiver.
+#[derive(Clone)]
+pub enum Acker {
+    Wire(WireClient),
+    Grpc(Client),
+}
+
+impl Acker {
+    pub async fn ack(&self, ids: Vec<u64>) {
         let _ = match self {
-            Receiver::Line { .. } => return,
-            Receiver::Wire(c) => c.ack(&ids).await.map_err(|e| e.to_string()),
-            Receiver::Grpc { client, .. } => client.ack(ids).await.map_err(|e| e.to_string()),
+            Acker::Wire(c) => c.ack(&ids).await.map_err(|e| e.to_string()),
+            Acker::Grpc(c) => c.ack(ids).await.map_err(|e| e.to_string()),
         };
     }
 }

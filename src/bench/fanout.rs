@@ -154,6 +154,10 @@ pub async fn tally(
         last: None,
         error: None,
     };
+    // Acknowledgements go out from their own task, one batch at a time, as a
+    // real client would: receiving never waits for them.
+    let acker = receiver.acker();
+    let mut acking: Option<tokio::task::JoinHandle<()>> = None;
     let mut to_ack = Vec::new();
     while t.unique < expected {
         let received = match tokio::time::timeout(idle, receiver.next()).await {
@@ -167,8 +171,10 @@ pub async fn tally(
         let now = now_nanos();
         t.last = Some(Instant::now());
         to_ack.extend(received.id);
-        if to_ack.len() >= 1024 {
-            receiver.ack(std::mem::take(&mut to_ack)).await;
+        let idle_acker = acking.as_ref().is_none_or(|a| a.is_finished());
+        if let Some(acker) = acker.clone().filter(|_| idle_acker && to_ack.len() >= 1024) {
+            let ids = std::mem::take(&mut to_ack);
+            acking = Some(tokio::spawn(async move { acker.ack(ids).await }));
         }
         let Some((sent, publisher, seq)) = unstamp(&received.body) else {
             continue;
@@ -187,7 +193,12 @@ pub async fn tally(
         progress.fetch_add(1, Ordering::Relaxed);
         let _ = t.latency.record((now.saturating_sub(sent) / 1000).max(1));
     }
-    receiver.ack(to_ack).await;
+    if let Some(acking) = acking {
+        let _ = acking.await;
+    }
+    if let Some(acker) = acker.filter(|_| !to_ack.is_empty()) {
+        acker.ack(to_ack).await;
+    }
     t
 }
 
