@@ -49,6 +49,17 @@ pub struct ServeArgs {
     /// Concurrent connections each of the line and binary listeners accepts [default: 65536].
     #[arg(long, env = "MESHTALK_MAX_CONNECTIONS")]
     pub max_connections: Option<usize>,
+    /// Mesh (peer link) listen address; the mesh is off until this or an
+    /// operator's /peer-listen [default port: 9999].
+    #[arg(long, env = "MESHTALK_MESH_ADDR")]
+    pub mesh_addr: Option<String>,
+    /// A peer to link to at start, HOST:PORT (repeatable); retried until it answers.
+    #[arg(long = "peer", env = "MESHTALK_PEER", value_delimiter = ',')]
+    #[serde(default)]
+    pub peer: Vec<String>,
+    /// A file holding the secret every node of the mesh shares; needed to link.
+    #[arg(long, env = "MESHTALK_MESH_SECRET_FILE")]
+    pub mesh_secret_file: Option<PathBuf>,
     /// This node's name [default: the host name].
     #[arg(long, env = "MESHTALK_NODE_NAME")]
     pub node_name: Option<String>,
@@ -100,6 +111,9 @@ pub struct Settings {
     pub wire_addr: String,
     pub max_connections: usize,
     pub node: String,
+    pub mesh_addr: Option<String>,
+    pub peers: Vec<String>,
+    pub mesh_secret: Option<Vec<u8>>,
     pub operators: Vec<String>,
     pub log_format: LogFormat,
     pub limits: Limits,
@@ -162,7 +176,37 @@ impl ServeArgs {
                 "max-body, queue-depth and max-connections must be at least 1".into(),
             ));
         }
+        let node = self.node_name.or(file.node_name).unwrap_or_else(host_name);
+        if !crate::mesh::valid_node_name(&node) {
+            return Err(ConfigError::Invalid(format!(
+                "invalid node name {node:?}: use 1 to 64 of A-Z a-z 0-9 . _ -"
+            )));
+        }
+        let mesh_secret = match self.mesh_secret_file.or(file.mesh_secret_file) {
+            None => None,
+            Some(path) => {
+                let text = std::fs::read(&path).map_err(|source| ConfigError::Read {
+                    path: path.clone(),
+                    source,
+                })?;
+                // A trailing newline from `echo secret > file` is not part of it.
+                let secret = text.trim_ascii().to_vec();
+                if secret.len() < 16 {
+                    return Err(ConfigError::Invalid(format!(
+                        "the mesh secret in {} is {} bytes: use at least 16",
+                        path.display(),
+                        secret.len()
+                    )));
+                }
+                Some(secret)
+            }
+        };
+        let mut peers = self.peer;
+        peers.extend(file.peer);
         Ok(Settings {
+            mesh_addr: self.mesh_addr.or(file.mesh_addr),
+            peers,
+            mesh_secret,
             sqlite_path,
             grpc_addr: self
                 .grpc_addr
@@ -180,7 +224,7 @@ impl ServeArgs {
                 .max_connections
                 .or(file.max_connections)
                 .unwrap_or(DEFAULT_MAX_CONNECTIONS),
-            node: self.node_name.or(file.node_name).unwrap_or_else(host_name),
+            node,
             operators,
             log_format: self
                 .log_format

@@ -9,6 +9,8 @@
 //!   with group commit.
 //! - [`gateway`]: one module per client protocol, each a thin translation
 //!   onto the core: gRPC, the line protocol and the binary protocol.
+//! - [`mesh`]: links to other nodes — handshake, flooding with dedup,
+//!   topology, routing and scatter-gather.
 //! - [`server`]: wires store, core and gateways together; signals and shutdown.
 //! - [`client`]: the client libraries (gRPC, line, binary) and the interactive chat.
 //! - [`codec`]: the line and binary wire formats, pure functions over bytes.
@@ -22,6 +24,7 @@ pub mod codec;
 pub mod config;
 pub mod core;
 pub mod gateway;
+pub mod mesh;
 pub mod server;
 pub mod store;
 

@@ -25,6 +25,7 @@ use crate::core::{Core, CoreConfig, CoreError};
 use crate::gateway::grpc::GrpcGateway;
 use crate::gateway::listener::{Shutdown, accept_loop};
 use crate::gateway::{talk, wire};
+use crate::mesh::{Mesh, MeshConfig, MeshError, QUERY_TIMEOUT};
 use crate::proto::{
     accounts_server::AccountsServer, admin_server::AdminServer, chat_server::ChatServer,
 };
@@ -48,6 +49,8 @@ pub enum ServerError {
         addr: String,
         source: std::io::Error,
     },
+    #[error("cannot start the mesh: {0}")]
+    Mesh(#[from] MeshError),
     #[error("cannot build the reflection service: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
 }
@@ -55,6 +58,8 @@ pub enum ServerError {
 /// A running server.
 pub struct Server {
     core: Core,
+    mesh: Mesh,
+    mesh_addr: Option<SocketAddr>,
     grpc_addr: SocketAddr,
     talk_addr: SocketAddr,
     wire_addr: SocketAddr,
@@ -95,6 +100,30 @@ impl Server {
             },
         )
         .await?;
+        let mesh = Mesh::start(
+            core.clone(),
+            MeshConfig {
+                node: settings.node.clone(),
+                secret: settings.mesh_secret.clone(),
+                query_timeout: QUERY_TIMEOUT,
+            },
+        );
+        let mesh_addr = match &settings.mesh_addr {
+            Some(addr) => Some(mesh.listen(addr).await?),
+            None => None,
+        };
+        if !settings.peers.is_empty() && settings.mesh_secret.is_none() {
+            return Err(MeshError::NoSecret.into());
+        }
+        for peer in &settings.peers {
+            let (mesh, peer) = (mesh.clone(), peer.clone());
+            tokio::spawn(async move {
+                match mesh.connect(&peer, true).await {
+                    Ok(node) => tracing::info!(peer = %peer, "linked to {node} at {peer}"),
+                    Err(e) => tracing::warn!("{e}; retrying in the background"),
+                }
+            });
+        }
         let (listener, grpc_addr) = bind(&settings.grpc_addr).await?;
         let (talk_listener, talk_addr) = bind(&settings.talk_addr).await?;
         let (wire_listener, wire_addr) = bind(&settings.wire_addr).await?;
@@ -167,11 +196,14 @@ impl Server {
             grpc = %grpc_addr,
             talk = %talk_addr,
             wire = %wire_addr,
+            mesh = %mesh_addr.map_or_else(|| "off".to_owned(), |a| a.to_string()),
             store = %settings.sqlite_path.display(),
             "meshtalk is serving"
         );
         Ok(Server {
             core,
+            mesh,
+            mesh_addr,
             grpc_addr,
             talk_addr,
             wire_addr,
@@ -195,6 +227,15 @@ impl Server {
         self.wire_addr
     }
 
+    /// Where the mesh listener given at start is bound, if any.
+    pub fn mesh_addr(&self) -> Option<SocketAddr> {
+        self.mesh_addr
+    }
+
+    pub fn mesh(&self) -> &Mesh {
+        &self.mesh
+    }
+
     pub fn core(&self) -> &Core {
         &self.core
     }
@@ -213,6 +254,7 @@ impl Server {
         // Let health watchers see NOT_SERVING before the listener goes.
         tokio::time::sleep(Duration::from_millis(100)).await;
         self.core.begin_shutdown();
+        self.mesh.shutdown();
         let _ = self.stop_sockets.send(true);
         if let Some(stop) = self.stop_grpc.take() {
             let _ = stop.send(());

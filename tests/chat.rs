@@ -109,7 +109,7 @@ async fn a_retried_client_msg_id_is_stored_once() {
     assert_eq!((m.id, m.client_msg_id.as_str()), (first.id, "c-1"));
     assert_eq!(next_message(&mut stream).await.id, other.id);
     assert_quiet(&mut stream).await;
-    assert_eq!(alice.stats().await.unwrap().messages, 2);
+    assert_eq!(alice.stats(false).await.unwrap().messages, 2);
 }
 
 #[tokio::test]
@@ -455,7 +455,7 @@ async fn stats_and_who_describe_this_node() {
     let _a = alice.subscribe().await.unwrap();
     let _b1 = bob.subscribe().await.unwrap();
     let _b2 = bob.subscribe().await.unwrap();
-    let stats = alice.stats().await.unwrap();
+    let stats = alice.stats(false).await.unwrap();
     assert_eq!(
         (
             stats.messages,

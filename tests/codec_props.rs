@@ -60,7 +60,7 @@ fn command() -> impl Strategy<Value = Command> {
         Just(Command::Logout),
         Just(Command::Who),
         Just(Command::Rooms),
-        Just(Command::Stats),
+        any::<bool>().prop_map(|mesh| Command::Stats { mesh }),
         Just(Command::Quit),
         Just(Command::Peers),
         Just(Command::Topology),

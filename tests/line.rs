@@ -307,9 +307,14 @@ async fn operator_commands_are_refused_to_everyone_else() {
     assert_eq!(ok(&root.request("/peers").await.unwrap()), "0 peers");
     let topology = root.request("/topology").await.unwrap();
     assert_eq!(topology.lines, ["node test-node"]);
+    assert_eq!(topology.end, ServerLine::Ok("1 nodes, 0 links".into()));
+    // Linking needs the mesh secret, and this server was started without one.
     assert_eq!(
-        err(&root.request("/peer-connect 127.0.0.1 9999").await.unwrap()).0,
-        "unsupported"
+        err(&root.request("/peer-connect 127.0.0.1 9999").await.unwrap()),
+        (
+            "invalid",
+            "invalid mesh: no mesh secret is configured: start the server with --mesh-secret-file"
+        )
     );
 }
 

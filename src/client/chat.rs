@@ -163,12 +163,21 @@ impl ChatSession {
                 }
                 lines
             }
-            Command::Stats => {
-                let s = c.stats().await?;
-                vec![format!(
-                    "* node {}: {} messages, {} accounts, {} sessions online, {} rooms, up {}s",
-                    s.node, s.messages, s.accounts, s.sessions_online, s.rooms, s.uptime_secs
-                )]
+            Command::Stats { mesh } => {
+                let s = c.stats(mesh).await?;
+                let scope = if mesh {
+                    s.node.clone()
+                } else {
+                    format!("node {}", s.node)
+                };
+                let mut lines = vec![format!(
+                    "* {scope}: {} messages, {} accounts, {} sessions online, {} rooms, up {}s",
+                    s.messages, s.accounts, s.sessions_online, s.rooms, s.uptime_secs
+                )];
+                if !s.missing_nodes.is_empty() {
+                    lines.push(format!("* no answer from {}", s.missing_nodes.join(", ")));
+                }
+                lines
             }
             Command::Help => HELP.iter().map(|l| format!("* {l}")).collect(),
             Command::Register { .. } | Command::Login { .. } => {

@@ -248,10 +248,11 @@ impl Client {
             .into_inner())
     }
 
-    pub async fn stats(&self) -> Result<proto::Stats, ClientError> {
+    /// This node's figures, or with `mesh` the totals over every node.
+    pub async fn stats(&self, mesh: bool) -> Result<proto::Stats, ClientError> {
         Ok(self
             .chat()
-            .get_stats(self.request(proto::GetStatsRequest { mesh: false }))
+            .get_stats(self.request(proto::GetStatsRequest { mesh }))
             .await?
             .into_inner())
     }

@@ -115,7 +115,10 @@ pub enum Command {
     Leave(String),
     Rooms,
     History(u32),
-    Stats,
+    /// This node's figures, or with `mesh` the totals over every node.
+    Stats {
+        mesh: bool,
+    },
     Quit,
     PeerListen {
         host: String,
@@ -226,7 +229,9 @@ impl Command {
                     .ok_or(Usage("/history [N], N from 1 to 1000"))?,
             ),
             ("history", _) => return Err(Usage("/history [N]")),
-            ("stats", []) => C::Stats,
+            ("stats", []) => C::Stats { mesh: false },
+            ("stats", [scope]) if scope.eq_ignore_ascii_case("mesh") => C::Stats { mesh: true },
+            ("stats", _) => return Err(Usage("/stats [mesh]")),
             ("quit", []) => C::Quit,
             ("peer-listen", [host, port]) => C::PeerListen {
                 host: (*host).into(),
@@ -242,7 +247,7 @@ impl Command {
             ("peer-kill", _) => return Err(Usage("/peer-kill NODE")),
             ("peers", []) => C::Peers,
             ("topology", []) => C::Topology,
-            ("help" | "logout" | "who" | "rooms" | "stats" | "quit" | "peers" | "topology", _) => {
+            ("help" | "logout" | "who" | "rooms" | "quit" | "peers" | "topology", _) => {
                 return Err(Usage("this command takes no arguments"));
             }
             (other, _) => return Err(ParseError::Unknown(other.to_owned())),
@@ -268,7 +273,8 @@ impl Command {
             C::Leave(room) => format!("/leave {room}"),
             C::Rooms => "/rooms".into(),
             C::History(n) => format!("/history {n}"),
-            C::Stats => "/stats".into(),
+            C::Stats { mesh: false } => "/stats".into(),
+            C::Stats { mesh: true } => "/stats mesh".into(),
             C::Quit => "/quit".into(),
             C::PeerListen { host, port } => format!("/peer-listen {host} {port}"),
             C::PeerConnect { host, port } => format!("/peer-connect {host} {port}"),

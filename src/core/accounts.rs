@@ -38,11 +38,27 @@ impl Core {
         if self.directory_read().contains_key(&key) {
             return Err(CoreError::NameTaken(name.to_owned()));
         }
+        // A name is global: one held on another node is taken here too.
+        if let Some(claim) = self
+            .remote()
+            .and_then(|r| r.claims(&key).into_iter().next())
+        {
+            return Err(CoreError::NameTaken(format!(
+                "{}@{}",
+                claim.name, claim.node
+            )));
+        }
         let hash = self.inner.passwords.hash(password).await?;
         // Directory and lobby membership change on the commit path, like a join.
         let (core, registered, cached_key) = (self.clone(), name.to_owned(), key.clone());
         let on_commit: crate::store::AccountHook = Box::new(move |id| {
-            core.directory_write().insert(cached_key, (*id, registered));
+            let account = crate::store::AccountSummary {
+                id: *id,
+                name: registered,
+                created_ms: super::now_ms(),
+            };
+            core.directory_write().insert(cached_key, account);
+            core.inner.changed.notify_one();
             let lobby = core.inner.lobby;
             core.rooms_write()
                 .members
@@ -164,6 +180,7 @@ impl Core {
         self.inner.store.delete_account(who.account).await?;
         self.directory_write()
             .remove(&account.name.to_ascii_lowercase());
+        self.inner.changed.notify_one();
         for members in self.rooms_write().members.values_mut() {
             members.remove(&who.account);
         }

@@ -7,7 +7,8 @@ use std::sync::Arc;
 use wildmatch::WildMatch;
 
 use super::hub::{Attachment, Closed, Delivery};
-use super::{Core, CoreError, Identity, Message, Sent, Target, names, now_ms};
+use super::remote::{Gathered, Recipient};
+use super::{Core, CoreError, Identity, Message, RemoteDirect, Sent, Target, names, now_ms};
 use crate::store::{AccountId, Conversation, NewMessage, StoreError};
 
 /// Longest `client_msg_id`, in bytes.
@@ -107,6 +108,12 @@ impl Inbox {
     }
 }
 
+/// A send on its way: to this node's store, or to another node.
+enum Queued {
+    Here(crate::store::PendingAppend),
+    Elsewhere(futures::future::BoxFuture<'static, Result<Sent, CoreError>>),
+}
+
 impl Core {
     /// Stores a message and hands it to every live session it is for.
     ///
@@ -123,12 +130,17 @@ impl Core {
     ) -> impl Future<Output = Result<Sent, CoreError>> + Send + use<> {
         let queued = self.queue_send(who, to, body, client_msg_id);
         async move {
-            let appended = queued?.await?;
-            Ok(Sent {
-                id: appended.message.id,
-                sent_at_ms: appended.message.sent_at_ms,
-                duplicate: appended.duplicate,
-            })
+            match queued? {
+                Queued::Here(pending) => {
+                    let appended = pending.await?;
+                    Ok(Sent {
+                        id: appended.message.id,
+                        sent_at_ms: appended.message.sent_at_ms,
+                        duplicate: appended.duplicate,
+                    })
+                }
+                Queued::Elsewhere(routed) => routed.await,
+            }
         }
     }
 
@@ -138,7 +150,7 @@ impl Core {
         to: &Target,
         body: &str,
         client_msg_id: Option<&str>,
-    ) -> Result<crate::store::PendingAppend, CoreError> {
+    ) -> Result<Queued, CoreError> {
         self.check_running()?;
         self.check_body(body)?;
         if client_msg_id.is_some_and(|id| id.len() > MAX_CLIENT_MSG_ID) {
@@ -147,18 +159,33 @@ impl Core {
                 format!("it is longer than {MAX_CLIENT_MSG_ID} bytes"),
             ));
         }
+        let client_msg_id = client_msg_id.filter(|id| !id.is_empty()).map(str::to_owned);
         let mut message = NewMessage {
             sender: who.account,
             sender_name: who.name.clone(),
             recipient: None,
             room: None,
             body: body.to_owned(),
-            client_msg_id: client_msg_id.filter(|id| !id.is_empty()).map(str::to_owned),
+            client_msg_id,
             sent_at_ms: now_ms(),
         };
         let room = match to {
             Target::User(name) => {
-                message.recipient = Some(self.user(name)?);
+                match self.recipient(name)? {
+                    Recipient::Local(id, name) => message.recipient = Some((id, name)),
+                    Recipient::Remote(claim) => {
+                        let remote = self.remote().ok_or_else(|| {
+                            CoreError::Unreachable("this node is not in a mesh".into())
+                        })?;
+                        return Ok(Queued::Elsewhere(remote.send_direct(RemoteDirect {
+                            to: claim,
+                            from: message.sender_name,
+                            body: message.body,
+                            client_msg_id: message.client_msg_id,
+                            sent_ms: message.sent_at_ms,
+                        })));
+                    }
+                }
                 None
             }
             Target::Room(name) => {
@@ -183,9 +210,14 @@ impl Core {
             let delivery = Arc::new(appended.message.clone());
             match (room, recipient) {
                 (Some(room), _) => {
-                    let rooms = core.rooms_read();
-                    if let Some(members) = rooms.members.get(&room) {
-                        core.inner.hub.fan_out(&delivery, members, Some(except));
+                    {
+                        let rooms = core.rooms_read();
+                        if let Some(members) = rooms.members.get(&room) {
+                            core.inner.hub.fan_out(&delivery, members, Some(except));
+                        }
+                    }
+                    if let Some(remote) = core.remote() {
+                        remote.flood(&delivery);
                     }
                 }
                 (None, Some(recipient)) => {
@@ -196,10 +228,10 @@ impl Core {
                 (None, None) => {}
             }
         });
-        Ok(self.inner.store.append(message, fan_out))
+        Ok(Queued::Here(self.inner.store.append(message, fan_out)))
     }
 
-    fn check_body(&self, body: &str) -> Result<(), CoreError> {
+    pub(super) fn check_body(&self, body: &str) -> Result<(), CoreError> {
         let max = self.inner.limits.max_body;
         if body.is_empty() {
             return Err(CoreError::invalid("body", "it is empty"));
@@ -309,7 +341,18 @@ impl Core {
                 }
                 Conversation::Room(room.id)
             }
-            Target::User(name) => Conversation::Direct(who.account, self.user(name)?.0),
+            Target::User(name) => match self.recipient(name)? {
+                Recipient::Local(id, _) => Conversation::Direct(who.account, id),
+                Recipient::Remote(claim) => {
+                    return Err(CoreError::invalid(
+                        "conversation",
+                        format!(
+                            "{} is homed on node {}: this node keeps no history with them",
+                            claim.name, claim.node
+                        ),
+                    ));
+                }
+            },
         };
         let limit = if limit == 0 {
             MAX_HISTORY
@@ -413,7 +456,8 @@ impl Core {
         list
     }
 
-    /// Accounts whose names match a glob (`*`, `?`), case-insensitively.
+    /// Accounts whose names match a glob (`*`, `?`), case-insensitively,
+    /// on every node this node knows of.
     pub fn list_users(&self, pattern: &str) -> Result<Vec<UserInfo>, CoreError> {
         let pattern = if pattern.is_empty() { "*" } else { pattern };
         if pattern.chars().count() > MAX_PATTERN {
@@ -426,28 +470,37 @@ impl Core {
         let mut users: Vec<UserInfo> = self
             .directory_read()
             .values()
-            .filter(|(_, name)| glob.matches(name))
-            .map(|(id, name)| UserInfo {
-                name: name.clone(),
-                online: self.inner.hub.is_online(*id),
+            .filter(|account| glob.matches(&account.name))
+            .map(|account| UserInfo {
+                name: account.name.clone(),
+                online: self.inner.hub.is_online(account.id),
                 node: self.inner.node.clone(),
             })
             .collect();
-        users.sort_by_key(|u| u.name.to_ascii_lowercase());
+        if let Some(remote) = self.remote() {
+            users.extend(
+                remote
+                    .accounts()
+                    .into_iter()
+                    .filter(|u| glob.matches(&u.name)),
+            );
+        }
+        users.sort_by(|a, b| {
+            (a.name.to_ascii_lowercase(), &a.node).cmp(&(b.name.to_ascii_lowercase(), &b.node))
+        });
         Ok(users)
     }
 
     /// Who is online on this node, sorted by name.
-    pub fn who(&self) -> Vec<UserInfo> {
-        let online = self.inner.hub.online();
-        let directory = self.directory_read();
-        let by_id: std::collections::HashMap<AccountId, &String> =
-            directory.values().map(|(id, name)| (*id, name)).collect();
-        let mut users: Vec<UserInfo> = online
-            .into_iter()
-            .filter_map(|id| by_id.get(&id))
-            .map(|name| UserInfo {
-                name: (*name).clone(),
+    pub fn who_here(&self) -> Vec<UserInfo> {
+        let online: std::collections::HashSet<AccountId> =
+            self.inner.hub.online().into_iter().collect();
+        let mut users: Vec<UserInfo> = self
+            .directory_read()
+            .values()
+            .filter(|account| online.contains(&account.id))
+            .map(|account| UserInfo {
+                name: account.name.clone(),
                 online: true,
                 node: self.inner.node.clone(),
             })
@@ -456,6 +509,21 @@ impl Core {
         users
     }
 
+    /// Who is online on every reachable node, sorted by name, and the nodes
+    /// that did not answer in time.
+    pub async fn who(&self) -> Gathered<UserInfo> {
+        let mut gathered = match self.remote() {
+            Some(remote) => remote.gather_who().await,
+            None => Gathered::default(),
+        };
+        gathered.answers.extend(self.who_here());
+        gathered.answers.sort_by(|a, b| {
+            (a.name.to_ascii_lowercase(), &a.node).cmp(&(b.name.to_ascii_lowercase(), &b.node))
+        });
+        gathered
+    }
+
+    /// This node's own figures.
     pub async fn stats(&self) -> Result<Stats, CoreError> {
         let counts = self.inner.store.counts().await?;
         Ok(Stats {
@@ -466,5 +534,23 @@ impl Core {
             uptime_secs: self.inner.started.elapsed().as_secs(),
             node: self.inner.node.clone(),
         })
+    }
+
+    /// Totals over every node that answered, and the nodes that did not.
+    /// Rooms are counted per node: a room held on two nodes counts twice.
+    pub async fn mesh_stats(&self) -> Result<(Stats, Vec<String>), CoreError> {
+        let mut total = self.stats().await?;
+        let Some(remote) = self.remote() else {
+            return Ok((total, Vec::new()));
+        };
+        let gathered = remote.gather_stats().await;
+        for s in &gathered.answers {
+            total.messages += s.messages;
+            total.accounts += s.accounts;
+            total.sessions_online += s.sessions_online;
+            total.rooms += s.rooms;
+        }
+        total.node = format!("mesh of {} nodes", gathered.answers.len() + 1);
+        Ok((total, gathered.missing))
     }
 }

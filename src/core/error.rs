@@ -42,6 +42,16 @@ pub enum CoreError {
     Limit(String),
     #[error("the server is shutting down")]
     ShuttingDown,
+    /// Another node is needed and cannot be reached, or did not answer.
+    #[error("{0}")]
+    Unreachable(String),
+    /// Another node refused a request it was handed.
+    #[error("node {node}: {message}")]
+    FromNode {
+        node: String,
+        kind: ErrorKind,
+        message: String,
+    },
     #[error("storage failure: {0}")]
     Store(StoreError),
 }
@@ -64,6 +74,8 @@ impl CoreError {
                 ErrorKind::PermissionDenied
             }
             CoreError::Limit(_) => ErrorKind::ResourceExhausted,
+            CoreError::Unreachable(_) => ErrorKind::Unavailable,
+            CoreError::FromNode { kind, .. } => *kind,
             CoreError::ShuttingDown | CoreError::Store(StoreError::Closed) => {
                 ErrorKind::Unavailable
             }

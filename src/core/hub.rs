@@ -11,6 +11,7 @@ use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
+use tokio::sync::Notify;
 use tokio::sync::mpsc::{self, error::TrySendError};
 
 use super::Message;
@@ -66,6 +67,8 @@ impl Sink {
 
 pub struct Hub {
     sinks: Mutex<Sinks>,
+    /// Woken whenever an account comes online or goes offline.
+    presence: Arc<Notify>,
     next_id: AtomicU64,
     queue_depth: usize,
 }
@@ -102,15 +105,17 @@ impl Drop for Attachment {
             list.retain(|s| s.id != self.id);
             if list.is_empty() {
                 sinks.by_account.remove(&self.account);
+                self.hub.presence.notify_one();
             }
         }
     }
 }
 
 impl Hub {
-    pub fn new(queue_depth: usize) -> Arc<Self> {
+    pub fn new(queue_depth: usize, presence: Arc<Notify>) -> Arc<Self> {
         Arc::new(Hub {
             sinks: Mutex::new(Sinks::default()),
+            presence,
             next_id: AtomicU64::new(1),
             queue_depth: queue_depth.max(1),
         })
@@ -137,6 +142,7 @@ impl Hub {
                 tx,
                 reason: reason.clone(),
             });
+            self.presence.notify_one();
         }
         drop(sinks);
         Attachment {
@@ -177,6 +183,7 @@ impl Hub {
             });
             if list.is_empty() {
                 sinks.remove(account);
+                self.presence.notify_one();
             }
         }
     }
@@ -195,6 +202,7 @@ impl Hub {
             });
             if list.is_empty() {
                 sinks.remove(&account);
+                self.presence.notify_one();
             }
         }
     }
@@ -202,6 +210,7 @@ impl Hub {
     pub fn close_account(&self, account: AccountId, why: Closed) {
         if let Some(list) = self.lock().by_account.remove(&account) {
             list.iter().for_each(|s| s.close(why));
+            self.presence.notify_one();
         }
     }
 

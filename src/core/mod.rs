@@ -15,18 +15,22 @@ mod hub;
 mod message;
 pub mod names;
 mod passwords;
+mod remote;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Instant;
 
 pub use chat::{Inbox, RoomInfo, Stats, UserInfo};
 pub use error::{CoreError, ErrorKind};
 pub use hub::{Closed, Delivery};
 pub use message::{Message, Sent, Target};
+pub use remote::{Claim, Gathered, PeerLink, Remote, RemoteDirect, Topology};
 
-use crate::store::{AccountId, RoomId, RoomRecord, SessionId, Store};
+use tokio::sync::Notify;
+
+use crate::store::{AccountId, AccountSummary, RoomId, RoomRecord, SessionId, Store};
 use hub::Hub;
 
 /// Bounds on what one user may ask of the server.
@@ -87,9 +91,8 @@ struct Inner {
     started: Instant,
     shutting_down: AtomicBool,
     lobby: RoomId,
-    /// Name key → (id, name) of every account: sends and look-ups do not
-    /// touch the store.
-    directory: RwLock<HashMap<String, (AccountId, String)>>,
+    /// Name key → every account: sends and look-ups do not touch the store.
+    directory: RwLock<HashMap<String, AccountSummary>>,
     rooms: RwLock<Rooms>,
     /// Token hash → session, for tokens seen since start.
     sessions: Mutex<HashMap<[u8; 32], Identity>>,
@@ -97,6 +100,11 @@ struct Inner {
     /// Counts logouts and deletions, so a token look-up that raced one does
     /// not cache a session that is gone.
     revocations: AtomicU64,
+    /// The mesh, once one is attached.
+    remote: OnceLock<Arc<dyn Remote>>,
+    /// Woken when accounts are added or removed, or an account comes online
+    /// or goes offline, so the mesh can tell the other nodes.
+    changed: Arc<Notify>,
 }
 
 #[derive(Default)]
@@ -113,7 +121,7 @@ impl Core {
             .accounts()
             .await?
             .into_iter()
-            .map(|(id, name)| (name.to_ascii_lowercase(), (id, name)))
+            .map(|account| (account.name.to_ascii_lowercase(), account))
             .collect();
         let mut rooms = Rooms::default();
         for room in store.rooms().await? {
@@ -123,9 +131,12 @@ impl Core {
         for (room, account) in store.memberships().await? {
             rooms.members.entry(room).or_default().insert(account);
         }
+        let changed = Arc::new(Notify::new());
         Ok(Core {
             inner: Arc::new(Inner {
-                hub: Hub::new(config.limits.queue_depth),
+                hub: Hub::new(config.limits.queue_depth, changed.clone()),
+                changed,
+                remote: OnceLock::new(),
                 node: config.node,
                 operators: config
                     .operators
@@ -187,18 +198,14 @@ impl Core {
         self.inner.rooms.write().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn directory_read(
-        &self,
-    ) -> std::sync::RwLockReadGuard<'_, HashMap<String, (AccountId, String)>> {
+    fn directory_read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, AccountSummary>> {
         self.inner
             .directory
             .read()
             .unwrap_or_else(|p| p.into_inner())
     }
 
-    fn directory_write(
-        &self,
-    ) -> std::sync::RwLockWriteGuard<'_, HashMap<String, (AccountId, String)>> {
+    fn directory_write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, AccountSummary>> {
         self.inner
             .directory
             .write()
@@ -210,15 +217,6 @@ impl Core {
             .sessions
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Looks a user up by name, case-insensitively.
-    fn user(&self, name: &str) -> Result<(AccountId, String), CoreError> {
-        let key = names::account_key(name).map_err(|_| CoreError::NoSuchUser(name.to_owned()))?;
-        self.directory_read()
-            .get(&key)
-            .cloned()
-            .ok_or_else(|| CoreError::NoSuchUser(name.to_owned()))
     }
 
     /// Looks a room up by name (with or without `#`).

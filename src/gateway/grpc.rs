@@ -412,8 +412,13 @@ impl Chat for GrpcGateway {
         request: Request<proto::GetStatsRequest>,
     ) -> Result<Response<proto::Stats>, Status> {
         self.identify(&request).await?;
-        let s = self.core.stats().await.map_err(status)?;
+        let (s, missing_nodes) = if request.get_ref().mesh {
+            self.core.mesh_stats().await.map_err(status)?
+        } else {
+            (self.core.stats().await.map_err(status)?, Vec::new())
+        };
         Ok(Response::new(proto::Stats {
+            missing_nodes,
             messages: s.messages,
             accounts: s.accounts,
             sessions_online: s.sessions_online,
@@ -428,9 +433,10 @@ impl Chat for GrpcGateway {
         request: Request<proto::WhoRequest>,
     ) -> Result<Response<proto::WhoResponse>, Status> {
         self.identify(&request).await?;
+        let who = self.core.who().await;
         Ok(Response::new(proto::WhoResponse {
-            users: self.core.who().into_iter().map(user).collect(),
-            missing_nodes: vec![],
+            users: who.answers.into_iter().map(user).collect(),
+            missing_nodes: who.missing,
         }))
     }
 }
@@ -480,48 +486,78 @@ impl Admin for GrpcGateway {
         &self,
         request: Request<proto::PeerListenRequest>,
     ) -> Result<Response<proto::PeerListenResponse>, Status> {
-        self.operator(&request).await?;
-        Err(standalone())
+        let who = self.operator(&request).await?;
+        let r = request.get_ref();
+        let address = self
+            .core
+            .peer_listen(&who, &r.host, port(r.port)?)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(proto::PeerListenResponse { address }))
     }
 
     async fn peer_connect(
         &self,
         request: Request<proto::PeerConnectRequest>,
     ) -> Result<Response<proto::PeerConnectResponse>, Status> {
-        self.operator(&request).await?;
-        Err(standalone())
+        let who = self.operator(&request).await?;
+        let r = request.get_ref();
+        let node = self
+            .core
+            .peer_connect(&who, &r.host, port(r.port)?)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(proto::PeerConnectResponse { node }))
     }
 
     async fn peer_disconnect(
         &self,
         request: Request<proto::PeerDisconnectRequest>,
     ) -> Result<Response<proto::PeerDisconnectResponse>, Status> {
-        self.operator(&request).await?;
-        Err(standalone())
+        let who = self.operator(&request).await?;
+        self.core
+            .peer_kill(&who, &request.get_ref().node)
+            .map_err(status)?;
+        Ok(Response::new(proto::PeerDisconnectResponse {}))
     }
 
     async fn peers(
         &self,
         request: Request<proto::PeersRequest>,
     ) -> Result<Response<proto::PeersResponse>, Status> {
-        self.operator(&request).await?;
-        Ok(Response::new(proto::PeersResponse { peers: vec![] }))
+        let who = self.operator(&request).await?;
+        let peers = self.core.peers(&who).map_err(status)?;
+        Ok(Response::new(proto::PeersResponse {
+            peers: peers
+                .into_iter()
+                .map(|p| proto::Peer {
+                    node: p.node,
+                    address: p.address,
+                    outbound: p.outbound,
+                })
+                .collect(),
+        }))
     }
 
     async fn topology(
         &self,
         request: Request<proto::TopologyRequest>,
     ) -> Result<Response<proto::TopologyResponse>, Status> {
-        self.operator(&request).await?;
+        let who = self.operator(&request).await?;
+        let topology = self.core.topology(&who).map_err(status)?;
         Ok(Response::new(proto::TopologyResponse {
-            links: vec![],
-            nodes: vec![self.core.node().to_owned()],
+            links: topology
+                .links
+                .into_iter()
+                .map(|(from, to)| proto::Link { from, to })
+                .collect(),
+            nodes: topology.nodes,
         }))
     }
 }
 
-/// This build runs every node stand-alone: peer links are refused with a
-/// code clients can act on.
-fn standalone() -> Status {
-    Status::unimplemented("this node runs stand-alone: peer links are not supported by this build")
+fn port(port: u32) -> Result<u16, Status> {
+    u16::try_from(port).map_err(|_| {
+        Status::invalid_argument(format!("invalid port {port}: it must be 0 to 65535"))
+    })
 }

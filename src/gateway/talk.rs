@@ -384,14 +384,6 @@ impl Session {
         self.conn.push(ok("help"));
     }
 
-    fn operator(&self, who: &Identity) -> Result<(), CoreError> {
-        if self.core.is_operator(who) {
-            Ok(())
-        } else {
-            Err(CoreError::NotOperator)
-        }
-    }
-
     async fn handle_logged_in(
         &mut self,
         who: &Identity,
@@ -434,11 +426,15 @@ impl Session {
                 self.conn.push(ok(format!("{} users", users.len())));
             }
             Command::Who => {
-                let users = core.who();
-                for u in &users {
+                let who = core.who().await;
+                for u in &who.answers {
                     self.conn.push(notice(format!("{} {}", u.name, u.node)));
                 }
-                self.conn.push(ok(format!("{} online", users.len())));
+                if !who.missing.is_empty() {
+                    self.conn
+                        .push(notice(format!("no answer from {}", who.missing.join(", "))));
+                }
+                self.conn.push(ok(format!("{} online", who.answers.len())));
             }
             Command::Tell { to, text } => {
                 let sent = core
@@ -481,8 +477,12 @@ impl Session {
                 }
                 self.conn.push(ok(format!("{} lines", messages.len())));
             }
-            Command::Stats => {
-                let s = core.stats().await?;
+            Command::Stats { mesh } => {
+                let (s, missing) = if mesh {
+                    core.mesh_stats().await?
+                } else {
+                    (core.stats().await?, Vec::new())
+                };
                 for line in [
                     format!("node {}", s.node),
                     format!("messages {}", s.messages),
@@ -493,6 +493,10 @@ impl Session {
                 ] {
                     self.conn.push(notice(line));
                 }
+                if !missing.is_empty() {
+                    self.conn
+                        .push(notice(format!("no answer from {}", missing.join(", "))));
+                }
                 self.conn.push(ok("stats"));
             }
             Command::Quit => {
@@ -500,20 +504,40 @@ impl Session {
                 return Ok(Flow::Quit);
             }
             Command::Peers => {
-                self.operator(who)?;
-                self.conn.push(ok("0 peers"));
+                let peers = core.peers(who)?;
+                for p in &peers {
+                    let way = if p.outbound { "outbound" } else { "inbound" };
+                    self.conn
+                        .push(notice(format!("{} {} {way}", p.node, p.address)));
+                }
+                self.conn.push(ok(format!("{} peers", peers.len())));
             }
             Command::Topology => {
-                self.operator(who)?;
-                self.conn.push(notice(format!("node {}", core.node())));
-                self.conn.push(ok("1 node, 0 links"));
+                let topology = core.topology(who)?;
+                for node in &topology.nodes {
+                    self.conn.push(notice(format!("node {node}")));
+                }
+                for (a, b) in &topology.links {
+                    self.conn.push(notice(format!("link {a} {b}")));
+                }
+                self.conn.push(ok(format!(
+                    "{} nodes, {} links",
+                    topology.nodes.len(),
+                    topology.links.len()
+                )));
             }
-            Command::PeerListen { .. } | Command::PeerConnect { .. } | Command::PeerKill(_) => {
-                self.operator(who)?;
-                self.conn.push(err(
-                    "unsupported",
-                    "this node runs stand-alone: peer links are not supported by this build",
-                ));
+            Command::PeerListen { host, port } => {
+                let address = core.peer_listen(who, &host, port).await?;
+                self.conn
+                    .push(ok(format!("listening for peers on {address}")));
+            }
+            Command::PeerConnect { host, port } => {
+                let node = core.peer_connect(who, &host, port).await?;
+                self.conn.push(ok(format!("linked to {node}")));
+            }
+            Command::PeerKill(node) => {
+                core.peer_kill(who, &node)?;
+                self.conn.push(ok(format!("dropped {node}")));
             }
         }
         Ok(Flow::Continue)

@@ -427,36 +427,80 @@ impl Session {
             }
             op::WHO => {
                 let [] = exact(a)?;
+                let who = core.who().await;
                 let mut out = vec![];
-                for u in core.who() {
+                for u in &who.answers {
                     out.extend([arg::str(&u.name), arg::str(&u.node)]);
+                }
+                // An empty name marks a node that did not answer.
+                for node in &who.missing {
+                    out.extend([arg::str(""), arg::str(node)]);
                 }
                 fits(out, "users are online to list in one reply")
             }
             op::STATS => {
-                let [] = exact(a)?;
-                let s = core.stats().await?;
-                Ok(vec![
+                let mesh = match &a[..] {
+                    [] => false,
+                    [mesh] => arg::to_bool(mesh).ok_or_else(|| size("mesh", 1))?,
+                    _ => {
+                        return Err(Reject::new(
+                            Status::Arguments,
+                            "STATS takes no argument or one: mesh",
+                        ));
+                    }
+                };
+                let (s, missing) = if mesh {
+                    core.mesh_stats().await?
+                } else {
+                    (core.stats().await?, Vec::new())
+                };
+                let mut out = vec![
                     arg::u64(s.messages),
                     arg::u64(s.accounts),
                     arg::u64(s.sessions_online),
                     arg::u64(s.rooms),
                     arg::u64(s.uptime_secs),
                     arg::str(&s.node),
-                ])
+                ];
+                out.extend(missing.iter().map(|n| arg::str(n)));
+                Ok(out)
             }
-            op::PEERS | op::TOPOLOGY | op::PEER_LISTEN | op::PEER_CONNECT | op::PEER_KILL => {
-                if !core.is_operator(&who) {
-                    return Err(CoreError::NotOperator.into());
+            op::PEERS => {
+                let [] = exact(a)?;
+                let mut out = vec![];
+                for p in core.peers(&who)? {
+                    out.extend([
+                        arg::str(&p.node),
+                        arg::str(&p.address),
+                        arg::bool(p.outbound),
+                    ]);
                 }
-                match frame.opcode {
-                    op::PEERS => Ok(vec![]),
-                    op::TOPOLOGY => Ok(vec![arg::str(core.node())]),
-                    _ => Err(Reject::new(
-                        Status::Unsupported,
-                        "this node runs stand-alone: peer links are not supported by this build",
-                    )),
+                fits(out, "peers to list in one reply")
+            }
+            op::TOPOLOGY => {
+                let [] = exact(a)?;
+                let topology = core.topology(&who)?;
+                let mut out = vec![arg::u32(topology.nodes.len() as u32)];
+                out.extend(topology.nodes.iter().map(|n| arg::str(n)));
+                for (from, to) in &topology.links {
+                    out.extend([arg::str(from), arg::str(to)]);
                 }
+                fits(out, "nodes and links to list in one reply")
+            }
+            op::PEER_LISTEN | op::PEER_CONNECT => {
+                let [host, port] = exact(a)?;
+                let port = arg::to_u16(port).ok_or_else(|| size("port", 2))?;
+                let host = text(host)?;
+                if frame.opcode == op::PEER_LISTEN {
+                    Ok(vec![arg::str(&core.peer_listen(&who, host, port).await?)])
+                } else {
+                    Ok(vec![arg::str(&core.peer_connect(&who, host, port).await?)])
+                }
+            }
+            op::PEER_KILL => {
+                let [node] = exact(a)?;
+                core.peer_kill(&who, text(node)?)?;
+                Ok(vec![])
             }
             opcode => Err(Reject::new(
                 Status::UnknownOpcode,

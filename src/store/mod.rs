@@ -35,6 +35,16 @@ pub struct AccountRecord {
     pub password_hash: String,
 }
 
+/// An account as the directory knows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccountSummary {
+    pub id: AccountId,
+    pub name: String,
+    /// When it was registered: the earlier of two clashing claims on a name
+    /// across the mesh keeps the bare name.
+    pub created_ms: i64,
+}
+
 /// A live session found by its token.
 #[derive(Debug, Clone)]
 pub struct SessionRecord {
@@ -113,8 +123,8 @@ pub trait Store: Send + Sync + 'static {
     async fn account_by_id(&self, id: AccountId) -> Result<Option<AccountRecord>, StoreError>;
     /// Removes the account with its sessions, memberships and inbox.
     async fn delete_account(&self, id: AccountId) -> Result<(), StoreError>;
-    /// Every account as (id, name), sorted by name key.
-    async fn accounts(&self) -> Result<Vec<(AccountId, String)>, StoreError>;
+    /// Every account, sorted by name key.
+    async fn accounts(&self) -> Result<Vec<AccountSummary>, StoreError>;
 
     /// Opens a session; if the account then has more than `keep`, the
     /// oldest go, and their ids are returned with the new one.

@@ -16,9 +16,9 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use super::{
-    AccountHook, AccountId, AccountRecord, Appended, CommitHook, Conversation, Counts,
-    MembershipHook, NewMessage, PendingAppend, RoomId, RoomRecord, SessionId, SessionRecord, Store,
-    StoreError, message_target,
+    AccountHook, AccountId, AccountRecord, AccountSummary, Appended, CommitHook, Conversation,
+    Counts, MembershipHook, NewMessage, PendingAppend, RoomId, RoomRecord, SessionId,
+    SessionRecord, Store, StoreError, message_target,
 };
 use crate::core::Message;
 
@@ -386,10 +386,16 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn accounts(&self) -> Result<Vec<(AccountId, String)>, StoreError> {
+    async fn accounts(&self) -> Result<Vec<AccountSummary>, StoreError> {
         self.read(|c| {
-            c.prepare_cached("SELECT id, name FROM accounts ORDER BY name_key")?
-                .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+            c.prepare_cached("SELECT id, name, created_ms FROM accounts ORDER BY name_key")?
+                .query_map([], |r| {
+                    Ok(AccountSummary {
+                        id: r.get(0)?,
+                        name: r.get(1)?,
+                        created_ms: r.get(2)?,
+                    })
+                })?
                 .collect()
         })
         .await

@@ -191,3 +191,112 @@ pub fn data_dir() -> (TempDir, PathBuf) {
     let path = dir.path().join("data");
     (dir, path)
 }
+
+/// One node of a test mesh: the server binary as a child process with its
+/// mesh listener on a free loopback port, and `op-NAME` as its operator.
+pub struct MeshNode {
+    pub name: String,
+    pub talk: std::net::SocketAddr,
+    pub mesh: std::net::SocketAddr,
+    pub data_dir: PathBuf,
+    child: Child,
+}
+
+impl MeshNode {
+    /// Starts node `name`; `extra` goes on its command line.
+    pub fn start(
+        name: &str,
+        data_dir: &Path,
+        secret: &Path,
+        mesh_addr: &str,
+        extra: &[String],
+    ) -> MeshNode {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_meshtalk"))
+            .args(["serve", "--log-format", "json"])
+            .args(["--grpc-addr", "127.0.0.1:0"])
+            .args(["--talk-addr", "127.0.0.1:0"])
+            .args(["--wire-addr", "127.0.0.1:0"])
+            .args(["--mesh-addr", mesh_addr])
+            .args(["--node-name", name])
+            .args(["--operator", &format!("op-{name}")])
+            .arg("--mesh-secret-file")
+            .arg(secret)
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn meshtalk");
+        let stderr = child.stderr.take().expect("stderr");
+        let mut lines = BufReader::new(stderr).lines();
+        let mut seen = Vec::new();
+        let field = |line: &str, key: &str| -> Option<std::net::SocketAddr> {
+            let rest = line.split(&format!("\"{key}\":\"")).nth(1)?;
+            rest.split('"').next()?.parse().ok()
+        };
+        let (talk, mesh) = loop {
+            let Some(Ok(line)) = lines.next() else {
+                panic!("node {name} stopped before serving; its log: {seen:#?}");
+            };
+            seen.push(line.clone());
+            if let (Some(talk), Some(mesh)) = (field(&line, "talk"), field(&line, "mesh")) {
+                break (talk, mesh);
+            }
+        };
+        std::thread::spawn(move || for _ in lines {});
+        MeshNode {
+            name: name.to_owned(),
+            talk,
+            mesh,
+            data_dir: data_dir.to_owned(),
+            child,
+        }
+    }
+
+    /// A line client logged in as NAME, registering it first if `register`.
+    pub async fn login(&self, name: &str, register: bool) -> LineClient {
+        let mut c = LineClient::connect(self.talk).await.expect("connect");
+        if register {
+            let reply = c
+                .request(&format!("/register {name} {PASSWORD}"))
+                .await
+                .unwrap();
+            assert!(reply.is_ok(), "register {name} on {}: {reply:?}", self.name);
+        }
+        let reply = c
+            .request(&format!("/login {name} {PASSWORD}"))
+            .await
+            .unwrap();
+        assert!(reply.is_ok(), "login {name} on {}: {reply:?}", self.name);
+        c
+    }
+
+    /// This node's operator, registered on first use.
+    pub async fn operator(&self) -> LineClient {
+        let name = format!("op-{}", self.name);
+        let mut c = LineClient::connect(self.talk).await.expect("connect");
+        let _ = c
+            .request(&format!("/register {name} {PASSWORD}"))
+            .await
+            .unwrap();
+        let reply = c
+            .request(&format!("/login {name} {PASSWORD}"))
+            .await
+            .unwrap();
+        assert!(reply.is_ok(), "{reply:?}");
+        c
+    }
+
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for MeshNode {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}

@@ -1,0 +1,276 @@
+//! What peers say to each other, and how it is framed.
+//!
+//! Every frame is a 4-byte big-endian length followed by that many bytes of
+//! one JSON object, whose `"type"` names the message. JSON keeps the peer
+//! protocol easy to implement and to read in a packet capture; the length
+//! prefix keeps framing trivial and bounded. `docs/mesh.md` is the spec.
+
+use bytes::{Buf, BufMut, BytesMut};
+use serde::{Deserialize, Serialize};
+
+/// The peer protocol version this node speaks.
+pub const VERSION: u32 = 1;
+/// Largest frame body a node accepts or sends.
+pub const MAX_FRAME: usize = 1024 * 1024;
+/// Most hops a routed message travels before it is dropped.
+pub const MAX_HOPS: u8 = 32;
+
+/// One frame's worth of peer talk.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum PeerMessage {
+    /// First frame on a link, from each side.
+    Hello {
+        node: String,
+        /// Start time of the sending process (ms since the epoch): a restart
+        /// gets a higher one, so its records supersede the old ones.
+        instance: u64,
+        version: u32,
+        /// 32 random bytes, hex; the other side proves the secret over it.
+        nonce: String,
+    },
+    /// HMAC-SHA256 proof of the mesh secret, hex.
+    Proof { mac: String },
+    /// The sender accepted the other side's proof.
+    Ready,
+    /// The sender will not link, and why; it closes next.
+    Refuse { reason: String },
+    /// Keeps an idle link alive.
+    Ping,
+    /// A node's current state of one kind; flooded, newest version wins.
+    State(NodeState),
+    /// Room speech; flooded, once per (origin, instance, seq).
+    Speech(Speech),
+    /// A message for one node, forwarded hop by hop.
+    Routed(Routed),
+}
+
+/// One kind of a node's state, as that node published it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeState {
+    pub node: String,
+    pub instance: u64,
+    /// Counts up within one instance.
+    pub version: u64,
+    #[serde(flatten)]
+    pub facts: Facts,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Facts {
+    /// The nodes this node has a live link to.
+    Links { peers: Vec<String> },
+    /// The accounts homed on this node: `[name, created_ms]`.
+    Accounts { accounts: Vec<(String, i64)> },
+    /// The accounts online on this node.
+    Presence { online: Vec<String> },
+}
+
+impl Facts {
+    pub fn kind(&self) -> Kind {
+        match self {
+            Facts::Links { .. } => Kind::Links,
+            Facts::Accounts { .. } => Kind::Accounts,
+            Facts::Presence { .. } => Kind::Presence,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Kind {
+    Links,
+    Accounts,
+    Presence,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Speech {
+    pub origin: String,
+    pub instance: u64,
+    pub seq: u64,
+    pub room: String,
+    pub from: String,
+    pub body: String,
+    pub sent_ms: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Routed {
+    pub src: String,
+    pub dst: String,
+    /// Hops left; a node drops a routed message that reaches 0.
+    pub hops: u8,
+    #[serde(flatten)]
+    pub body: RoutedBody,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum RoutedBody {
+    /// Store a direct message for one of your accounts and deliver it.
+    Direct {
+        req: u64,
+        from: String,
+        to: String,
+        body: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        client_msg_id: Option<String>,
+        sent_ms: i64,
+    },
+    /// The answer to `direct`: the stored id, or why not.
+    DirectAck {
+        req: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        stored: Option<Stored>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error: Option<RemoteError>,
+    },
+    /// A scatter-gather question.
+    Query { req: u64, query: Query },
+    /// One node's answer to a query.
+    Answer { req: u64, answer: Answer },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Stored {
+    pub id: u64,
+    pub sent_ms: i64,
+    pub duplicate: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RemoteError {
+    /// `not_found`, `invalid`, `unavailable`, `limit` or `internal`.
+    pub code: String,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "what", rename_all = "snake_case")]
+pub enum Query {
+    /// Who is online on the node.
+    Who,
+    /// The node's own figures.
+    Stats,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "what", rename_all = "snake_case")]
+pub enum Answer {
+    Who {
+        online: Vec<String>,
+    },
+    Stats {
+        messages: u64,
+        accounts: u64,
+        sessions: u64,
+        rooms: u64,
+        uptime_secs: u64,
+    },
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum FrameError {
+    #[error("frame of {0} bytes is over the limit of {MAX_FRAME}")]
+    TooLarge(usize),
+    #[error("malformed frame: {0}")]
+    Malformed(String),
+}
+
+/// Appends one framed message to `out`.
+pub fn encode(message: &PeerMessage, out: &mut BytesMut) -> Result<(), FrameError> {
+    let body = serde_json::to_vec(message).map_err(|e| FrameError::Malformed(e.to_string()))?;
+    if body.len() > MAX_FRAME {
+        return Err(FrameError::TooLarge(body.len()));
+    }
+    out.reserve(4 + body.len());
+    out.put_u32(body.len() as u32);
+    out.put_slice(&body);
+    Ok(())
+}
+
+/// Takes one whole message off the front of `buf`, or `None` if the frame is
+/// not complete yet. An error means the stream can no longer be trusted.
+pub fn decode(buf: &mut BytesMut) -> Result<Option<PeerMessage>, FrameError> {
+    if buf.len() < 4 {
+        return Ok(None);
+    }
+    let len = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
+    if len > MAX_FRAME {
+        return Err(FrameError::TooLarge(len));
+    }
+    if buf.len() < 4 + len {
+        buf.reserve(4 + len - buf.len());
+        return Ok(None);
+    }
+    buf.advance(4);
+    let body = buf.split_to(len);
+    serde_json::from_slice(&body)
+        .map(Some)
+        .map_err(|e| FrameError::Malformed(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_frames_read_as_documented() {
+        let json =
+            r#"{"type":"state","node":"a","instance":7,"version":2,"kind":"links","peers":["b"]}"#;
+        let mut buf = BytesMut::new();
+        buf.put_u32(json.len() as u32);
+        buf.put_slice(json.as_bytes());
+        assert_eq!(
+            decode(&mut buf),
+            Ok(Some(PeerMessage::State(NodeState {
+                node: "a".into(),
+                instance: 7,
+                version: 2,
+                facts: Facts::Links {
+                    peers: vec!["b".into()]
+                },
+            })))
+        );
+        assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn routed_frames_round_trip() {
+        let message = PeerMessage::Routed(Routed {
+            src: "a".into(),
+            dst: "c".into(),
+            hops: MAX_HOPS,
+            body: RoutedBody::Direct {
+                req: 1,
+                from: "alice".into(),
+                to: "bob".into(),
+                body: "hi".into(),
+                client_msg_id: None,
+                sent_ms: 5,
+            },
+        });
+        let mut buf = BytesMut::new();
+        encode(&message, &mut buf).unwrap();
+        let text = std::str::from_utf8(&buf[4..]).unwrap();
+        assert_eq!(
+            text,
+            r#"{"type":"routed","src":"a","dst":"c","hops":32,"op":"direct","req":1,"from":"alice","to":"bob","body":"hi","sent_ms":5}"#
+        );
+        assert_eq!(decode(&mut buf), Ok(Some(message)));
+    }
+
+    #[test]
+    fn oversized_and_garbage_frames_are_errors() {
+        let mut buf = BytesMut::new();
+        buf.put_u32(MAX_FRAME as u32 + 1);
+        assert!(matches!(decode(&mut buf), Err(FrameError::TooLarge(_))));
+        let mut buf = BytesMut::new();
+        buf.put_u32(3);
+        buf.put_slice(b"{x}");
+        assert!(matches!(decode(&mut buf), Err(FrameError::Malformed(_))));
+        let mut buf = BytesMut::from(&[0u8, 0, 0, 9, b'{'][..]);
+        assert_eq!(decode(&mut buf), Ok(None));
+    }
+}

@@ -1,0 +1,457 @@
+//! One link to a peer: the handshake, then a reader and a writer until it
+//! drops; and the dialler that keeps an operator's link up.
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::{Notify, Semaphore, mpsc, oneshot};
+
+use super::frame::{self, FrameError, PeerMessage, VERSION};
+use super::state::Offer;
+use super::{Mesh, PEER_QUEUE, Peer, encode, handshake, lock};
+
+/// How long the whole handshake may take.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// A link quiet for this long is sent a ping.
+const PING_EVERY: Duration = Duration::from_secs(5);
+/// A link that has said nothing for this long is dead.
+const IDLE_LIMIT: Duration = Duration::from_secs(15);
+/// Messages from one peer being stored at once; more waits, which stops
+/// reading from that peer.
+const IN_FLIGHT: usize = 1024;
+const BACKOFF_MIN: Duration = Duration::from_millis(200);
+const BACKOFF_MAX: Duration = Duration::from_secs(10);
+/// Longest node name.
+pub const MAX_NODE_NAME: usize = 64;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("the peer closed the link")]
+    Closed,
+    #[error("the peer sent a bad frame: {0}")]
+    Frame(#[from] FrameError),
+    #[error("the peer refused the link: {0}")]
+    Refused(String),
+    #[error("refused the peer: {0}")]
+    Refusing(String),
+    #[error("the peer broke the protocol: {0}")]
+    Protocol(String),
+    #[error("the peer said nothing for {0:?}")]
+    Idle(Duration),
+    #[error("the handshake took longer than {HANDSHAKE_TIMEOUT:?}")]
+    HandshakeTimeout,
+}
+
+/// Whether a node name is acceptable: 1 to 64 of `A-Z a-z 0-9 . _ -`.
+pub fn valid_node_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_NODE_NAME
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+}
+
+struct Reader {
+    half: OwnedReadHalf,
+    buf: BytesMut,
+}
+
+impl Reader {
+    async fn read(&mut self) -> Result<PeerMessage, LinkError> {
+        loop {
+            if let Some(message) = frame::decode(&mut self.buf)? {
+                return Ok(message);
+            }
+            if self.half.read_buf(&mut self.buf).await? == 0 {
+                return Err(LinkError::Closed);
+            }
+        }
+    }
+}
+
+async fn write(half: &mut OwnedWriteHalf, message: &PeerMessage) -> Result<(), LinkError> {
+    let mut buf = BytesMut::new();
+    frame::encode(message, &mut buf)?;
+    half.write_all(&buf).await?;
+    Ok(())
+}
+
+/// Refuses the peer with a reason it will log, and logs it here too.
+async fn refuse(half: &mut OwnedWriteHalf, reason: String) -> LinkError {
+    tracing::warn!("refusing a peer: {reason}");
+    let _ = write(
+        half,
+        &PeerMessage::Refuse {
+            reason: reason.clone(),
+        },
+    )
+    .await;
+    LinkError::Refusing(reason)
+}
+
+/// Runs the handshake; returns the peer's node name.
+async fn handshake(
+    mesh: &Mesh,
+    reader: &mut Reader,
+    writer: &mut OwnedWriteHalf,
+) -> Result<String, LinkError> {
+    let secret = mesh.inner.secret.clone().unwrap_or_default();
+    let me = mesh.inner.me.clone();
+    let nonce = handshake::nonce();
+    write(
+        writer,
+        &PeerMessage::Hello {
+            node: me.clone(),
+            instance: mesh.inner.instance,
+            version: VERSION,
+            nonce: nonce.clone(),
+        },
+    )
+    .await?;
+    let (peer, instance, their_nonce) = match reader.read().await? {
+        PeerMessage::Hello {
+            node,
+            instance,
+            version,
+            nonce,
+        } => {
+            if version != VERSION {
+                return Err(refuse(
+                    writer,
+                    format!("peer protocol version {version} is not spoken here (this node speaks {VERSION})"),
+                )
+                .await);
+            }
+            (node, instance, nonce)
+        }
+        PeerMessage::Refuse { reason } => return Err(LinkError::Refused(reason)),
+        _ => return Err(refuse(writer, "the first frame must be hello".into()).await),
+    };
+    if !valid_node_name(&peer) {
+        return Err(refuse(writer, "invalid node name".into()).await);
+    }
+    if peer == me {
+        return Err(refuse(writer, format!("{peer} is this node's own name")).await);
+    }
+    if lock(&mesh.inner.killed).contains(&peer) {
+        return Err(refuse(writer, format!("an operator dropped the link to {peer}")).await);
+    }
+    if lock(&mesh.inner.peers).contains_key(&peer) {
+        return Err(refuse(writer, format!("already linked to {peer}")).await);
+    }
+    let clash = {
+        let state = mesh.state();
+        state.is_reachable(&peer) && state.instance_of(&peer) != Some(instance)
+    };
+    if clash {
+        return Err(refuse(
+            writer,
+            format!("a node named {peer} is already in the mesh"),
+        )
+        .await);
+    }
+    write(
+        writer,
+        &PeerMessage::Proof {
+            mac: handshake::prove(&secret, &their_nonce, &nonce, &me),
+        },
+    )
+    .await?;
+    match reader.read().await? {
+        PeerMessage::Proof { mac } => {
+            if !handshake::verify(&secret, &nonce, &their_nonce, &peer, &mac) {
+                return Err(refuse(writer, format!("{peer} does not know the mesh secret")).await);
+            }
+        }
+        PeerMessage::Refuse { reason } => return Err(LinkError::Refused(reason)),
+        _ => return Err(refuse(writer, "expected proof".into()).await),
+    }
+    write(writer, &PeerMessage::Ready).await?;
+    match reader.read().await? {
+        PeerMessage::Ready => Ok(peer),
+        PeerMessage::Refuse { reason } => Err(LinkError::Refused(reason)),
+        _ => Err(refuse(writer, "expected ready".into()).await),
+    }
+}
+
+/// Handshakes on a fresh connection; on success returns the halves and the
+/// peer's name.
+async fn open(
+    mesh: &Mesh,
+    stream: TcpStream,
+) -> Result<(Reader, OwnedWriteHalf, String), LinkError> {
+    let _ = stream.set_nodelay(true);
+    let (read, mut writer) = stream.into_split();
+    let mut reader = Reader {
+        half: read,
+        buf: BytesMut::with_capacity(4096),
+    };
+    let peer = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(mesh, &mut reader, &mut writer))
+        .await
+        .map_err(|_| LinkError::HandshakeTimeout)??;
+    Ok((reader, writer, peer))
+}
+
+/// Serves a connection a peer opened to us.
+pub(super) async fn run(
+    mesh: Mesh,
+    stream: TcpStream,
+    address: String,
+    outbound: bool,
+) -> Result<(), LinkError> {
+    let (reader, writer, peer) = open(&mesh, stream).await?;
+    serve(mesh, reader, writer, peer, address, outbound).await
+}
+
+/// Keeps a link to `address` up until aborted: dials, and redials with
+/// backoff when the link drops or the attempt fails. The first attempt's
+/// outcome goes to `first`.
+pub(super) async fn dial(
+    mesh: Mesh,
+    address: String,
+    node: Arc<Mutex<Option<String>>>,
+    first: oneshot::Sender<Result<String, String>>,
+    persist: bool,
+) {
+    let mut first = Some(first);
+    let mut backoff = BACKOFF_MIN;
+    let mut stop = mesh.inner.shutdown.subscribe();
+    loop {
+        let attempt = async {
+            let stream = tokio::time::timeout(HANDSHAKE_TIMEOUT, TcpStream::connect(&address))
+                .await
+                .map_err(|_| LinkError::HandshakeTimeout)??;
+            open(&mesh, stream).await
+        };
+        match attempt.await {
+            Ok((reader, writer, peer)) => {
+                *lock(&node) = Some(peer.clone());
+                if let Some(first) = first.take() {
+                    let _ = first.send(Ok(peer.clone()));
+                }
+                backoff = BACKOFF_MIN;
+                let ended = serve(
+                    mesh.clone(),
+                    reader,
+                    writer,
+                    peer.clone(),
+                    address.clone(),
+                    true,
+                )
+                .await;
+                tracing::warn!(peer = %peer, "link to {peer} at {address} dropped: {}", match ended {
+                    Ok(()) => "closed".to_owned(),
+                    Err(e) => e.to_string(),
+                });
+            }
+            Err(e) => {
+                tracing::warn!(address = %address, "linking to {address} failed: {e}");
+                if let Some(first) = first.take() {
+                    let _ = first.send(Err(e.to_string()));
+                    if !persist {
+                        return;
+                    }
+                }
+            }
+        }
+        if *stop.borrow() {
+            return;
+        }
+        // Jitter keeps two nodes that dial each other from colliding forever.
+        let jitter = Duration::from_millis(rand::random::<u64>() % 100);
+        tokio::select! {
+            _ = tokio::time::sleep(backoff + jitter) => {}
+            _ = stop.changed() => return,
+        }
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+}
+
+/// Runs an established link until it drops, is cut, or the node stops.
+async fn serve(
+    mesh: Mesh,
+    mut reader: Reader,
+    mut writer: OwnedWriteHalf,
+    peer: String,
+    address: String,
+    outbound: bool,
+) -> Result<(), LinkError> {
+    let (tx, mut rx) = mpsc::channel::<Bytes>(PEER_QUEUE);
+    let cut = Arc::new(Notify::new());
+    let link = mesh.inner.next_id.fetch_add(1, Ordering::Relaxed);
+    {
+        let mut peers = lock(&mesh.inner.peers);
+        if peers.contains_key(&peer) {
+            // The other direction won the race; this one goes.
+            return Err(LinkError::Protocol(format!("already linked to {peer}")));
+        }
+        // Everything known goes to the newcomer first, so a healed
+        // partition converges in one exchange.
+        for record in mesh.state().records() {
+            if let Some(bytes) = encode(&PeerMessage::State(record.clone())) {
+                let _ = tx.try_send(bytes);
+            }
+        }
+        peers.insert(
+            peer.clone(),
+            Peer {
+                link,
+                address: address.clone(),
+                outbound,
+                tx,
+                cut: cut.clone(),
+            },
+        );
+    }
+    tracing::info!(peer = %peer, address = %address, "linked to {peer}");
+    mesh.publish_links();
+
+    let writing = tokio::spawn(async move {
+        loop {
+            let next = tokio::time::timeout(PING_EVERY, rx.recv()).await;
+            let result = match next {
+                Ok(Some(bytes)) => writer.write_all(&bytes).await,
+                Ok(None) => return,
+                Err(_) => write(&mut writer, &PeerMessage::Ping)
+                    .await
+                    .map_err(|e| std::io::Error::other(e.to_string())),
+            };
+            if result.is_err() {
+                return;
+            }
+        }
+    });
+
+    // Whether the link ends by itself or the task serving it is aborted
+    // (`/peer-kill` stops a dialler mid-link), it is unregistered.
+    let _registration = Registration {
+        mesh: mesh.clone(),
+        peer: peer.clone(),
+        link,
+        writing,
+    };
+    let in_flight = Arc::new(Semaphore::new(IN_FLIGHT));
+    let mut stop = mesh.inner.shutdown.subscribe();
+    let outcome = loop {
+        let message = tokio::select! {
+            read = tokio::time::timeout(IDLE_LIMIT, reader.read()) => match read {
+                Ok(Ok(message)) => message,
+                Ok(Err(e)) => break Err(e),
+                Err(_) => break Err(LinkError::Idle(IDLE_LIMIT)),
+            },
+            _ = cut.notified() => break Ok(()),
+            _ = stop.changed() => break Ok(()),
+        };
+        if let Err(e) = handle(&mesh, &peer, message, &in_flight).await {
+            break Err(e);
+        }
+    };
+    if let Err(e) = &outcome {
+        tracing::warn!(peer = %peer, "link to {peer} ended: {e}");
+    }
+    outcome
+}
+
+/// A link's place among the peers; dropping it takes the link down.
+struct Registration {
+    mesh: Mesh,
+    peer: String,
+    link: u64,
+    writing: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        self.writing.abort();
+        let removed = {
+            let mut peers = lock(&self.mesh.inner.peers);
+            let ours = peers.get(&self.peer).is_some_and(|p| p.link == self.link);
+            if ours {
+                peers.remove(&self.peer);
+            }
+            ours
+        };
+        if removed {
+            self.mesh.publish_links();
+        }
+    }
+}
+
+/// Handles one message from a linked peer.
+async fn handle(
+    mesh: &Mesh,
+    peer: &str,
+    message: PeerMessage,
+    in_flight: &Arc<Semaphore>,
+) -> Result<(), LinkError> {
+    match message {
+        PeerMessage::State(record) => {
+            let offer = mesh.state().offer(record.clone());
+            match offer {
+                Offer::Accepted => mesh.flood(&PeerMessage::State(record), Some(peer)),
+                Offer::Forged => {
+                    tracing::debug!(peer, "dropped a record about this node from {peer}")
+                }
+                Offer::Full => tracing::warn!(peer, "too many nodes: dropped a record"),
+                Offer::Stale => {}
+            }
+        }
+        PeerMessage::Speech(speech) => {
+            if !mesh.state().first_sight(&speech) {
+                return Ok(());
+            }
+            let stored = mesh.inner.core.deliver_remote_speech(
+                format!("{}/{}/{}", speech.origin, speech.instance, speech.seq),
+                &speech.room,
+                &speech.from,
+                &speech.body,
+                speech.sent_ms,
+            );
+            mesh.flood(&PeerMessage::Speech(speech), Some(peer));
+            spawn_bounded(in_flight, stored).await;
+        }
+        PeerMessage::Routed(mut routed) => {
+            if routed.dst == mesh.inner.me {
+                if let Some(work) = mesh.arrived(routed.src, routed.body) {
+                    spawn_bounded(in_flight, work).await;
+                }
+            } else if routed.hops > 1 {
+                routed.hops -= 1;
+                if !mesh.route(routed) {
+                    tracing::debug!(peer, "no route onward for a routed message: dropped");
+                }
+            }
+        }
+        PeerMessage::Ping => {}
+        PeerMessage::Hello { .. }
+        | PeerMessage::Proof { .. }
+        | PeerMessage::Ready
+        | PeerMessage::Refuse { .. } => {
+            return Err(LinkError::Protocol(
+                "handshake message on an established link".into(),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Runs `work` in its own task once one of the link's slots is free.
+async fn spawn_bounded(
+    in_flight: &Arc<Semaphore>,
+    work: impl std::future::Future<Output = ()> + Send + 'static,
+) {
+    let Ok(permit) = in_flight.clone().acquire_owned().await else {
+        return;
+    };
+    tokio::spawn(async move {
+        work.await;
+        drop(permit);
+    });
+}
