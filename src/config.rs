@@ -13,6 +13,8 @@ pub const DEFAULT_TALK_PORT: u16 = 8889;
 pub const DEFAULT_WIRE_PORT: u16 = 8890;
 pub const DEFAULT_MAX_CONNECTIONS: usize = 65_536;
 pub const DEFAULT_BIND: &str = "127.0.0.1";
+/// The mesh port when `--mesh-addr` names only a host.
+pub const DEFAULT_MESH_PORT: u16 = 9999;
 pub const DEFAULT_DATA_DIR: &str = "meshtalk-data";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
@@ -49,8 +51,8 @@ pub struct ServeArgs {
     /// Concurrent connections each of the line and binary listeners accepts [default: 65536].
     #[arg(long, env = "MESHTALK_MAX_CONNECTIONS")]
     pub max_connections: Option<usize>,
-    /// Mesh (peer link) listen address; the mesh is off until this or an
-    /// operator's /peer-listen [default port: 9999].
+    /// Mesh (peer link) listen address, HOST:PORT or HOST (port 9999); no
+    /// peer can link in until this or an operator's /peer-listen.
     #[arg(long, env = "MESHTALK_MESH_ADDR")]
     pub mesh_addr: Option<String>,
     /// A peer to link to at start, HOST:PORT (repeatable); retried until it answers.
@@ -204,7 +206,16 @@ impl ServeArgs {
         let mut peers = self.peer;
         peers.extend(file.peer);
         Ok(Settings {
-            mesh_addr: self.mesh_addr.or(file.mesh_addr),
+            mesh_addr: self.mesh_addr.or(file.mesh_addr).map(|addr| {
+                let has_port = addr.rsplit_once(':').is_some_and(|(host, port)| {
+                    !host.ends_with(':') && port.parse::<u16>().is_ok()
+                });
+                if has_port {
+                    addr
+                } else {
+                    join_host_port(&addr, DEFAULT_MESH_PORT)
+                }
+            }),
             peers,
             mesh_secret,
             sqlite_path,

@@ -4,7 +4,7 @@
 mod common;
 
 use common::TestServer;
-use meshtalk::bench::{Proto, Target, TargetArgs, conns, dm, fanout};
+use meshtalk::bench::{Proto, Target, TargetArgs, conns, dm, fanout, mesh};
 
 fn target_args(t: &TestServer) -> TargetArgs {
     TargetArgs {
@@ -100,5 +100,25 @@ async fn conns_holds_every_connection_alive_on_every_protocol() {
             "{proto:?}: {report:?}"
         );
         assert!(report.rss_after_kib.is_some());
+    }
+}
+
+#[tokio::test]
+async fn mesh_delivers_to_every_hop_once_in_a_line_and_a_ring() {
+    for shape in [mesh::Shape::Line, mesh::Shape::Ring] {
+        let args = mesh::MeshArgs {
+            nodes: 4,
+            shape,
+            messages: 50,
+            rate: 500,
+        };
+        let report = mesh::run(&args).await.unwrap();
+        assert_eq!((report.duplicates, report.missing), (0, 0), "{report:?}");
+        let hops: Vec<usize> = report.by_hops.iter().map(|h| h.hops).collect();
+        match shape {
+            mesh::Shape::Line => assert_eq!(hops, [1, 2, 3]),
+            mesh::Shape::Ring => assert_eq!(hops, [1, 2]),
+        }
+        assert!(report.by_hops.iter().all(|h| h.received >= 50));
     }
 }

@@ -6,6 +6,7 @@ use meshtalk::codec::frame::{Frame, MAX_REPLY, MAX_REQUEST};
 use meshtalk::codec::line::{Command, LineDecoder, LineError, MAX_LINE, ServerLine};
 use meshtalk::codec::wire::{message_args, parse_message};
 use meshtalk::core::{Message, Target};
+use meshtalk::mesh::frame::{self as peer, PeerMessage};
 use proptest::prelude::*;
 
 fn word() -> impl Strategy<Value = String> {
@@ -185,5 +186,106 @@ proptest! {
     fn arbitrary_arguments_never_panic_the_message_parser(args in prop::collection::vec(prop::collection::vec(any::<u8>(), 0..20), 0..8)) {
         let args: Vec<Bytes> = args.into_iter().map(Bytes::from).collect();
         let _ = parse_message(&args);
+    }
+}
+
+fn peer_message() -> impl Strategy<Value = PeerMessage> {
+    use meshtalk::mesh::frame::{Facts, NodeState, Routed, RoutedBody, Speech};
+    prop_oneof![
+        (word(), any::<u64>(), any::<u32>(), "[0-9a-f]{64}").prop_map(
+            |(node, instance, version, nonce)| PeerMessage::Hello {
+                node,
+                instance,
+                version,
+                nonce
+            }
+        ),
+        Just(PeerMessage::Ping),
+        (
+            word(),
+            any::<u64>(),
+            any::<u64>(),
+            prop::collection::vec(word(), 0..5)
+        )
+            .prop_map(
+                |(node, instance, version, peers)| PeerMessage::State(NodeState {
+                    node,
+                    instance,
+                    version,
+                    facts: Facts::Links { peers },
+                })
+            ),
+        (
+            word(),
+            any::<u64>(),
+            any::<u64>(),
+            word(),
+            word(),
+            text(),
+            any::<i64>()
+        )
+            .prop_map(|(origin, instance, seq, room, from, body, sent_ms)| {
+                PeerMessage::Speech(Speech {
+                    origin,
+                    instance,
+                    seq,
+                    room,
+                    from,
+                    body,
+                    sent_ms,
+                })
+            }),
+        (
+            word(),
+            word(),
+            any::<u8>(),
+            any::<u64>(),
+            word(),
+            text(),
+            prop::option::of(word())
+        )
+            .prop_map(|(src, dst, hops, req, to, body, client_msg_id)| {
+                PeerMessage::Routed(Routed {
+                    src,
+                    dst,
+                    hops,
+                    body: RoutedBody::Direct {
+                        req,
+                        from: "x".into(),
+                        to,
+                        body,
+                        client_msg_id,
+                        sent_ms: 1,
+                    },
+                })
+            }),
+    ]
+}
+
+proptest! {
+    #[test]
+    fn peer_frames_round_trip_in_any_chunking(messages in prop::collection::vec(peer_message(), 1..5), cut in any::<prop::sample::Index>()) {
+        let mut wire = BytesMut::new();
+        for m in &messages {
+            peer::encode(m, &mut wire).unwrap();
+        }
+        let at = cut.index(wire.len() + 1);
+        let mut buf = BytesMut::from(&wire[..at]);
+        let mut decoded = Vec::new();
+        while let Some(m) = peer::decode(&mut buf).unwrap() {
+            decoded.push(m);
+        }
+        buf.extend_from_slice(&wire[at..]);
+        while let Some(m) = peer::decode(&mut buf).unwrap() {
+            decoded.push(m);
+        }
+        prop_assert_eq!(decoded, messages);
+        prop_assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn arbitrary_bytes_never_panic_the_peer_decoder(bytes in prop::collection::vec(any::<u8>(), 0..600)) {
+        let mut buf = BytesMut::from(&bytes[..]);
+        while let Ok(Some(_)) = peer::decode(&mut buf) {}
     }
 }

@@ -3,13 +3,15 @@
 //! latency.
 //!
 //! Scenarios: [`fanout`] (room speech to many subscribers), [`dm`] (durable
-//! direct messages) and [`conns`] (idle connections and their memory). Each
+//! direct messages), [`conns`] (idle connections and their memory) and
+//! [`mesh`] (linked nodes: convergence and latency by hop count). Each
 //! run prints a readable table and one JSON line.
 
 pub mod conns;
 pub mod dm;
 mod driver;
 pub mod fanout;
+pub mod mesh;
 mod target;
 
 use std::time::Duration;
@@ -45,6 +47,8 @@ pub enum Scenario {
     Dm(dm::DmArgs),
     /// C idle, logged-in, subscribed connections; memory per connection.
     Conns(conns::ConnsArgs),
+    /// K linked nodes in a line or ring: convergence time and speech latency by hops.
+    Mesh(mesh::MeshArgs),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -161,6 +165,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             let report = conns::run(&target, &a).await?;
             report.print();
         }
+        Scenario::Mesh(a) => mesh::run(&a).await?.print(),
     }
     Ok(())
 }

@@ -99,7 +99,8 @@ pub struct Speech {
 pub struct Routed {
     pub src: String,
     pub dst: String,
-    /// Hops left; a node drops a routed message that reaches 0.
+    /// Hops left: a node forwards a message only while more than one is
+    /// left, decrementing it; the destination takes it whatever is left.
     pub hops: u8,
     #[serde(flatten)]
     pub body: RoutedBody,
@@ -141,7 +142,8 @@ pub struct Stored {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RemoteError {
-    /// `not_found`, `invalid`, `unavailable`, `limit` or `internal`.
+    /// `invalid`, `exists`, `perm`, `not_found`, `limit`, `unavailable` or
+    /// `internal`.
     pub code: String,
     pub message: String,
 }

@@ -101,6 +101,7 @@ async fn handshake(
     mesh: &Mesh,
     reader: &mut Reader,
     writer: &mut OwnedWriteHalf,
+    outbound: bool,
 ) -> Result<String, LinkError> {
     let secret = mesh.inner.secret.clone().unwrap_or_default();
     let me = mesh.inner.me.clone();
@@ -137,26 +138,6 @@ async fn handshake(
     if !valid_node_name(&peer) {
         return Err(refuse(writer, "invalid node name".into()).await);
     }
-    if peer == me {
-        return Err(refuse(writer, format!("{peer} is this node's own name")).await);
-    }
-    if lock(&mesh.inner.killed).contains(&peer) {
-        return Err(refuse(writer, format!("an operator dropped the link to {peer}")).await);
-    }
-    if lock(&mesh.inner.peers).contains_key(&peer) {
-        return Err(refuse(writer, format!("already linked to {peer}")).await);
-    }
-    let clash = {
-        let state = mesh.state();
-        state.is_reachable(&peer) && state.instance_of(&peer) != Some(instance)
-    };
-    if clash {
-        return Err(refuse(
-            writer,
-            format!("a node named {peer} is already in the mesh"),
-        )
-        .await);
-    }
     write(
         writer,
         &PeerMessage::Proof {
@@ -173,6 +154,28 @@ async fn handshake(
         PeerMessage::Refuse { reason } => return Err(LinkError::Refused(reason)),
         _ => return Err(refuse(writer, "expected proof".into()).await),
     }
+    // Only a proven member of the mesh learns anything about it.
+    if peer == me {
+        return Err(refuse(writer, format!("{peer} is this node's own name")).await);
+    }
+    // An operator's own /peer-connect overrides an earlier /peer-kill.
+    if !outbound && lock(&mesh.inner.killed).contains(&peer) {
+        return Err(refuse(writer, format!("an operator dropped the link to {peer}")).await);
+    }
+    if lock(&mesh.inner.peers).contains_key(&peer) {
+        return Err(refuse(writer, format!("already linked to {peer}")).await);
+    }
+    let clash = {
+        let state = mesh.state();
+        state.is_reachable(&peer) && state.instance_of(&peer) != Some(instance)
+    };
+    if clash {
+        return Err(refuse(
+            writer,
+            format!("a node named {peer} is already in the mesh"),
+        )
+        .await);
+    }
     write(writer, &PeerMessage::Ready).await?;
     match reader.read().await? {
         PeerMessage::Ready => Ok(peer),
@@ -186,6 +189,7 @@ async fn handshake(
 async fn open(
     mesh: &Mesh,
     stream: TcpStream,
+    outbound: bool,
 ) -> Result<(Reader, OwnedWriteHalf, String), LinkError> {
     let _ = stream.set_nodelay(true);
     let (read, mut writer) = stream.into_split();
@@ -193,9 +197,12 @@ async fn open(
         half: read,
         buf: BytesMut::with_capacity(4096),
     };
-    let peer = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(mesh, &mut reader, &mut writer))
-        .await
-        .map_err(|_| LinkError::HandshakeTimeout)??;
+    let peer = tokio::time::timeout(
+        HANDSHAKE_TIMEOUT,
+        handshake(mesh, &mut reader, &mut writer, outbound),
+    )
+    .await
+    .map_err(|_| LinkError::HandshakeTimeout)??;
     Ok((reader, writer, peer))
 }
 
@@ -206,7 +213,7 @@ pub(super) async fn run(
     address: String,
     outbound: bool,
 ) -> Result<(), LinkError> {
-    let (reader, writer, peer) = open(&mesh, stream).await?;
+    let (reader, writer, peer) = open(&mesh, stream, outbound).await?;
     serve(mesh, reader, writer, peer, address, outbound).await
 }
 
@@ -228,7 +235,7 @@ pub(super) async fn dial(
             let stream = tokio::time::timeout(HANDSHAKE_TIMEOUT, TcpStream::connect(&address))
                 .await
                 .map_err(|_| LinkError::HandshakeTimeout)??;
-            open(&mesh, stream).await
+            open(&mesh, stream, true).await
         };
         match attempt.await {
             Ok((reader, writer, peer)) => {

@@ -45,6 +45,9 @@ use state::MeshState;
 pub const QUERY_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a direct message waits for its home node to commit it.
 const DIRECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long `/peer-connect` waits for its first attempt: a TCP connect and
+/// a handshake, each bounded by 5 s.
+const FIRST_ATTEMPT: Duration = Duration::from_secs(11);
 /// Requests this node may have waiting on other nodes at once.
 const MAX_PENDING: usize = 10_000;
 /// Frames queued for one peer before the link is judged stuck and cut.
@@ -111,7 +114,8 @@ struct Inner {
     /// operator links to them again.
     killed: Mutex<HashSet<String>>,
     next_id: AtomicU64,
-    directs: Mutex<HashMap<u64, oneshot::Sender<RoutedBody>>>,
+    /// Direct messages waiting for their home node: request → (node, waiter).
+    directs: Mutex<HashMap<u64, (String, oneshot::Sender<RoutedBody>)>>,
     queries: Mutex<HashMap<u64, mpsc::Sender<(String, Answer)>>>,
     listeners: Mutex<Vec<(SocketAddr, JoinHandle<()>)>>,
     shutdown: watch::Sender<bool>,
@@ -130,6 +134,7 @@ struct Peer {
 /// A standing wish to be linked to an address, kept by `/peer-connect` and
 /// `--peer` and retried with backoff until `/peer-kill`.
 struct Dialer {
+    id: u64,
     address: String,
     /// The node last reached at this address.
     node: Arc<Mutex<Option<String>>>,
@@ -238,6 +243,7 @@ impl Mesh {
         }
         let (first_tx, first_rx) = oneshot::channel();
         let node = Arc::new(Mutex::new(None));
+        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         let task = tokio::spawn(link::dial(
             self.clone(),
             addr.to_owned(),
@@ -246,14 +252,15 @@ impl Mesh {
             persist,
         ));
         lock(&self.inner.dialers).push(Dialer {
+            id,
             address: addr.to_owned(),
             node,
             task,
         });
-        let outcome = match tokio::time::timeout(DIRECT_TIMEOUT, first_rx).await {
+        let outcome = match tokio::time::timeout(FIRST_ATTEMPT, first_rx).await {
             Ok(Ok(outcome)) => outcome,
             Ok(Err(_)) => Err("the link attempt was abandoned".to_owned()),
-            Err(_) => Err("no answer within 5 s".to_owned()),
+            Err(_) => Err(format!("no link within {FIRST_ATTEMPT:?}")),
         };
         match outcome {
             Ok(node) => {
@@ -262,7 +269,7 @@ impl Mesh {
             }
             Err(why) => {
                 if !persist {
-                    self.stop_dialer(|d| d.address == addr);
+                    self.stop_dialer(|d| d.id == id);
                 }
                 Err(MeshError::Link {
                     addr: addr.to_owned(),
@@ -285,10 +292,14 @@ impl Mesh {
         dialers.len() != before
     }
 
-    /// Drops the link to `node`, stops redialling it, and refuses its
-    /// links until an operator links to it again.
+    /// Drops the link to `node` (a node name, or the address of a dialler
+    /// that has not reached its node yet), stops redialling it, and refuses
+    /// its links until an operator links to it again.
     pub fn kill(&self, node: &str) -> Result<(), MeshError> {
-        let stopped = self.stop_dialer(|d| lock(&d.node).as_deref().is_some_and(|n| n == node));
+        // A dialler that never reached its node is known by its address.
+        let stopped = self.stop_dialer(|d| {
+            d.address == node || lock(&d.node).as_deref().is_some_and(|n| n == node)
+        });
         let cut = lock(&self.inner.peers).get(node).map(|p| p.cut.clone());
         if let Some(cut) = &cut {
             cut.notify_one();
@@ -475,7 +486,11 @@ impl Mesh {
                 }))
             }
             RoutedBody::DirectAck { req, .. } => {
-                if let Some(waiter) = lock(&self.inner.directs).remove(&req) {
+                let mut directs = lock(&self.inner.directs);
+                // Only the node the message went to may answer for it.
+                if directs.get(&req).is_some_and(|(node, _)| *node == src)
+                    && let Some((_, waiter)) = directs.remove(&req)
+                {
                     let _ = waiter.send(body);
                 }
                 None
@@ -680,7 +695,7 @@ impl Remote for Mesh {
                     "too many messages are waiting on other nodes: try again shortly".into(),
                 ))
             } else {
-                directs.insert(req, tx);
+                directs.insert(req, (node.clone(), tx));
                 Ok(())
             }
         }
