@@ -72,6 +72,21 @@ fn unhex(text: &str) -> Option<Vec<u8>> {
 mod tests {
     use super::*;
 
+    /// The worked example of `docs/mesh.md`.
+    #[test]
+    fn the_documented_test_vector_holds() {
+        let secret = b"a shared secret of the test mesh";
+        let (a, b) = ("11".repeat(32), "22".repeat(32));
+        assert_eq!(
+            prove(secret, &a, &b, "b"),
+            "ed8cf117f568fe8326511b6b16564db19fa4c3f0a8fccf7807c1c41d591552ee"
+        );
+        assert_eq!(
+            prove(secret, &b, &a, "a"),
+            "c917ce49c6229f99244ae5775eb68bf82c9736d479d6905f7988a5d42335319d"
+        );
+    }
+
     #[test]
     fn a_proof_holds_only_for_its_secret_challenge_and_name() {
         let (a, b) = (nonce(), nonce());
