@@ -483,3 +483,33 @@ async fn strangers_and_garbage_are_refused_and_the_node_keeps_serving() {
         Some("not-found")
     );
 }
+
+#[tokio::test]
+async fn a_name_claimed_on_both_sides_of_a_partition_goes_to_the_earlier_claim() {
+    let mesh = Mesh::start(&["a", "b"]);
+    // Apart, both nodes accept the same name: b's claim comes first.
+    let mut sam_b = mesh.node("b").login("sam", true).await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let mut sam_a = mesh.node("a").login("Sam", true).await;
+    let mut ann = mesh.node("a").login("ann", true).await;
+    mesh.link("a", "b").await;
+    mesh.converged(2, 1).await;
+    until(&mut ann, "/users sam", "both claims are known", |r| {
+        r.lines == ["Sam online a", "sam online b"]
+    })
+    .await;
+
+    // The bare name goes to the earlier claim, even from the later one's node.
+    let reply = request(&mut ann, "/tell sam which one?").await;
+    assert!(reply.is_ok(), "{reply:?}");
+    assert_eq!(next(&mut sam_b).await, direct("ann", "which one?"));
+    // name@node reaches the other.
+    let reply = request(&mut ann, "/tell sam@a you, here").await;
+    assert!(reply.is_ok(), "{reply:?}");
+    assert_eq!(next(&mut sam_a).await, direct("ann", "you, here"));
+    quiet(&mut sam_b).await;
+    quiet(&mut sam_a).await;
+    // A name nobody holds on a node is not found there.
+    let reply = request(&mut ann, "/tell ann@b hello").await;
+    assert_eq!(reply.error_code(), Some("not-found"), "{reply:?}");
+}
