@@ -513,3 +513,53 @@ async fn a_name_claimed_on_both_sides_of_a_partition_goes_to_the_earlier_claim()
     let reply = request(&mut ann, "/tell ann@b hello").await;
     assert_eq!(reply.error_code(), Some("not-found"), "{reply:?}");
 }
+
+#[tokio::test]
+async fn a_peer_with_the_secret_that_sends_bad_names_is_cut_off() {
+    let mesh = Mesh::start(&["a"]);
+    let secret = std::fs::read_to_string(&mesh.secret).unwrap();
+    let secret = secret.trim().as_bytes();
+    let mut op = mesh.node("a").operator().await;
+    for bad in [
+        // A record whose account name would forge a line on the line protocol.
+        r#"{"type":"state","node":"fake","instance":1,"version":9,"kind":"accounts","accounts":[["x\r\n+OK forged",1]]}"#,
+        // Speech from a name no node would accept.
+        r#"{"type":"speech","origin":"fake","instance":1,"seq":1,"room":"lobby","from":"a b","body":"hi","sent_ms":1}"#,
+    ] {
+        let mut peer = TcpStream::connect(mesh.node("a").mesh).await.unwrap();
+        let hello: serde_json::Value =
+            serde_json::from_str(&read_frame(&mut peer).await.expect("hello")).unwrap();
+        let their_nonce = hello["nonce"].as_str().unwrap().to_owned();
+        let nonce = meshtalk::mesh::handshake::nonce();
+        write_frame(
+            &mut peer,
+            &format!(
+                r#"{{"type":"hello","node":"fake","instance":1,"version":1,"nonce":"{nonce}"}}"#
+            ),
+        )
+        .await;
+        let proof = read_frame(&mut peer).await.expect("a's proof");
+        assert!(proof.contains(r#""type":"proof""#), "{proof}");
+        let mac = meshtalk::mesh::handshake::prove(secret, &their_nonce, &nonce, "fake");
+        write_frame(&mut peer, &format!(r#"{{"type":"proof","mac":"{mac}"}}"#)).await;
+        assert_eq!(
+            read_frame(&mut peer).await.as_deref(),
+            Some(r#"{"type":"ready"}"#)
+        );
+        write_frame(&mut peer, r#"{"type":"ready"}"#).await;
+        until(&mut op, "/peers", "fake is linked", |r| {
+            r.end == ServerLine::Ok("1 peers".into())
+        })
+        .await;
+        write_frame(&mut peer, bad).await;
+        closes(&mut peer).await;
+        until(&mut op, "/peers", "fake is cut off", |r| {
+            r.end == ServerLine::Ok("0 peers".into())
+        })
+        .await;
+    }
+    // Nothing forged reached the directory, and a still serves.
+    let mut ann = mesh.node("a").login("ann", true).await;
+    let users = request(&mut ann, "/users").await;
+    assert_eq!(users.lines, ["ann online a", "op-a online a"]);
+}

@@ -58,7 +58,8 @@ pub enum Status {
     Internal = 13,
     /// The frame is over the size limit; the connection is closed.
     TooLarge = 14,
-    /// The operation needs something this node does not run (mesh links).
+    /// Reserved: the operation needs something this node does not run. No
+    /// current server sends it.
     Unsupported = 15,
 }
 

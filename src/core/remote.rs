@@ -3,8 +3,8 @@
 //! The core knows nothing of sockets or peer frames: it talks to the mesh
 //! through [`Remote`], which the mesh module implements, and the mesh calls
 //! back into the core through the methods here to store and deliver what
-//! other nodes send. A node without a mesh has no `Remote` and behaves
-//! exactly as a stand-alone server.
+//! other nodes send. A core with no `Remote` attached (the server always
+//! attaches its mesh) behaves as a node with no peers.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -241,6 +241,15 @@ impl Core {
         let queued = (|| -> Result<_, CoreError> {
             self.check_running()?;
             self.check_body(body)?;
+            // A peer is trusted with the secret, not with well-formed input.
+            super::names::account_key(from)
+                .map_err(|_| CoreError::invalid("from", "it is not a valid account name"))?;
+            if client_msg_id.is_some_and(|id| id.len() > super::chat::MAX_CLIENT_MSG_ID) {
+                return Err(CoreError::invalid(
+                    "client_msg_id",
+                    format!("it is longer than {} bytes", super::chat::MAX_CLIENT_MSG_ID),
+                ));
+            }
             let key =
                 super::names::account_key(to).map_err(|_| CoreError::NoSuchUser(to.to_owned()))?;
             let account = self

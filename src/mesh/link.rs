@@ -11,9 +11,10 @@ use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{Notify, Semaphore, mpsc, oneshot};
 
-use super::frame::{self, FrameError, PeerMessage, VERSION};
+use super::frame::{self, Facts, FrameError, PeerMessage, VERSION};
 use super::state::Offer;
 use super::{Mesh, PEER_QUEUE, Peer, encode, handshake, lock};
+use crate::core::names::{account_key, room_key};
 
 /// How long the whole handshake may take.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -398,6 +399,9 @@ async fn handle(
     message: PeerMessage,
     in_flight: &Arc<Semaphore>,
 ) -> Result<(), LinkError> {
+    if let Err(what) = well_formed(&message) {
+        return Err(LinkError::Protocol(what));
+    }
     match message {
         PeerMessage::State(record) => {
             let offer = mesh.state().offer(record.clone());
@@ -447,6 +451,50 @@ async fn handle(
         }
     }
     Ok(())
+}
+
+/// Checks the names a message carries, since they reach users' screens and
+/// other nodes: a node, account or room name must be one this node would
+/// accept from its own users.
+fn well_formed(message: &PeerMessage) -> Result<(), String> {
+    let node = |n: &str| {
+        if valid_node_name(n) {
+            Ok(())
+        } else {
+            Err(format!("invalid node name {:?}", truncate(n)))
+        }
+    };
+    let account = |n: &str| {
+        account_key(n)
+            .map(|_| ())
+            .map_err(|_| format!("invalid account name {:?}", truncate(n)))
+    };
+    match message {
+        PeerMessage::State(record) => {
+            node(&record.node)?;
+            match &record.facts {
+                Facts::Links { peers } => peers.iter().try_for_each(|p| node(p)),
+                Facts::Accounts { accounts } => accounts.iter().try_for_each(|(a, _)| account(a)),
+                Facts::Presence { online } => online.iter().try_for_each(|a| account(a)),
+            }
+        }
+        PeerMessage::Speech(speech) => {
+            node(&speech.origin)?;
+            account(&speech.from)?;
+            room_key(&speech.room)
+                .map(|_| ())
+                .map_err(|_| format!("invalid room name {:?}", truncate(&speech.room)))
+        }
+        PeerMessage::Routed(routed) => {
+            node(&routed.src)?;
+            node(&routed.dst)
+        }
+        _ => Ok(()),
+    }
+}
+
+fn truncate(s: &str) -> String {
+    s.chars().take(40).collect()
 }
 
 /// Runs `work` in its own task once one of the link's slots is free.

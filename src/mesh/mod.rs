@@ -307,7 +307,10 @@ impl Mesh {
         if cut.is_none() && !stopped {
             return Err(MeshError::NoSuchPeer(node.to_owned()));
         }
-        lock(&self.inner.killed).insert(node.to_owned());
+        // An address is not a node: there is nothing to refuse by it.
+        if valid_node_name(node) {
+            lock(&self.inner.killed).insert(node.to_owned());
+        }
         tracing::info!(peer = node, "operator dropped the link to {node}");
         Ok(())
     }
