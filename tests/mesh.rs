@@ -435,6 +435,10 @@ async fn strangers_and_garbage_are_refused_and_the_node_keeps_serving() {
         .await
         .unwrap();
     closes(&mut garbage).await;
+    // A stranger announcing a frame far bigger than any handshake needs.
+    let mut garbage = TcpStream::connect(a_mesh).await.unwrap();
+    garbage.write_all(&100_000u32.to_be_bytes()).await.unwrap();
+    closes(&mut garbage).await;
     // A frame that is not JSON.
     let mut garbage = TcpStream::connect(a_mesh).await.unwrap();
     write_frame(&mut garbage, "{not json").await;

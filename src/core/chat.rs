@@ -545,10 +545,11 @@ impl Core {
         };
         let gathered = remote.gather_stats().await;
         for s in &gathered.answers {
-            total.messages += s.messages;
-            total.accounts += s.accounts;
-            total.sessions_online += s.sessions_online;
-            total.rooms += s.rooms;
+            // The figures come from other nodes: no overflow on their word.
+            total.messages = total.messages.saturating_add(s.messages);
+            total.accounts = total.accounts.saturating_add(s.accounts);
+            total.sessions_online = total.sessions_online.saturating_add(s.sessions_online);
+            total.rooms = total.rooms.saturating_add(s.rooms);
         }
         total.node = format!("mesh of {} nodes", gathered.answers.len() + 1);
         Ok((total, gathered.missing))

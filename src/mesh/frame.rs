@@ -174,7 +174,7 @@ pub enum Answer {
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum FrameError {
-    #[error("frame of {0} bytes is over the limit of {MAX_FRAME}")]
+    #[error("a frame of {0} bytes is over the limit")]
     TooLarge(usize),
     #[error("malformed frame: {0}")]
     Malformed(String),
@@ -195,15 +195,22 @@ pub fn encode(message: &PeerMessage, out: &mut BytesMut) -> Result<(), FrameErro
 /// Takes one whole message off the front of `buf`, or `None` if the frame is
 /// not complete yet. An error means the stream can no longer be trusted.
 pub fn decode(buf: &mut BytesMut) -> Result<Option<PeerMessage>, FrameError> {
+    decode_within(buf, MAX_FRAME)
+}
+
+/// As [`decode`], with frames bounded by `max` bytes: before a peer has
+/// proven the secret it gets no more than a handshake needs.
+pub fn decode_within(buf: &mut BytesMut, max: usize) -> Result<Option<PeerMessage>, FrameError> {
     if buf.len() < 4 {
         return Ok(None);
     }
     let len = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
-    if len > MAX_FRAME {
+    if len > max {
         return Err(FrameError::TooLarge(len));
     }
     if buf.len() < 4 + len {
-        buf.reserve(4 + len - buf.len());
+        // Room grows with what arrives, not with what the header promises.
+        buf.reserve((4 + len - buf.len()).min(64 * 1024));
         return Ok(None);
     }
     buf.advance(4);

@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use futures::future::BoxFuture;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -13,9 +14,11 @@ use tokio::sync::{Notify, Semaphore, mpsc, oneshot};
 
 use super::frame::{self, Facts, FrameError, PeerMessage, VERSION};
 use super::state::Offer;
-use super::{Mesh, PEER_QUEUE, Peer, encode, handshake, lock};
+use super::{Mesh, PEER_QUEUE, Peer, clean, encode, handshake, lock};
 use crate::core::names::{account_key, room_key};
 
+/// Largest frame during the handshake: a hello or a proof is far smaller.
+const HANDSHAKE_FRAME: usize = 4096;
 /// How long the whole handshake may take.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// A link quiet for this long is sent a ping.
@@ -62,12 +65,14 @@ pub fn valid_node_name(name: &str) -> bool {
 struct Reader {
     half: OwnedReadHalf,
     buf: BytesMut,
+    /// Largest frame taken: small until the peer has proven the secret.
+    max: usize,
 }
 
 impl Reader {
     async fn read(&mut self) -> Result<PeerMessage, LinkError> {
         loop {
-            if let Some(message) = frame::decode(&mut self.buf)? {
+            if let Some(message) = frame::decode_within(&mut self.buf, self.max)? {
                 return Ok(message);
             }
             if self.half.read_buf(&mut self.buf).await? == 0 {
@@ -133,7 +138,7 @@ async fn handshake(
             }
             (node, instance, nonce)
         }
-        PeerMessage::Refuse { reason } => return Err(LinkError::Refused(reason)),
+        PeerMessage::Refuse { reason } => return Err(LinkError::Refused(clean(&reason))),
         _ => return Err(refuse(writer, "the first frame must be hello".into()).await),
     };
     if !valid_node_name(&peer) {
@@ -152,7 +157,7 @@ async fn handshake(
                 return Err(refuse(writer, format!("{peer} does not know the mesh secret")).await);
             }
         }
-        PeerMessage::Refuse { reason } => return Err(LinkError::Refused(reason)),
+        PeerMessage::Refuse { reason } => return Err(LinkError::Refused(clean(&reason))),
         _ => return Err(refuse(writer, "expected proof".into()).await),
     }
     // Only a proven member of the mesh learns anything about it.
@@ -180,7 +185,7 @@ async fn handshake(
     write(writer, &PeerMessage::Ready).await?;
     match reader.read().await? {
         PeerMessage::Ready => Ok(peer),
-        PeerMessage::Refuse { reason } => Err(LinkError::Refused(reason)),
+        PeerMessage::Refuse { reason } => Err(LinkError::Refused(clean(&reason))),
         _ => Err(refuse(writer, "expected ready".into()).await),
     }
 }
@@ -196,7 +201,8 @@ async fn open(
     let (read, mut writer) = stream.into_split();
     let mut reader = Reader {
         half: read,
-        buf: BytesMut::with_capacity(4096),
+        buf: BytesMut::with_capacity(1024),
+        max: HANDSHAKE_FRAME,
     };
     let peer = tokio::time::timeout(
         HANDSHAKE_TIMEOUT,
@@ -204,6 +210,7 @@ async fn open(
     )
     .await
     .map_err(|_| LinkError::HandshakeTimeout)??;
+    reader.max = frame::MAX_FRAME;
     Ok((reader, writer, peer))
 }
 
@@ -213,8 +220,10 @@ pub(super) async fn run(
     stream: TcpStream,
     address: String,
     outbound: bool,
+    handshaking: tokio::sync::OwnedSemaphorePermit,
 ) -> Result<(), LinkError> {
     let (reader, writer, peer) = open(&mesh, stream, outbound).await?;
+    drop(handshaking);
     serve(mesh, reader, writer, peer, address, outbound).await
 }
 
@@ -223,6 +232,7 @@ pub(super) async fn run(
 /// outcome goes to `first`.
 pub(super) async fn dial(
     mesh: Mesh,
+    id: u64,
     address: String,
     node: Arc<Mutex<Option<String>>>,
     first: oneshot::Sender<Result<String, String>>,
@@ -264,19 +274,17 @@ pub(super) async fn dial(
                 if let Some(first) = first.take() {
                     let _ = first.send(Err(e.to_string()));
                     if !persist {
+                        lock(&mesh.inner.dialers).retain(|d| d.id != id);
                         return;
                     }
                 }
             }
         }
-        if *stop.borrow() {
-            return;
-        }
         // Jitter keeps two nodes that dial each other from colliding forever.
         let jitter = Duration::from_millis(rand::random::<u64>() % 100);
         tokio::select! {
             _ = tokio::time::sleep(backoff + jitter) => {}
-            _ = stop.changed() => return,
+            _ = stop.wait_for(|stopped| *stopped) => return,
         }
         backoff = (backoff * 2).min(BACKOFF_MAX);
     }
@@ -294,18 +302,14 @@ async fn serve(
     let (tx, mut rx) = mpsc::channel::<Bytes>(PEER_QUEUE);
     let cut = Arc::new(Notify::new());
     let link = mesh.inner.next_id.fetch_add(1, Ordering::Relaxed);
+    if *mesh.inner.shutdown.borrow() {
+        return Ok(());
+    }
     {
         let mut peers = lock(&mesh.inner.peers);
         if peers.contains_key(&peer) {
             // The other direction won the race; this one goes.
             return Err(LinkError::Protocol(format!("already linked to {peer}")));
-        }
-        // Everything known goes to the newcomer first, so a healed
-        // partition converges in one exchange.
-        for record in mesh.state().records() {
-            if let Some(bytes) = encode(&PeerMessage::State(record.clone())) {
-                let _ = tx.try_send(bytes);
-            }
         }
         peers.insert(
             peer.clone(),
@@ -313,12 +317,23 @@ async fn serve(
                 link,
                 address: address.clone(),
                 outbound,
-                tx,
+                tx: tx.clone(),
                 cut: cut.clone(),
             },
         );
     }
     tracing::info!(peer = %peer, address = %address, "linked to {peer}");
+    // Everything known goes to the newcomer, so a healed partition converges
+    // in one exchange. Taken after registering, so nothing published in
+    // between is missed; records are versioned, so their order does not
+    // matter. Encoded outside the locks that the commit path needs.
+    let known: Vec<_> = mesh.state().records().cloned().collect();
+    for record in known {
+        if let Some(bytes) = encode(&PeerMessage::State(record)) {
+            let _ = tx.try_send(bytes);
+        }
+    }
+    drop(tx);
     mesh.publish_links();
 
     let writing = tokio::spawn(async move {
@@ -355,11 +370,27 @@ async fn serve(
                 Err(_) => break Err(LinkError::Idle(IDLE_LIMIT)),
             },
             _ = cut.notified() => break Ok(()),
-            _ = stop.changed() => break Ok(()),
+            _ = stop.wait_for(|stopped| *stopped) => break Ok(()),
         };
-        if let Err(e) = handle(&mesh, &peer, message, &in_flight).await {
-            break Err(e);
-        }
+        let work = match handle(&mesh, &peer, message) {
+            Ok(Some(work)) => work,
+            Ok(None) => continue,
+            Err(e) => break Err(e),
+        };
+        // A full set of slots stops reading this peer, but not a cut or a
+        // shutdown.
+        let permit = tokio::select! {
+            permit = in_flight.clone().acquire_owned() => permit,
+            _ = cut.notified() => break Ok(()),
+            _ = stop.wait_for(|stopped| *stopped) => break Ok(()),
+        };
+        let Ok(permit) = permit else {
+            break Ok(());
+        };
+        tokio::spawn(async move {
+            work.await;
+            drop(permit);
+        });
     };
     if let Err(e) = &outcome {
         tracing::warn!(peer = %peer, "link to {peer} ended: {e}");
@@ -392,13 +423,13 @@ impl Drop for Registration {
     }
 }
 
-/// Handles one message from a linked peer.
-async fn handle(
+/// Handles one message from a linked peer; returns the work it leaves to
+/// finish (a store, an answer), which the link runs under its bound.
+fn handle(
     mesh: &Mesh,
     peer: &str,
     message: PeerMessage,
-    in_flight: &Arc<Semaphore>,
-) -> Result<(), LinkError> {
+) -> Result<Option<BoxFuture<'static, ()>>, LinkError> {
     if let Err(what) = well_formed(&message) {
         return Err(LinkError::Protocol(what));
     }
@@ -416,7 +447,7 @@ async fn handle(
         }
         PeerMessage::Speech(speech) => {
             if !mesh.state().first_sight(&speech) {
-                return Ok(());
+                return Ok(None);
             }
             let stored = mesh.inner.core.deliver_remote_speech(
                 format!("{}/{}/{}", speech.origin, speech.instance, speech.seq),
@@ -426,13 +457,11 @@ async fn handle(
                 speech.sent_ms,
             );
             mesh.flood(&PeerMessage::Speech(speech), Some(peer));
-            spawn_bounded(in_flight, stored).await;
+            return Ok(Some(Box::pin(stored)));
         }
         PeerMessage::Routed(mut routed) => {
             if routed.dst == mesh.inner.me {
-                if let Some(work) = mesh.arrived(routed.src, routed.body) {
-                    spawn_bounded(in_flight, work).await;
-                }
+                return Ok(mesh.arrived(routed.src, routed.body));
             } else if routed.hops > 1 {
                 routed.hops -= 1;
                 if !mesh.route(routed) {
@@ -450,7 +479,7 @@ async fn handle(
             ));
         }
     }
-    Ok(())
+    Ok(None)
 }
 
 /// Checks the names a message carries, since they reach users' screens and
@@ -495,18 +524,4 @@ fn well_formed(message: &PeerMessage) -> Result<(), String> {
 
 fn truncate(s: &str) -> String {
     s.chars().take(40).collect()
-}
-
-/// Runs `work` in its own task once one of the link's slots is free.
-async fn spawn_bounded(
-    in_flight: &Arc<Semaphore>,
-    work: impl std::future::Future<Output = ()> + Send + 'static,
-) {
-    let Ok(permit) = in_flight.clone().acquire_owned().await else {
-        return;
-    };
-    tokio::spawn(async move {
-        work.await;
-        drop(permit);
-    });
 }

@@ -31,7 +31,7 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use futures::future::BoxFuture;
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::core::{
@@ -50,6 +50,10 @@ const DIRECT_TIMEOUT: Duration = Duration::from_secs(5);
 const FIRST_ATTEMPT: Duration = Duration::from_secs(11);
 /// Requests this node may have waiting on other nodes at once.
 const MAX_PENDING: usize = 10_000;
+/// Connections that may be in their handshake at once; more are dropped.
+const MAX_HANDSHAKES: usize = 64;
+/// Longest text from a peer (a refusal, an error) shown to a user.
+pub(crate) const MAX_PEER_TEXT: usize = 200;
 /// Frames queued for one peer before the link is judged stuck and cut.
 const PEER_QUEUE: usize = 8192;
 
@@ -106,6 +110,8 @@ struct Inner {
     state: Mutex<MeshState>,
     /// Counts up each time this node publishes a record.
     version: AtomicU64,
+    /// Held while this node's links record is read and published.
+    publishing: Mutex<()>,
     /// Sequence numbers of this node's flooded speech.
     speech_seq: AtomicU64,
     peers: Mutex<HashMap<String, Peer>>,
@@ -159,6 +165,7 @@ impl Mesh {
                 query_timeout: config.query_timeout,
                 state: Mutex::new(MeshState::new(&config.node)),
                 version: AtomicU64::new(0),
+                publishing: Mutex::new(()),
                 speech_seq: AtomicU64::new(0),
                 peers: Mutex::new(HashMap::new()),
                 dialers: Mutex::new(Vec::new()),
@@ -206,17 +213,26 @@ impl Mesh {
         let local = listener.local_addr().map_err(listen_error)?;
         let mesh = self.clone();
         let mut stop = self.inner.shutdown.subscribe();
+        let handshakes = Arc::new(Semaphore::new(MAX_HANDSHAKES));
         let task = tokio::spawn(async move {
             loop {
                 let accepted = tokio::select! {
                     accepted = listener.accept() => accepted,
-                    _ = stop.changed() => return,
+                    _ = stop.wait_for(|stopped| *stopped) => return,
                 };
                 match accepted {
                     Ok((stream, from)) => {
+                        // Strangers get a bounded share of the node until
+                        // they prove the secret.
+                        let Ok(permit) = handshakes.clone().try_acquire_owned() else {
+                            tracing::warn!(peer = %from, "too many peer handshakes at once: dropped {from}");
+                            continue;
+                        };
                         let mesh = mesh.clone();
                         tokio::spawn(async move {
-                            if let Err(e) = link::run(mesh, stream, from.to_string(), false).await {
+                            if let Err(e) =
+                                link::run(mesh, stream, from.to_string(), false, permit).await
+                            {
                                 tracing::warn!(peer = %from, "mesh link from {from} ended: {e}");
                             }
                         });
@@ -246,6 +262,7 @@ impl Mesh {
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         let task = tokio::spawn(link::dial(
             self.clone(),
+            id,
             addr.to_owned(),
             node.clone(),
             first_tx,
@@ -356,6 +373,9 @@ impl Mesh {
 
     /// Publishes this node's current links to every node.
     fn publish_links(&self) {
+        // Reading the links and numbering the record happen as one step, or
+        // two link changes at once could publish the older list last.
+        let _publishing = lock(&self.inner.publishing);
         let mut peers: Vec<String> = lock(&self.inner.peers).keys().cloned().collect();
         peers.sort();
         self.publish(Facts::Links { peers });
@@ -392,7 +412,7 @@ impl Mesh {
         loop {
             tokio::select! {
                 _ = self.inner.core.local_changed() => {}
-                _ = stop.changed() => return,
+                _ = stop.wait_for(|stopped| *stopped) => return,
             }
             // A login storm becomes one record, not thousands.
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -543,6 +563,12 @@ impl Mesh {
             }
             queries.insert(req, tx);
         }
+        // However this ends, cancelled callers included, the entry goes.
+        let _pending = Pending {
+            mesh: self.clone(),
+            req,
+            directs: false,
+        };
         for node in &targets {
             self.reply(
                 node,
@@ -557,20 +583,51 @@ impl Mesh {
         while answers.len() < targets.len() {
             match tokio::time::timeout_at(deadline, rx.recv()).await {
                 Ok(Some((node, answer))) => {
-                    if targets.contains(&node) && !answers.iter().any(|(n, _)| *n == node) {
+                    let fits = matches!(
+                        (&query, &answer),
+                        (Query::Who, Answer::Who { .. }) | (Query::Stats, Answer::Stats { .. })
+                    );
+                    if fits && targets.contains(&node) && !answers.iter().any(|(n, _)| *n == node) {
                         answers.push((node, answer));
                     }
                 }
                 _ => break,
             }
         }
-        lock(&self.inner.queries).remove(&req);
         let missing = targets
             .into_iter()
             .filter(|t| !answers.iter().any(|(n, _)| n == t))
             .collect();
         (answers, missing)
     }
+}
+
+/// A request waiting on another node; dropping it forgets the request, so
+/// a caller that gives up leaves nothing behind.
+struct Pending {
+    mesh: Mesh,
+    req: u64,
+    /// A direct message (else a query).
+    directs: bool,
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if self.directs {
+            lock(&self.mesh.inner.directs).remove(&self.req);
+        } else {
+            lock(&self.mesh.inner.queries).remove(&self.req);
+        }
+    }
+}
+
+/// Control characters out, length bounded: text from a peer must not forge
+/// lines on a user's screen.
+pub(crate) fn clean(text: &str) -> String {
+    text.chars()
+        .filter(|c| !c.is_control())
+        .take(MAX_PEER_TEXT)
+        .collect()
 }
 
 /// Queues bytes for a peer; a peer whose queue is full is cut, so one stuck
@@ -685,7 +742,6 @@ impl Remote for Mesh {
     }
 
     fn send_direct(&self, message: RemoteDirect) -> BoxFuture<'static, Result<Sent, CoreError>> {
-        let mesh = self.clone();
         let node = message.to.node.clone();
         let req = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
@@ -726,10 +782,16 @@ impl Remote for Mesh {
                 )))
             }
         });
+        // Dropped with the future, so a caller that gives up leaves nothing.
+        let pending = Pending {
+            mesh: self.clone(),
+            req,
+            directs: true,
+        };
         Box::pin(async move {
             queued?;
             let answer = tokio::time::timeout(DIRECT_TIMEOUT, rx).await;
-            lock(&mesh.inner.directs).remove(&req);
+            drop(pending);
             match answer {
                 Ok(Ok(RoutedBody::DirectAck {
                     stored: Some(s), ..
@@ -741,11 +803,10 @@ impl Remote for Mesh {
                 Ok(Ok(RoutedBody::DirectAck { error: Some(e), .. })) => Err(CoreError::FromNode {
                     node,
                     kind: kind_of(&e.code),
-                    message: e.message,
+                    message: clean(&e.message),
                 }),
                 _ => Err(CoreError::Unreachable(format!(
-                    "node {node} did not confirm the message in time; it may or may not be stored: \
-                     resend with the same client_msg_id to be sure"
+                    "node {node} did not confirm the message in time: it may or may not be stored"
                 ))),
             }
         })
@@ -758,7 +819,11 @@ impl Remote for Mesh {
             let mut users = Vec::new();
             for (node, answer) in answers {
                 if let Answer::Who { online } = answer {
-                    users.extend(online.into_iter().map(|name| UserInfo {
+                    // Names reach users' screens: only well-formed ones.
+                    let valid = online
+                        .into_iter()
+                        .filter(|n| crate::core::names::account_key(n).is_ok());
+                    users.extend(valid.map(|name| UserInfo {
                         name,
                         online: true,
                         node: node.clone(),

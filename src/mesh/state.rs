@@ -259,7 +259,9 @@ impl MeshState {
                 recent: BTreeSet::new(),
             };
         }
-        if speech.seq + SEEN_WINDOW <= window.newest || !window.recent.insert(speech.seq) {
+        if speech.seq.saturating_add(SEEN_WINDOW) <= window.newest
+            || !window.recent.insert(speech.seq)
+        {
             return false;
         }
         window.newest = window.newest.max(speech.seq);
