@@ -485,9 +485,7 @@ impl Core {
                     .filter(|u| glob.matches(&u.name)),
             );
         }
-        users.sort_by(|a, b| {
-            (a.name.to_ascii_lowercase(), &a.node).cmp(&(b.name.to_ascii_lowercase(), &b.node))
-        });
+        users.sort_by(by_name_then_node);
         Ok(users)
     }
 
@@ -517,9 +515,7 @@ impl Core {
             None => Gathered::default(),
         };
         gathered.answers.extend(self.who_here());
-        gathered.answers.sort_by(|a, b| {
-            (a.name.to_ascii_lowercase(), &a.node).cmp(&(b.name.to_ascii_lowercase(), &b.node))
-        });
+        gathered.answers.sort_by(by_name_then_node);
         gathered
     }
 
@@ -554,4 +550,9 @@ impl Core {
         total.node = format!("mesh of {} nodes", gathered.answers.len() + 1);
         Ok((total, gathered.missing))
     }
+}
+
+/// Users in the order lists show them: by name, ignoring case, then node.
+fn by_name_then_node(a: &UserInfo, b: &UserInfo) -> std::cmp::Ordering {
+    (a.name.to_ascii_lowercase(), &a.node).cmp(&(b.name.to_ascii_lowercase(), &b.node))
 }

@@ -137,32 +137,8 @@ pub struct ChildServer {
 
 impl ChildServer {
     pub fn start(data_dir: &Path) -> ChildServer {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_meshtalk"))
-            .args(["serve", "--log-format", "json"])
-            .args(["--grpc-addr", "127.0.0.1:0"])
-            .args(["--talk-addr", "127.0.0.1:0"])
-            .args(["--wire-addr", "127.0.0.1:0"])
-            .arg("--data-dir")
-            .arg(data_dir)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn meshtalk");
-        let stderr = child.stderr.take().expect("stderr");
-        let mut lines = BufReader::new(stderr).lines();
-        let mut seen = Vec::new();
-        let addr = loop {
-            let Some(Ok(line)) = lines.next() else {
-                panic!("the server stopped before serving; its log: {seen:#?}");
-            };
-            seen.push(line.clone());
-            if let Some(rest) = line.split("\"grpc\":\"").nth(1) {
-                break rest.split('"').next().expect("address").to_owned();
-            }
-        };
-        // Keep draining the log so the child never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines {});
+        let (child, serving) = spawn_server(data_dir, &[]);
+        let addr = log_field(&serving, "grpc").expect("the gRPC address");
         ChildServer {
             child,
             url: format!("http://{addr}"),
@@ -211,45 +187,27 @@ impl MeshNode {
         mesh_addr: &str,
         extra: &[String],
     ) -> MeshNode {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_meshtalk"))
-            .args(["serve", "--log-format", "json"])
-            .args(["--grpc-addr", "127.0.0.1:0"])
-            .args(["--talk-addr", "127.0.0.1:0"])
-            .args(["--wire-addr", "127.0.0.1:0"])
-            .args(["--mesh-addr", mesh_addr])
-            .args(["--node-name", name])
-            .args(["--operator", &format!("op-{name}")])
-            .arg("--mesh-secret-file")
-            .arg(secret)
-            .arg("--data-dir")
-            .arg(data_dir)
-            .args(extra)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn meshtalk");
-        let stderr = child.stderr.take().expect("stderr");
-        let mut lines = BufReader::new(stderr).lines();
-        let mut seen = Vec::new();
-        let field = |line: &str, key: &str| -> Option<std::net::SocketAddr> {
-            let rest = line.split(&format!("\"{key}\":\"")).nth(1)?;
-            rest.split('"').next()?.parse().ok()
+        let mut args: Vec<std::ffi::OsString> = vec![
+            "--mesh-addr".into(),
+            mesh_addr.into(),
+            "--node-name".into(),
+            name.into(),
+            "--operator".into(),
+            format!("op-{name}").into(),
+            "--mesh-secret-file".into(),
+            secret.into(),
+        ];
+        args.extend(extra.iter().map(Into::into));
+        let (child, serving) = spawn_server(data_dir, &args);
+        let addr = |key| {
+            log_field(&serving, key)
+                .and_then(|a| a.parse().ok())
+                .unwrap_or_else(|| panic!("node {name} logged no {key} address: {serving}"))
         };
-        let (talk, mesh) = loop {
-            let Some(Ok(line)) = lines.next() else {
-                panic!("node {name} stopped before serving; its log: {seen:#?}");
-            };
-            seen.push(line.clone());
-            if let (Some(talk), Some(mesh)) = (field(&line, "talk"), field(&line, "mesh")) {
-                break (talk, mesh);
-            }
-        };
-        std::thread::spawn(move || for _ in lines {});
         MeshNode {
             name: name.to_owned(),
-            talk,
-            mesh,
+            talk: addr("talk"),
+            mesh: addr("mesh"),
             data_dir: data_dir.to_owned(),
             child,
         }
@@ -299,4 +257,45 @@ impl Drop for MeshNode {
     fn drop(&mut self) {
         self.kill9();
     }
+}
+
+/// Starts the server binary on free loopback ports with `extra` flags; waits
+/// for the line saying it is serving and returns it.
+fn spawn_server(data_dir: &Path, extra: &[std::ffi::OsString]) -> (Child, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_meshtalk"))
+        .args(["serve", "--log-format", "json"])
+        .args(["--grpc-addr", "127.0.0.1:0"])
+        .args(["--talk-addr", "127.0.0.1:0"])
+        .args(["--wire-addr", "127.0.0.1:0"])
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(extra)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn meshtalk");
+    let stderr = child.stderr.take().expect("stderr");
+    let mut lines = BufReader::new(stderr).lines();
+    let mut seen = Vec::new();
+    let serving = loop {
+        let Some(Ok(line)) = lines.next() else {
+            panic!("the server stopped before serving; its log: {seen:#?}");
+        };
+        if log_field(&line, "grpc").is_some() {
+            break line;
+        }
+        seen.push(line);
+    };
+    // Keep draining the log so the child never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    (child, serving)
+}
+
+/// The value of `"key":"value"` in a JSON log line.
+fn log_field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+    line.split(&format!("\"{key}\":\""))
+        .nth(1)?
+        .split('"')
+        .next()
 }
