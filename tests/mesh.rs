@@ -567,3 +567,103 @@ async fn a_peer_with_the_secret_that_sends_bad_names_is_cut_off() {
     let users = request(&mut ann, "/users").await;
     assert_eq!(users.lines, ["ann online a", "op-a online a"]);
 }
+
+#[tokio::test]
+async fn operators_link_nodes_over_grpc_admin() {
+    use meshtalk::config::ServeArgs;
+    use meshtalk::proto;
+    use tonic::Code;
+
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, "a shared secret of the test mesh").unwrap();
+    let node = |name: &str| ServeArgs {
+        node_name: Some(name.into()),
+        mesh_secret_file: Some(secret.clone()),
+        ..Default::default()
+    };
+    let a = common::TestServer::start_with(node("a")).await;
+    let b = common::TestServer::start_with(node("b")).await;
+    let (root_a, root_b) = (a.user("root").await, b.user("root").await);
+    let listening = root_b
+        .admin()
+        .peer_listen(root_b.request(proto::PeerListenRequest {
+            host: "127.0.0.1".into(),
+            port: 0,
+        }))
+        .await
+        .unwrap()
+        .into_inner()
+        .address;
+    let addr: std::net::SocketAddr = listening.parse().unwrap();
+    let linked = root_a
+        .admin()
+        .peer_connect(root_a.request(proto::PeerConnectRequest {
+            host: addr.ip().to_string(),
+            port: addr.port().into(),
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(linked.node, "b");
+
+    // A user online on b shows up in a's Who, gathered over the mesh.
+    let bob = b.user("bob").await;
+    let _online = bob.subscribe().await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let who = root_a.who().await.unwrap();
+        let names: Vec<(String, String)> = who
+            .users
+            .iter()
+            .map(|u| (u.name.clone(), u.node.clone()))
+            .collect();
+        if names.contains(&("bob".into(), "b".into())) {
+            assert!(who.missing_nodes.is_empty());
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{who:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let topology = root_b
+        .admin()
+        .topology(root_b.request(proto::TopologyRequest {}))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(topology.nodes, ["a", "b"]);
+    assert_eq!(topology.links.len(), 1);
+    let stats = root_a.stats(true).await.unwrap();
+    assert_eq!(stats.node, "mesh of 2 nodes");
+    assert!(stats.accounts >= 3, "{stats:?}");
+
+    // Ports past u16 and unknown nodes are refused with their own codes.
+    let bad_port = root_a
+        .admin()
+        .peer_connect(root_a.request(proto::PeerConnectRequest {
+            host: "127.0.0.1".into(),
+            port: 70_000,
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(bad_port.code(), Code::InvalidArgument);
+    let unknown = root_a
+        .admin()
+        .peer_disconnect(root_a.request(proto::PeerDisconnectRequest { node: "zed".into() }))
+        .await
+        .unwrap_err();
+    assert_eq!(unknown.code(), Code::NotFound);
+    root_a
+        .admin()
+        .peer_disconnect(root_a.request(proto::PeerDisconnectRequest { node: "b".into() }))
+        .await
+        .unwrap();
+    let peers = root_a
+        .admin()
+        .peers(root_a.request(proto::PeersRequest {}))
+        .await
+        .unwrap()
+        .into_inner()
+        .peers;
+    assert!(peers.is_empty(), "{peers:?}");
+}
