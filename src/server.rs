@@ -104,6 +104,9 @@ impl Server {
             core.clone(),
             MeshConfig {
                 node: settings.node.clone(),
+                instance: crate::mesh::next_instance(
+                    &settings.sqlite_path.with_file_name("mesh-instance"),
+                ),
                 secret: settings.mesh_secret.clone(),
                 query_timeout: QUERY_TIMEOUT,
             },

@@ -90,6 +90,8 @@ impl From<MeshError> for CoreError {
 #[derive(Debug, Clone)]
 pub struct MeshConfig {
     pub node: String,
+    /// This run's instance: higher than any earlier run's (see [`next_instance`]).
+    pub instance: u64,
     /// The shared secret every node of the mesh holds; linking needs it.
     pub secret: Option<Vec<u8>>,
     pub query_timeout: Duration,
@@ -155,7 +157,7 @@ impl Mesh {
     /// Creates this node's mesh, attaches it to the core and starts telling
     /// other nodes about changes here. No link exists until one is made.
     pub fn start(core: Core, config: MeshConfig) -> Mesh {
-        let instance = crate::core::now_ms().max(1) as u64;
+        let instance = config.instance;
         let (shutdown, _) = watch::channel(false);
         let mesh = Mesh {
             inner: Arc::new(Inner {
@@ -621,6 +623,24 @@ impl Drop for Pending {
     }
 }
 
+/// The instance for this run: the wall clock in ms, but always above the
+/// last run's, which `path` remembers. A restart whose clock went back would
+/// otherwise publish records and speech every other node takes as stale.
+pub fn next_instance(path: &std::path::Path) -> u64 {
+    let last = std::fs::read_to_string(path)
+        .ok()
+        .and_then(|text| text.trim().parse::<u64>().ok())
+        .unwrap_or(0);
+    let instance = (crate::core::now_ms().max(1) as u64).max(last.saturating_add(1));
+    let saved = path.with_extension("tmp");
+    let written =
+        std::fs::write(&saved, instance.to_string()).and_then(|()| std::fs::rename(&saved, path));
+    if let Err(e) = written {
+        tracing::warn!(path = %path.display(), error = %e, "cannot remember the mesh instance");
+    }
+    instance
+}
+
 /// Control characters out, length bounded: text from a peer must not forge
 /// lines on a user's screen.
 pub(crate) fn clean(text: &str) -> String {
@@ -866,5 +886,22 @@ impl Remote for Mesh {
                 missing,
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_run_gets_a_higher_instance_even_when_the_clock_went_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("mesh-instance");
+        let first = next_instance(&path);
+        assert!(next_instance(&path) > first);
+        // A previous run whose clock was far ahead.
+        let ahead = first + 1_000_000_000;
+        std::fs::write(&path, ahead.to_string()).unwrap();
+        assert_eq!(next_instance(&path), ahead + 1);
     }
 }
