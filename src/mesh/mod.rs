@@ -749,6 +749,11 @@ impl Remote for Mesh {
         let Target::Room(room) = &message.to else {
             return;
         };
+        // This runs on the commit path of every room message: a node with
+        // no peers does no mesh work at all.
+        if lock(&self.inner.peers).is_empty() {
+            return;
+        }
         let speech = frame::Speech {
             origin: self.inner.me.clone(),
             instance: self.inner.instance,

@@ -24,6 +24,10 @@ pub struct MeshState {
     records: BTreeMap<(String, Kind), NodeState>,
     /// Node → first hop, for every node reachable from here.
     routes: HashMap<String, String>,
+    /// Name key → the other nodes' accounts by that name: (node, name,
+    /// created_ms). Every send to a user looks here, so it is an index,
+    /// not a scan of the records.
+    claims: HashMap<String, Vec<(String, String, i64)>>,
     seen: HashMap<String, SeenWindow>,
 }
 
@@ -54,6 +58,7 @@ impl MeshState {
             me: me.to_owned(),
             records: BTreeMap::new(),
             routes: HashMap::new(),
+            claims: HashMap::new(),
             seen: HashMap::new(),
         }
     }
@@ -80,12 +85,50 @@ impl MeshState {
         } else if !self.knows(&record.node) && self.node_count() >= MAX_NODES {
             return Offer::Full;
         }
-        let links_changed = key.1 == Kind::Links;
-        self.records.insert(key, record);
-        if links_changed {
-            self.recompute_routes();
+        let kind = key.1;
+        let node = record.node.clone();
+        if let Some(old) = self.records.insert(key, record)
+            && kind == Kind::Accounts
+        {
+            self.unindex(&old);
+        }
+        match kind {
+            Kind::Links => self.recompute_routes(),
+            Kind::Accounts if node != self.me => self.index(&node),
+            _ => {}
         }
         Offer::Accepted
+    }
+
+    fn index(&mut self, node: &str) {
+        let Some(NodeState {
+            facts: Facts::Accounts { accounts },
+            ..
+        }) = self.records.get(&(node.to_owned(), Kind::Accounts))
+        else {
+            return;
+        };
+        for (name, created) in accounts {
+            self.claims
+                .entry(name.to_ascii_lowercase())
+                .or_default()
+                .push((node.to_owned(), name.clone(), *created));
+        }
+    }
+
+    fn unindex(&mut self, old: &NodeState) {
+        let Facts::Accounts { accounts } = &old.facts else {
+            return;
+        };
+        for (name, _) in accounts {
+            let key = name.to_ascii_lowercase();
+            if let Some(list) = self.claims.get_mut(&key) {
+                list.retain(|(n, _, _)| *n != old.node);
+                if list.is_empty() {
+                    self.claims.remove(&key);
+                }
+            }
+        }
     }
 
     fn knows(&self, node: &str) -> bool {
@@ -192,20 +235,10 @@ impl MeshState {
 
     /// Claims on a name (by key) from other nodes: (node, name, created_ms).
     pub fn claims(&self, key: &str) -> Vec<(String, String, i64)> {
-        let mut claims = Vec::new();
-        for ((node, kind), record) in &self.records {
-            if *kind != Kind::Accounts || *node == self.me {
-                continue;
-            }
-            if let Facts::Accounts { accounts } = &record.facts {
-                for (name, created) in accounts {
-                    if name.eq_ignore_ascii_case(key) {
-                        claims.push((node.clone(), name.clone(), *created));
-                    }
-                }
-            }
-        }
-        claims
+        self.claims
+            .get(&key.to_ascii_lowercase())
+            .cloned()
+            .unwrap_or_default()
     }
 
     /// Accounts of other nodes: (node, name, online now).
@@ -339,6 +372,35 @@ mod tests {
         assert_eq!(s.offer(links("b", 2, 0, &["a"])), Offer::Accepted);
         assert_eq!(s.offer(links("a", 9, 9, &[])), Offer::Forged);
         assert_eq!(s.instance_of("b"), Some(2));
+    }
+
+    fn accounts(node: &str, version: u64, names: &[&str]) -> NodeState {
+        NodeState {
+            node: node.into(),
+            instance: 1,
+            version,
+            facts: Facts::Accounts {
+                accounts: names.iter().map(|n| (n.to_string(), 7)).collect(),
+            },
+        }
+    }
+
+    #[test]
+    fn claims_follow_the_newest_accounts_record_of_each_node() {
+        let mut s = MeshState::new("a");
+        s.offer(accounts("b", 1, &["Bob", "cat"]));
+        s.offer(accounts("c", 1, &["bob"]));
+        let mut bobs = s.claims("BOB");
+        bobs.sort();
+        assert_eq!(
+            bobs,
+            [("b".into(), "Bob".into(), 7), ("c".into(), "bob".into(), 7)]
+        );
+        // b deletes Bob: its newer record replaces the older one.
+        s.offer(accounts("b", 2, &["cat"]));
+        assert_eq!(s.claims("bob"), [("c".into(), "bob".into(), 7)]);
+        assert_eq!(s.claims("cat").len(), 1);
+        assert!(s.claims("nobody").is_empty());
     }
 
     #[test]
