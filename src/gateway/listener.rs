@@ -6,7 +6,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncWriteExt, BufWriter};
+use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc, watch};
@@ -85,19 +85,17 @@ pub async fn accept_loop<H, HF, R, RF>(
     }
 }
 
-/// Writes and flushes `out`, then empties it. A client that does not read
-/// for [`WRITE_TIMEOUT`] is given up on rather than holding its task forever.
-pub async fn write_out(
-    writer: &mut BufWriter<OwnedWriteHalf>,
-    out: &mut Vec<u8>,
-) -> std::io::Result<()> {
+/// Largest batch buffer an idle connection keeps; a burst's bigger one is
+/// given back, so thousands of idle connections stay small.
+const KEEP_OUT: usize = 64 * 1024;
+
+/// Writes `out` in one go, then empties it. A client that does not read for
+/// [`WRITE_TIMEOUT`] is given up on rather than holding its task forever.
+pub async fn write_out(writer: &mut OwnedWriteHalf, out: &mut Vec<u8>) -> std::io::Result<()> {
     if out.is_empty() {
         return Ok(());
     }
-    let write = async {
-        writer.write_all(out).await?;
-        writer.flush().await
-    };
+    let write = writer.write_all(out);
     let result = match tokio::time::timeout(WRITE_TIMEOUT, write).await {
         Ok(result) => result,
         Err(_) => Err(std::io::Error::new(
@@ -106,6 +104,9 @@ pub async fn write_out(
         )),
     };
     out.clear();
+    if out.capacity() > KEEP_OUT {
+        out.shrink_to(KEEP_OUT / 16);
+    }
     result
 }
 

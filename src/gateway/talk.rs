@@ -10,7 +10,7 @@ use bytes::BytesMut;
 use futures::future::BoxFuture;
 use futures::stream::FuturesOrdered;
 use futures::{FutureExt, StreamExt};
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
@@ -26,7 +26,8 @@ const PIPELINE: usize = 64;
 /// A connection: reads lines, writes server lines.
 struct Connection {
     reader: OwnedReadHalf,
-    writer: BufWriter<OwnedWriteHalf>,
+    /// Unbuffered: `out` already gathers a batch into one write.
+    writer: OwnedWriteHalf,
     buffer: BytesMut,
     decoder: LineDecoder,
     out: Vec<u8>,
@@ -37,7 +38,7 @@ impl Connection {
         let (reader, writer) = stream.into_split();
         Connection {
             reader,
-            writer: BufWriter::new(writer),
+            writer,
             buffer: BytesMut::with_capacity(512),
             decoder: LineDecoder::new(),
             out: Vec::with_capacity(256),

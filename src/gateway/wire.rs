@@ -12,7 +12,7 @@ use bytes::{Bytes, BytesMut};
 use futures::future::BoxFuture;
 use futures::stream::FuturesOrdered;
 use futures::{FutureExt, StreamExt};
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
@@ -68,7 +68,8 @@ enum ReadError {
 
 struct Connection {
     reader: OwnedReadHalf,
-    writer: BufWriter<OwnedWriteHalf>,
+    /// Unbuffered: `out` already gathers a batch into one write.
+    writer: OwnedWriteHalf,
     buffer: BytesMut,
     out: Vec<u8>,
 }
@@ -162,7 +163,7 @@ pub async fn serve_connection(core: Core, stream: TcpStream, mut shutdown: Shutd
         core,
         conn: Connection {
             reader,
-            writer: BufWriter::new(writer),
+            writer,
             buffer: BytesMut::with_capacity(512),
             out: Vec::with_capacity(512),
         },
