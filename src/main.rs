@@ -26,7 +26,11 @@ enum Command {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    match Cli::parse().command {
+    let command = Cli::parse().command;
+    if matches!(command, Command::Serve(_) | Command::Bench(_)) {
+        raise_open_file_limit();
+    }
+    match command {
         Command::Serve(args) => serve(*args).await,
         Command::Chat(args) => {
             init_logging(LogFormat::Text, "warn");
@@ -61,5 +65,24 @@ fn init_logging(format: LogFormat, default: &str) {
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// Lifts the soft limit on open files to the hard limit. A server holding
+/// tens of thousands of connections (and the load generator opening them)
+/// needs more than the usual soft limit of 1,024, and raising it is what
+/// the hard limit allows any process to do.
+fn raise_open_file_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit only read and write the struct passed.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
+        {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
     }
 }

@@ -62,22 +62,27 @@ async fn fanout_delivers_everything_once_on_every_protocol() {
 async fn dm_acks_and_delivers_everything_on_every_protocol() {
     let t = TestServer::start().await;
     let target = Target::open(&target_args(&t)).await.unwrap();
-    for proto in PROTOS {
+    for (proto, pipeline) in PROTOS.into_iter().flat_map(|p| [(p, 1), (p, 4)]) {
         let args = dm::DmArgs {
             target: target_args(&t),
             proto,
             clients: 3,
             messages: 20,
             bytes: 64,
+            pipeline,
             idle_timeout: 5,
         };
         let report = dm::run(&target, &args).await.unwrap();
         assert_eq!(
             (report.acked, report.received),
             (60, 60),
-            "{proto:?}: {report:?}"
+            "{proto:?} x{pipeline}: {report:?}"
         );
-        assert_eq!((report.duplicates, report.missing), (0, 0), "{proto:?}");
+        assert_eq!(
+            (report.duplicates, report.missing),
+            (0, 0),
+            "{proto:?} x{pipeline}"
+        );
         assert!(report.ack_latency.p99_us > 0);
     }
 }

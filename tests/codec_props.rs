@@ -2,7 +2,7 @@
 //! thing, however the bytes arrive, and arbitrary bytes never panic a decoder.
 
 use bytes::{Bytes, BytesMut};
-use meshtalk::codec::frame::{Frame, MAX_REPLY, MAX_REQUEST};
+use meshtalk::codec::frame::{Frame, FrameView, MAX_REPLY, MAX_REQUEST};
 use meshtalk::codec::line::{Command, LineDecoder, LineError, MAX_LINE, ServerLine};
 use meshtalk::codec::wire::{message_args, parse_message};
 use meshtalk::core::{Message, Target};
@@ -123,6 +123,32 @@ proptest! {
                 Ok(Some(_)) => continue,
                 Ok(None) | Err(_) => break,
             }
+        }
+    }
+
+    #[test]
+    fn a_frame_view_reads_what_the_decoder_reads(f in frame()) {
+        let mut wire = BytesMut::new();
+        f.encode(&mut wire);
+        let view = FrameView::parse(&wire).expect("a well-formed frame");
+        prop_assert_eq!((view.version, view.opcode, view.request_id, view.status), (f.version, f.opcode, f.request_id, f.status));
+        prop_assert!(view.args().eq(f.args.iter().map(|a| &a[..])));
+    }
+
+    #[test]
+    fn a_frame_view_refuses_what_the_decoder_refuses(bytes in prop::collection::vec(any::<u8>(), 0..600)) {
+        // Give the bytes a truthful length field, so only their inside decides.
+        let mut wire = BytesMut::new();
+        wire.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
+        wire.extend_from_slice(&bytes);
+        let decoded = Frame::decode(&mut wire.clone(), MAX_REPLY);
+        let view = FrameView::parse(&wire);
+        match decoded {
+            Ok(Some(f)) => {
+                let view = view.expect("the view reads what the decoder reads");
+                prop_assert!(view.args().eq(f.args.iter().map(|a| &a[..])));
+            }
+            _ => prop_assert!(view.is_none()),
         }
     }
 

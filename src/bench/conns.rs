@@ -19,8 +19,6 @@ use crate::client::To;
 const PER_SOURCE: usize = 20_000;
 /// Connections per account.
 const PER_ACCOUNT: usize = 32;
-/// The direct message every connection must receive.
-const CHECK: &str = "are you all there?";
 
 #[derive(Debug, Clone, Args)]
 pub struct ConnsArgs {
@@ -160,13 +158,15 @@ pub async fn run(target: &Target, args: &ConnsArgs) -> Result<ConnsReport, Bench
     let connected = receivers.len();
 
     // One direct message per account must reach every one of its sessions.
+    // Stamped like every bench message, so a receiver tells it from notices.
+    let check = super::fanout::stamp(0, 0, 0);
     let (teller, _) = admin
         .login(&teller_name, PASSWORD)
         .await
         .map_err(BenchError::setup)?;
     for name in &accounts {
         teller
-            .send(&To::User(name.clone()), CHECK, None)
+            .send(&To::User(name.clone()), &check, None)
             .await
             .map_err(BenchError::setup)?;
     }
@@ -174,7 +174,7 @@ pub async fn run(target: &Target, args: &ConnsArgs) -> Result<ConnsReport, Bench
         .map(|(_, r)| async move {
             matches!(
                 tokio::time::timeout(Duration::from_secs(30), r.next()).await,
-                Ok(Some(Ok(m))) if m.body == CHECK
+                Ok(Ok(m)) if m.stamp.is_some()
             )
         })
         .buffer_unordered(1024)

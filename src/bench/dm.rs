@@ -1,6 +1,7 @@
-//! Durable direct messages: C senders, each sending M messages one after
-//! another to its own recipient and waiting for each acknowledgement (given
-//! only after the commit). Recipients check they got every message once.
+//! Durable direct messages: C senders, each sending M messages to its own
+//! recipient and waiting for each acknowledgement (given only after the
+//! commit), one at a time or with several in flight. Recipients check they
+//! got every message once.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -29,6 +30,11 @@ pub struct DmArgs {
     /// Bytes per message body.
     #[arg(short, long, default_value_t = 64)]
     pub bytes: usize,
+    /// Sends each binary or gRPC sender keeps in flight, each waiting for
+    /// its own acknowledgement (the line protocol's `/tell` waits for its
+    /// `+OK` before the next).
+    #[arg(long, default_value_t = 1)]
+    pub pipeline: usize,
     /// Seconds of silence after which recipients stop waiting.
     #[arg(long, default_value_t = 5)]
     pub idle_timeout: u64,
@@ -39,6 +45,7 @@ pub struct DmReport {
     pub scenario: &'static str,
     pub proto: Proto,
     pub clients: usize,
+    pub pipeline: usize,
     pub messages: usize,
     pub bytes: usize,
     pub acked: u64,
@@ -56,8 +63,8 @@ impl DmReport {
     pub fn print(&self) {
         super::print_report(
             &format!(
-                "dm over {:?}: {} senders x {} durable messages of {} bytes",
-                self.proto, self.clients, self.messages, self.bytes
+                "dm over {:?}: {} senders x {} durable messages of {} bytes, {} in flight each",
+                self.proto, self.clients, self.messages, self.bytes, self.pipeline
             ),
             &[
                 ("acked sends/s", format!("{:.0}", self.acked_per_sec)),
@@ -111,18 +118,28 @@ pub async fn run(target: &Target, args: &DmArgs) -> Result<DmReport, BenchError>
 
     let start = Instant::now();
     let mut sending = Vec::new();
-    for (mut sender, to) in connections.into_iter().zip(recipients.clone()) {
-        let (acked, messages, bytes) = (acked.clone(), args.messages, args.bytes);
-        sending.push(tokio::spawn(async move {
-            let mut latency = histogram();
-            for seq in 0..messages {
-                let began = Instant::now();
-                sender.tell(&to, &stamp(0, seq, bytes)).await?;
-                let _ = latency.record((began.elapsed().as_micros() as u64).max(1));
-                acked.fetch_add(1, Ordering::Relaxed);
-            }
-            Ok::<_, String>(latency)
-        }));
+    for (sender, to) in connections.into_iter().zip(recipients.clone()) {
+        // Lanes of one connection: each sends every `lanes`-th message and
+        // waits for its acknowledgement before the next.
+        let extra: Vec<Sender> = (1..args.pipeline.max(1))
+            .map_while(|_| sender.concurrent())
+            .collect();
+        let lanes: Vec<Sender> = std::iter::once(sender).chain(extra).collect();
+        let stride = lanes.len();
+        for (lane, mut sender) in lanes.into_iter().enumerate() {
+            let (acked, messages, bytes, to) =
+                (acked.clone(), args.messages, args.bytes, to.clone());
+            sending.push(tokio::spawn(async move {
+                let mut latency = histogram();
+                for seq in (lane..messages).step_by(stride) {
+                    let began = Instant::now();
+                    sender.tell(&to, &stamp(0, seq, bytes)).await?;
+                    let _ = latency.record((began.elapsed().as_micros() as u64).max(1));
+                    acked.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok::<_, String>(latency)
+            }));
+        }
     }
     let mut errors = Vec::new();
     let mut latency = histogram();
@@ -152,6 +169,7 @@ pub async fn run(target: &Target, args: &DmArgs) -> Result<DmReport, BenchError>
         scenario: "dm",
         proto: args.proto,
         clients: args.clients,
+        pipeline: args.pipeline.max(1),
         messages: args.messages,
         bytes: args.bytes,
         acked,

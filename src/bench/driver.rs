@@ -3,7 +3,7 @@
 use std::net::{IpAddr, SocketAddr};
 
 use bytes::BytesMut;
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
 use tokio::net::TcpSocket;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -13,7 +13,8 @@ use super::{BenchError, PASSWORD, Proto, Target};
 use crate::client::line::LineClient;
 use crate::client::wire::WireClient;
 use crate::client::{Client, To};
-use crate::codec::line::{LineDecoder, ServerLine};
+use crate::codec::frame::{Frame, FrameView, MAX_REPLY, arg};
+use crate::codec::wire::op;
 use crate::proto;
 
 /// Connects a TCP socket from a chosen loopback source address, so one
@@ -74,24 +75,135 @@ async fn wire_login(
 }
 
 /// A connection that receives.
-pub enum Receiver {
-    Line {
-        reader: OwnedReadHalf,
-        buffer: BytesMut,
-        decoder: LineDecoder,
-        _writer: OwnedWriteHalf,
+///
+/// Line and binary deliveries are read in place, a whole socket read at a
+/// time, with no allocation per delivery: the load generator shares the
+/// machine with the server it measures, so it has to cost far less per
+/// delivery than the server does.
+pub struct Receiver {
+    conn: Incoming,
+    /// Deliveries read but not yet handed out by [`Receiver::next`].
+    ready: std::collections::VecDeque<Received>,
+}
+
+enum Incoming {
+    Line(Raw),
+    Wire {
+        raw: Raw,
+        next_request: u32,
     },
-    Wire(WireClient),
     Grpc {
         client: Client,
         stream: Box<Streaming<proto::Event>>,
+        /// The one acknowledgement in flight; later ids wait for it.
+        acking: Option<tokio::task::JoinHandle<()>>,
     },
 }
 
-/// One delivery: its id where the protocol carries one, and its body.
+/// A socket and the bytes read from it but not yet used.
+struct Raw {
+    reader: OwnedReadHalf,
+    writer: OwnedWriteHalf,
+    buffer: Vec<u8>,
+    start: usize,
+    end: usize,
+}
+
+/// The first read buffer of a receiver; it grows for a larger frame.
+const READ_BUFFER: usize = 64 * 1024;
+
+impl Raw {
+    fn new(reader: OwnedReadHalf, writer: OwnedWriteHalf, already: &[u8]) -> Raw {
+        let mut buffer = vec![0; READ_BUFFER.max(already.len())];
+        buffer[..already.len()].copy_from_slice(already);
+        Raw {
+            reader,
+            writer,
+            buffer,
+            start: 0,
+            end: already.len(),
+        }
+    }
+
+    fn unread(&self) -> &[u8] {
+        &self.buffer[self.start..self.end]
+    }
+
+    /// Reads more after what is unread, making room first; `false` at the
+    /// end of the stream.
+    async fn fill(&mut self) -> bool {
+        if self.start > 0 {
+            self.buffer.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+        }
+        if self.end == self.buffer.len() {
+            self.buffer.resize(self.buffer.len() * 2, 0);
+        }
+        matches!(self.reader.read(&mut self.buffer[self.end..]).await, Ok(n) if n > 0 && {
+            self.end += n;
+            true
+        })
+    }
+}
+
+/// A delivery's send time, publisher and sequence number, from its body.
+pub type Stamp = (u64, usize, usize);
+
+/// One delivery: its id where the protocol carries one, and its stamp if
+/// its body has one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Received {
     pub id: Option<u64>,
-    pub body: String,
+    pub stamp: Option<Stamp>,
+}
+
+/// How a stream of deliveries ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ended {
+    /// The connection closed without a word.
+    Closed,
+    /// The server said why.
+    Said(String),
+}
+
+/// Runs one binary-protocol request during set-up and checks its reply.
+async fn wire_request(
+    stream: &mut tokio::net::TcpStream,
+    buffer: &mut BytesMut,
+    request: Frame,
+) -> Result<(), BenchError> {
+    let mut out = Vec::new();
+    request.encode(&mut out);
+    stream.write_all(&out).await.map_err(BenchError::setup)?;
+    loop {
+        match Frame::decode(buffer, MAX_REPLY).map_err(BenchError::setup)? {
+            // A fresh bench account has nothing waiting, so no push comes
+            // before the replies to logging in and joining.
+            Some(reply) if reply.request_id == request.request_id => {
+                return if reply.status == 0 {
+                    Ok(())
+                } else {
+                    let why = reply
+                        .args
+                        .first()
+                        .map(|a| String::from_utf8_lossy(a).into_owned());
+                    Err(BenchError::Setup(format!(
+                        "opcode {:#04x}: status {} {}",
+                        request.opcode,
+                        reply.status,
+                        why.unwrap_or_default()
+                    )))
+                };
+            }
+            Some(_) => continue,
+            None => {
+                if stream.read_buf(buffer).await.map_err(BenchError::setup)? == 0 {
+                    return Err(BenchError::Setup("the server closed the connection".into()));
+                }
+            }
+        }
+    }
 }
 
 impl Receiver {
@@ -105,18 +217,32 @@ impl Receiver {
         source: Option<IpAddr>,
         token: Option<&Client>,
     ) -> Result<Receiver, BenchError> {
-        Ok(match proto {
+        let conn = match proto {
             Proto::Line => {
                 let c = line_login(target, name, room, source).await?;
                 let (reader, writer, buffer) = c.into_parts();
-                Receiver::Line {
-                    reader,
-                    buffer,
-                    decoder: LineDecoder::new(),
-                    _writer: writer,
+                Incoming::Line(Raw::new(reader, writer, &buffer))
+            }
+            Proto::Wire => {
+                let mut stream = connect_from(&target.wire, source).await?;
+                let mut buffer = BytesMut::new();
+                let login = vec![arg::str(name), arg::str(PASSWORD)];
+                wire_request(
+                    &mut stream,
+                    &mut buffer,
+                    Frame::request(op::LOGIN, 1, login),
+                )
+                .await?;
+                if let Some(room) = room {
+                    let join = Frame::request(op::JOIN, 2, vec![arg::str(room)]);
+                    wire_request(&mut stream, &mut buffer, join).await?;
+                }
+                let (reader, writer) = stream.into_split();
+                Incoming::Wire {
+                    raw: Raw::new(reader, writer, &buffer),
+                    next_request: 3,
                 }
             }
-            Proto::Wire => Receiver::Wire(wire_login(target, name, room).await?),
             Proto::Grpc => {
                 let client = match token {
                     Some(logged_in) => {
@@ -137,8 +263,16 @@ impl Receiver {
                     client.join(room).await.map_err(BenchError::setup)?;
                 }
                 let stream = Box::new(client.subscribe().await.map_err(BenchError::setup)?);
-                Receiver::Grpc { client, stream }
+                Incoming::Grpc {
+                    client,
+                    stream,
+                    acking: None,
+                }
             }
+        };
+        Ok(Receiver {
+            conn,
+            ready: Default::default(),
         })
     }
 
@@ -158,84 +292,174 @@ impl Receiver {
             .collect()
     }
 
-    /// The next delivery; `None` when the server closed the stream, `Err`
-    /// with the server's reason when it said why.
-    pub async fn next(&mut self) -> Option<Result<Received, String>> {
-        match self {
-            Receiver::Line {
-                reader,
-                buffer,
-                decoder,
-                ..
-            } => loop {
-                if let Some(line) = decoder.decode(buffer) {
-                    let line = line.ok()?;
-                    return match ServerLine::parse(&line)? {
-                        ServerLine::Room { text, .. } | ServerLine::Direct { text, .. } => {
-                            Some(Ok(Received {
-                                id: None,
-                                body: text,
-                            }))
+    /// The next delivery.
+    pub async fn next(&mut self) -> Result<Received, Ended> {
+        while self.ready.is_empty() {
+            let mut batch = Vec::new();
+            self.next_batch(&mut batch).await?;
+            self.ready.extend(batch);
+        }
+        self.ready.pop_front().ok_or(Ended::Closed)
+    }
+
+    /// Appends to `out` at least one delivery: everything that one read
+    /// from the socket brought.
+    pub async fn next_batch(&mut self, out: &mut Vec<Received>) -> Result<(), Ended> {
+        let before = out.len();
+        out.extend(self.ready.drain(..));
+        while out.len() == before {
+            match &mut self.conn {
+                Incoming::Line(raw) => {
+                    let used = parse_lines(raw.unread(), out)?;
+                    raw.start += used;
+                    if out.len() == before && !raw.fill().await {
+                        return Err(Ended::Closed);
+                    }
+                }
+                Incoming::Wire { raw, .. } => {
+                    let used = parse_frames(raw.unread(), out)?;
+                    raw.start += used;
+                    if out.len() == before && !raw.fill().await {
+                        return Err(Ended::Closed);
+                    }
+                }
+                Incoming::Grpc { stream, .. } => {
+                    out.push(grpc_received(stream.message().await)?);
+                    // Whatever else has already arrived comes in the same batch.
+                    while out.len() - before < 1024 {
+                        match stream.message().now_or_never() {
+                            Some(event) => out.push(grpc_received(event)?),
+                            None => break,
                         }
-                        ServerLine::Err { code, text } => Some(Err(format!("{code} {text}"))),
-                        _ => continue,
-                    };
+                    }
                 }
-                match reader.read_buf(buffer).await {
-                    Ok(0) | Err(_) => return None,
-                    Ok(_) => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Acknowledges `ids` as a real client would, without holding up
+    /// receiving: on the binary protocol one ACK frame written on this
+    /// connection, on gRPC an `Ack` call from its own task (one at a time;
+    /// `ids` is handed back while one is in flight, to go with the next).
+    /// The line protocol acknowledges what the server writes by itself.
+    pub async fn ack(&mut self, ids: Vec<u64>) -> Vec<u64> {
+        match &mut self.conn {
+            Incoming::Line(_) => Vec::new(),
+            Incoming::Wire { raw, next_request } => {
+                let args = ids.iter().map(|id| arg::u64(*id)).collect();
+                let mut out = Vec::new();
+                Frame::request(op::ACK, *next_request, args).encode(&mut out);
+                *next_request = next_request.wrapping_add(1).max(1);
+                let _ = raw.writer.write_all(&out).await;
+                Vec::new()
+            }
+            Incoming::Grpc { client, acking, .. } => {
+                if acking.as_ref().is_some_and(|a| !a.is_finished()) {
+                    return ids;
                 }
-            },
-            Receiver::Wire(c) => match c.next_message().await {
-                Ok(m) => Some(Ok(Received {
-                    id: Some(m.id),
-                    body: m.body,
-                })),
-                Err(crate::client::wire::WireError::Closed) => None,
-                Err(e) => Some(Err(e.to_string())),
-            },
-            Receiver::Grpc { stream, .. } => match stream.message().await {
-                Ok(Some(proto::Event {
-                    kind: Some(proto::event::Kind::Message(m)),
-                })) => Some(Ok(Received {
-                    id: Some(m.id),
-                    body: m.body,
-                })),
-                Ok(Some(_)) => Some(Ok(Received {
+                let client = client.clone();
+                *acking = Some(tokio::spawn(async move {
+                    let _ = client.ack(ids).await;
+                }));
+                Vec::new()
+            }
+        }
+    }
+
+    /// Waits for an acknowledgement in flight, so nothing acked is lost
+    /// when the receiver is dropped.
+    pub async fn settle(&mut self) {
+        if let Incoming::Grpc { acking, .. } = &mut self.conn
+            && let Some(acking) = acking.take()
+        {
+            let _ = acking.await;
+        }
+    }
+}
+
+/// The stamp at the start of a body: send time (hex ns), publisher, sequence.
+pub fn unstamp(body: &[u8]) -> Option<Stamp> {
+    let mut fields = body.splitn(4, |b| *b == b' ');
+    let mut next = || std::str::from_utf8(fields.next()?).ok();
+    let sent = u64::from_str_radix(next()?, 16).ok()?;
+    Some((sent, next()?.parse().ok()?, next()?.parse().ok()?))
+}
+
+/// Reads every whole line in `bytes` into `out`; returns the bytes used.
+/// Room and direct lines are deliveries, `-ERR` ends the stream, the rest
+/// (notices, replies) is skipped.
+fn parse_lines(bytes: &[u8], out: &mut Vec<Received>) -> Result<usize, Ended> {
+    let mut used = 0;
+    while let Some(newline) = bytes[used..].iter().position(|b| *b == b'\n') {
+        let line = &bytes[used..used + newline];
+        used += newline + 1;
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        match line.first() {
+            Some(b'#' | b'@') => {
+                let body = line
+                    .windows(2)
+                    .position(|w| w == b": ")
+                    .map(|at| &line[at + 2..]);
+                out.push(Received {
                     id: None,
-                    body: String::new(),
-                })),
-                Ok(None) => None,
-                Err(status) => Some(Err(status.message().to_owned())),
-            },
+                    stamp: body.and_then(unstamp),
+                });
+            }
+            Some(b'-') => return Err(Ended::Said(String::from_utf8_lossy(line).into_owned())),
+            _ => {}
         }
     }
-
-    /// A handle that acknowledges for this receiver from another task, so
-    /// acknowledging never holds up receiving. `None` on the line protocol,
-    /// where the server acknowledges what it writes.
-    pub fn acker(&self) -> Option<Acker> {
-        match self {
-            Receiver::Line { .. } => None,
-            Receiver::Wire(c) => Some(Acker::Wire(c.clone())),
-            Receiver::Grpc { client, .. } => Some(Acker::Grpc(client.clone())),
-        }
-    }
+    Ok(used)
 }
 
-/// Acknowledges messages for a receiver.
-#[derive(Clone)]
-pub enum Acker {
-    Wire(WireClient),
-    Grpc(Client),
-}
-
-impl Acker {
-    pub async fn ack(&self, ids: Vec<u64>) {
-        let _ = match self {
-            Acker::Wire(c) => c.ack(&ids).await.map_err(|e| e.to_string()),
-            Acker::Grpc(c) => c.ack(ids).await.map_err(|e| e.to_string()),
+/// Reads every whole frame in `bytes` into `out`; returns the bytes used.
+/// Message pushes are deliveries, a BYE ends the stream, replies (to
+/// acknowledgements) are skipped.
+fn parse_frames(bytes: &[u8], out: &mut Vec<Received>) -> Result<usize, Ended> {
+    let mut used = 0;
+    loop {
+        let rest = &bytes[used..];
+        let total = match Frame::check(rest, MAX_REPLY) {
+            Ok(Some(total)) => total,
+            Ok(None) => return Ok(used),
+            Err(e) => return Err(Ended::Said(e.to_string())),
         };
+        used += total;
+        let frame = FrameView::parse(&rest[..total])
+            .ok_or_else(|| Ended::Said("malformed frame from the server".into()))?;
+        match frame.opcode {
+            op::PUSH_MESSAGE => {
+                let mut args = frame.args();
+                let id = args.next().and_then(arg::to_u64);
+                out.push(Received {
+                    id,
+                    stamp: args.nth(3).and_then(unstamp),
+                });
+            }
+            op::PUSH_BYE => {
+                let why = frame.args().last().unwrap_or_default();
+                return Err(Ended::Said(String::from_utf8_lossy(why).into_owned()));
+            }
+            _ => {}
+        }
+    }
+}
+
+fn grpc_received(event: Result<Option<proto::Event>, tonic::Status>) -> Result<Received, Ended> {
+    match event {
+        Ok(Some(proto::Event {
+            kind: Some(proto::event::Kind::Message(m)),
+        })) => Ok(Received {
+            id: Some(m.id),
+            stamp: unstamp(m.body.as_bytes()),
+        }),
+        Ok(Some(_)) => Ok(Received {
+            id: None,
+            stamp: None,
+        }),
+        Ok(None) => Err(Ended::Closed),
+        Err(status) => Err(Ended::Said(status.message().to_owned())),
     }
 }
 

@@ -11,7 +11,7 @@ use clap::Args;
 use futures::StreamExt;
 use serde::Serialize;
 
-use super::driver::{Receiver, Sender};
+use super::driver::{Ended, Receiver, Sender};
 use super::{BenchError, Latency, PASSWORD, Proto, Target, TargetArgs, histogram, run_id};
 
 #[derive(Debug, Clone, Args)]
@@ -108,17 +108,6 @@ pub fn stamp(publisher: usize, seq: usize, bytes: usize) -> String {
     body
 }
 
-/// The send time, publisher and sequence number of a stamped body.
-pub fn unstamp(body: &str) -> Option<(u64, usize, usize)> {
-    let mut fields = body.split(' ');
-    let sent = u64::from_str_radix(fields.next()?, 16).ok()?;
-    Some((
-        sent,
-        fields.next()?.parse().ok()?,
-        fields.next()?.parse().ok()?,
-    ))
-}
-
 /// Waits until `sent` messages at `rate` per second are due.
 pub async fn pace(start: Instant, sent: usize, rate: Option<f64>) {
     if let Some(rate) = rate.filter(|r| *r > 0.0) {
@@ -154,50 +143,49 @@ pub async fn tally(
         last: None,
         error: None,
     };
-    // Acknowledgements go out from their own task, one batch at a time, as a
-    // real client would: receiving never waits for them.
-    let acker = receiver.acker();
-    let mut acking: Option<tokio::task::JoinHandle<()>> = None;
+    let mut batch = Vec::new();
     let mut to_ack = Vec::new();
     while t.unique < expected {
-        let received = match tokio::time::timeout(idle, receiver.next()).await {
-            Ok(Some(Ok(received))) => received,
-            Ok(Some(Err(reason))) => {
+        batch.clear();
+        match tokio::time::timeout(idle, receiver.next_batch(&mut batch)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(Ended::Said(reason))) => {
                 t.error = Some(reason);
                 break;
             }
-            Ok(None) | Err(_) => break,
-        };
+            Ok(Err(Ended::Closed)) | Err(_) => break,
+        }
+        // Everything one read brought arrived at the same moment.
         let now = now_nanos();
         t.last = Some(Instant::now());
-        to_ack.extend(received.id);
-        let idle_acker = acking.as_ref().is_none_or(|a| a.is_finished());
-        if let Some(acker) = acker.clone().filter(|_| idle_acker && to_ack.len() >= 1024) {
-            let ids = std::mem::take(&mut to_ack);
-            acking = Some(tokio::spawn(async move { acker.ack(ids).await }));
+        let before = t.unique;
+        for received in &batch {
+            to_ack.extend(received.id);
+            let Some((sent, publisher, seq)) = received.stamp else {
+                continue;
+            };
+            if publisher >= publishers || seq >= per_publisher {
+                continue;
+            }
+            let index = publisher * per_publisher + seq;
+            let (word, bit) = (index / 64, 1u64 << (index % 64));
+            if seen[word] & bit != 0 {
+                t.duplicates += 1;
+                continue;
+            }
+            seen[word] |= bit;
+            t.unique += 1;
+            let _ = t.latency.record((now.saturating_sub(sent) / 1000).max(1));
         }
-        let Some((sent, publisher, seq)) = unstamp(&received.body) else {
-            continue;
-        };
-        if publisher >= publishers || seq >= per_publisher {
-            continue;
+        progress.fetch_add(t.unique - before, Ordering::Relaxed);
+        if to_ack.len() >= 1024 {
+            to_ack = receiver.ack(std::mem::take(&mut to_ack)).await;
         }
-        let index = publisher * per_publisher + seq;
-        let (word, bit) = (index / 64, 1u64 << (index % 64));
-        if seen[word] & bit != 0 {
-            t.duplicates += 1;
-            continue;
-        }
-        seen[word] |= bit;
-        t.unique += 1;
-        progress.fetch_add(1, Ordering::Relaxed);
-        let _ = t.latency.record((now.saturating_sub(sent) / 1000).max(1));
     }
-    if let Some(acking) = acking {
-        let _ = acking.await;
-    }
-    if let Some(acker) = acker.filter(|_| !to_ack.is_empty()) {
-        acker.ack(to_ack).await;
+    receiver.settle().await;
+    if !to_ack.is_empty() {
+        let _ = receiver.ack(to_ack).await;
+        receiver.settle().await;
     }
     t
 }

@@ -154,6 +154,58 @@ impl Frame {
 }
 
 /// Argument helpers: integers are big-endian and fixed-width.
+/// One whole frame read in place, its arguments borrowed rather than
+/// copied: for a reader that looks at a few fields of very many frames.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FrameView<'a> {
+    pub version: u8,
+    pub opcode: u8,
+    pub request_id: u32,
+    pub status: u8,
+    count: u16,
+    args: &'a [u8],
+}
+
+impl<'a> FrameView<'a> {
+    /// Reads `frame`, exactly one frame as measured by [`Frame::check`];
+    /// `None` where [`Frame::decode`] would find it malformed.
+    pub fn parse(frame: &'a [u8]) -> Option<FrameView<'a>> {
+        let header = frame.get(..HEADER_LEN)?;
+        let view = FrameView {
+            version: header[4],
+            opcode: header[5],
+            request_id: u32::from_be_bytes([header[6], header[7], header[8], header[9]]),
+            status: header[10],
+            count: u16::from_be_bytes([header[11], header[12]]),
+            args: &frame[HEADER_LEN..],
+        };
+        // Every argument must fit, and nothing may follow the last.
+        let mut rest = view.args;
+        for _ in 0..view.count {
+            let (_, after) = split_arg(rest)?;
+            rest = after;
+        }
+        rest.is_empty().then_some(view)
+    }
+
+    /// The arguments in order.
+    pub fn args(&self) -> impl Iterator<Item = &'a [u8]> + use<'a> {
+        let mut rest = self.args;
+        (0..self.count).map_while(move |_| {
+            let (arg, after) = split_arg(rest)?;
+            rest = after;
+            Some(arg)
+        })
+    }
+}
+
+/// The argument at the front of `bytes`, and what follows it.
+fn split_arg(bytes: &[u8]) -> Option<(&[u8], &[u8])> {
+    let len = u32::from_be_bytes(bytes.get(..4)?.try_into().ok()?) as usize;
+    let rest = &bytes[4..];
+    (rest.len() >= len).then(|| rest.split_at(len))
+}
+
 pub mod arg {
     use bytes::Bytes;
 

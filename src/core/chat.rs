@@ -2,11 +2,11 @@
 
 use std::collections::VecDeque;
 use std::future::Future;
-use std::sync::Arc;
 
 use wildmatch::WildMatch;
 
-use super::hub::{Attachment, Closed, Delivery};
+use super::hub::{Attachment, Closed};
+use super::message::Delivery;
 use super::remote::{Gathered, Recipient};
 use super::{Core, CoreError, Identity, Message, RemoteDirect, Sent, Target, names, now_ms};
 use crate::store::{AccountId, Conversation, NewMessage, StoreError};
@@ -97,7 +97,7 @@ impl Inbox {
                 if let Some(last) = page.last() {
                     self.read_up_to = last.id;
                 }
-                self.backlog.extend(page.into_iter().map(Arc::new));
+                self.backlog.extend(page.into_iter().map(Delivery::new));
                 continue;
             }
             let message = self.live.recv().await?;
@@ -207,15 +207,10 @@ impl Core {
             if appended.duplicate {
                 return;
             }
-            let delivery = Arc::new(appended.message.clone());
+            let delivery = Delivery::new(appended.message.clone());
             match (room, recipient) {
                 (Some(room), _) => {
-                    {
-                        let rooms = core.rooms_read();
-                        if let Some(members) = rooms.members.get(&room) {
-                            core.inner.hub.fan_out(&delivery, members, Some(except));
-                        }
-                    }
+                    core.fan_out_room(&delivery, room, Some(except));
                     if let Some(remote) = core.remote() {
                         remote.flood(&delivery);
                     }
@@ -287,29 +282,53 @@ impl Core {
         if ids.is_empty() {
             return Ok(());
         }
+        let sorted = self.inner.recent.sort(ids);
         self.inner
             .store
-            .ack(who.account, ids.to_vec(), vec![])
+            .ack(who.account, sorted.others, sorted.rooms)
             .await?;
         Ok(())
+    }
+
+    /// Hands committed room speech to every live member session on this
+    /// node, and remembers its room for the acknowledgements to come.
+    pub(super) fn fan_out_room(
+        &self,
+        delivery: &Delivery,
+        room: crate::store::RoomId,
+        except: Option<crate::store::SessionId>,
+    ) {
+        self.inner.recent.record(delivery.id, room);
+        let rooms = self.rooms_read();
+        if let Some(members) = rooms.members.get(&room) {
+            self.inner.hub.fan_out(delivery, members, except);
+        }
     }
 
     /// Marks delivered messages as shown. Knowing the messages, the core
     /// sends the store only direct-message ids and the newest id per room.
     pub async fn ack_shown(&self, who: &Identity, shown: &[Delivery]) -> Result<(), CoreError> {
         let mut direct = Vec::new();
-        let mut rooms: std::collections::HashMap<crate::store::RoomId, u64> = Default::default();
+        // The newest id per room name. A batch is nearly always one or two
+        // rooms, so a short list beats hashing every message's room name.
+        let mut newest: Vec<(&str, u64)> = Vec::new();
+        for message in shown {
+            match &message.to {
+                Target::User(_) => direct.push(message.id),
+                Target::Room(name) => match newest.iter_mut().find(|(n, _)| *n == name.as_str()) {
+                    Some((_, id)) => *id = (*id).max(message.id),
+                    None => newest.push((name, message.id)),
+                },
+            }
+        }
+        let mut rooms: Vec<(crate::store::RoomId, u64)> = Vec::with_capacity(newest.len());
         {
             let cache = self.rooms_read();
-            for message in shown {
-                match &message.to {
-                    Target::User(_) => direct.push(message.id),
-                    Target::Room(name) => {
-                        let key = name.to_ascii_lowercase();
-                        if let Some(room) = cache.by_key.get(&key) {
-                            let newest = rooms.entry(room.id).or_insert(message.id);
-                            *newest = (*newest).max(message.id);
-                        }
+            for (name, id) in newest {
+                if let Some(room) = cache.by_key.get(&name.to_ascii_lowercase()) {
+                    match rooms.iter_mut().find(|(r, _)| *r == room.id) {
+                        Some((_, newest)) => *newest = (*newest).max(id),
+                        None => rooms.push((room.id, id)),
                     }
                 }
             }
@@ -317,10 +336,7 @@ impl Core {
         if direct.is_empty() && rooms.is_empty() {
             return Ok(());
         }
-        self.inner
-            .store
-            .ack(who.account, direct, rooms.into_iter().collect())
-            .await?;
+        self.inner.store.ack(who.account, direct, rooms).await?;
         Ok(())
     }
 

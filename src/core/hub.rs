@@ -1,23 +1,28 @@
 //! The hub: who is connected right now, and fan-out to them.
 //!
 //! Every live stream or connection is a *sink* with its own bounded queue.
-//! Fan-out never waits: it `try_send`s into each queue, and a sink whose queue
-//! is full is cut loose with [`Closed::Overflow`] so one slow reader cannot
-//! slow anyone else. What it missed stays in the store and is delivered when
-//! it comes back.
+//! Fan-out never waits: it pushes into each queue, and a sink whose queue is
+//! full is cut loose with [`Closed::Overflow`] so one slow reader cannot slow
+//! anyone else. What it missed stays in the store and is delivered when it
+//! comes back.
+//!
+//! The queue is a plain locked `VecDeque` rather than a channel because of
+//! how fan-out loads it: one commit pushes the same message into hundreds of
+//! queues, and each receiver is best served taking everything waiting at
+//! once. A push is a short uncontended lock and wakes the receiver only if
+//! it is asleep; a receiver swaps the whole queue out under one lock.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::fmt;
+use std::future::poll_fn;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::task::{Poll, Waker};
 
 use tokio::sync::Notify;
-use tokio::sync::mpsc::{self, error::TrySendError};
 
-use super::Message;
+use super::Delivery;
 use crate::store::{AccountId, SessionId};
-
-pub type Delivery = Arc<Message>;
 
 /// Why a live stream ended from the server's side.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,16 +57,72 @@ struct Sinks {
     closing: bool,
 }
 
+/// One sink's queue, shared by the hub (which pushes) and the attachment
+/// (which takes).
+struct Queue {
+    state: Mutex<QueueState>,
+    reason: OnceLock<Closed>,
+}
+
+#[derive(Default)]
+struct QueueState {
+    items: VecDeque<Delivery>,
+    /// The receiver, when it found the queue empty and went to sleep.
+    waker: Option<Waker>,
+    /// The hub let go of this sink: nothing more will come.
+    ended: bool,
+}
+
+/// What a push into a full queue tells the hub.
+struct Full;
+
+impl Queue {
+    fn lock(&self) -> MutexGuard<'_, QueueState> {
+        // A panic while holding this lock leaves only plain data behind.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn push(&self, delivery: &Delivery, depth: usize) -> Result<(), Full> {
+        let mut state = self.lock();
+        if state.items.len() >= depth {
+            return Err(Full);
+        }
+        state.items.push_back(delivery.clone());
+        let waker = state.waker.take();
+        drop(state);
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+        Ok(())
+    }
+
+    fn end(&self) {
+        let mut state = self.lock();
+        state.ended = true;
+        let waker = state.waker.take();
+        drop(state);
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
+}
+
 struct Sink {
     id: u64,
     session: SessionId,
-    tx: mpsc::Sender<Delivery>,
-    reason: Arc<OnceLock<Closed>>,
+    queue: Arc<Queue>,
 }
 
 impl Sink {
     fn close(&self, why: Closed) {
-        let _ = self.reason.set(why);
+        let _ = self.queue.reason.set(why);
+    }
+}
+
+impl Drop for Sink {
+    /// A sink the hub lets go of, for whatever reason, ends its stream.
+    fn drop(&mut self) {
+        self.queue.end();
     }
 }
 
@@ -79,22 +140,43 @@ pub struct Attachment {
     hub: Arc<Hub>,
     account: AccountId,
     id: u64,
-    rx: mpsc::Receiver<Delivery>,
-    reason: Arc<OnceLock<Closed>>,
+    queue: Arc<Queue>,
+    /// What was taken from the queue and not yet handed out.
+    taken: VecDeque<Delivery>,
 }
 
 impl Attachment {
     /// Why the hub let go of this sink, if it has.
     pub fn closed(&self) -> Option<Closed> {
-        self.reason.get().copied()
+        self.queue.reason.get().copied()
     }
 
     /// The next live delivery, or why the hub let go of this sink.
     pub async fn recv(&mut self) -> Result<Delivery, Closed> {
-        match self.rx.recv().await {
-            Some(delivery) => Ok(delivery),
-            None => Err(self.reason.get().copied().unwrap_or(Closed::ShuttingDown)),
+        if let Some(delivery) = self.taken.pop_front() {
+            return Ok(delivery);
         }
+        poll_fn(|cx| {
+            let mut state = self.queue.lock();
+            if !state.items.is_empty() {
+                // Swapping keeps both buffers' capacity in use: no allocation
+                // once a connection has seen its usual burst.
+                std::mem::swap(&mut state.items, &mut self.taken);
+                return Poll::Ready(());
+            }
+            if state.ended {
+                return Poll::Ready(());
+            }
+            match &mut state.waker {
+                Some(waker) if waker.will_wake(cx.waker()) => {}
+                slot => *slot = Some(cx.waker().clone()),
+            }
+            Poll::Pending
+        })
+        .await;
+        self.taken
+            .pop_front()
+            .ok_or_else(|| self.closed().unwrap_or(Closed::ShuttingDown))
     }
 }
 
@@ -127,21 +209,23 @@ impl Hub {
     }
 
     pub fn attach(self: &Arc<Self>, account: AccountId, session: SessionId) -> Attachment {
-        let (tx, rx) = mpsc::channel(self.queue_depth);
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let reason = Arc::new(OnceLock::new());
+        let queue = Arc::new(Queue {
+            state: Mutex::default(),
+            reason: OnceLock::new(),
+        });
+        let sink = Sink {
+            id,
+            session,
+            queue: queue.clone(),
+        };
         let mut sinks = self.lock();
         if sinks.closing {
-            // Dropping the sender ends the stream at once, with this reason.
-            let _ = reason.set(Closed::ShuttingDown);
-            drop(tx);
+            // Dropping the sink ends the stream at once, with this reason.
+            sink.close(Closed::ShuttingDown);
+            drop(sink);
         } else {
-            sinks.by_account.entry(account).or_default().push(Sink {
-                id,
-                session,
-                tx,
-                reason: reason.clone(),
-            });
+            sinks.by_account.entry(account).or_default().push(sink);
             self.presence.notify_one();
         }
         drop(sinks);
@@ -149,8 +233,8 @@ impl Hub {
             hub: self.clone(),
             account,
             id,
-            rx,
-            reason,
+            queue,
+            taken: VecDeque::new(),
         }
     }
 
@@ -172,13 +256,12 @@ impl Hub {
                 if Some(sink.session) == except {
                     return true;
                 }
-                match sink.tx.try_send(delivery.clone()) {
+                match sink.queue.push(delivery, self.queue_depth) {
                     Ok(()) => true,
-                    Err(TrySendError::Full(_)) => {
+                    Err(Full) => {
                         sink.close(Closed::Overflow);
                         false
                     }
-                    Err(TrySendError::Closed(_)) => false,
                 }
             });
             if list.is_empty() {

@@ -27,3 +27,54 @@ pub struct Sent {
     /// The send repeated an earlier `client_msg_id`; nothing new was stored.
     pub duplicate: bool,
 }
+
+/// The protocols a delivery is encoded for. Each has one slot in a
+/// [`Delivery`], so a message fanned out to a thousand line connections is
+/// turned into its line once, not a thousand times.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Encoding {
+    Line = 0,
+    Wire = 1,
+}
+
+const ENCODINGS: usize = 2;
+
+/// A committed message on its way to live sessions: one allocation shared
+/// by every receiver, carrying each protocol's encoding once the first
+/// receiver on that protocol has made it.
+#[derive(Debug, Clone)]
+pub struct Delivery(std::sync::Arc<Shared>);
+
+#[derive(Debug)]
+struct Shared {
+    message: Message,
+    encoded: [std::sync::OnceLock<Box<[u8]>>; ENCODINGS],
+}
+
+impl Delivery {
+    pub fn new(message: Message) -> Delivery {
+        Delivery(std::sync::Arc::new(Shared {
+            message,
+            encoded: Default::default(),
+        }))
+    }
+
+    /// The message in `encoding`'s form, made by `encode` on first use.
+    pub fn encoded(&self, encoding: Encoding, encode: impl FnOnce(&Message) -> Vec<u8>) -> &[u8] {
+        self.0.encoded[encoding as usize].get_or_init(|| encode(&self.0.message).into_boxed_slice())
+    }
+}
+
+impl std::ops::Deref for Delivery {
+    type Target = Message;
+
+    fn deref(&self) -> &Message {
+        &self.0.message
+    }
+}
+
+impl From<Message> for Delivery {
+    fn from(message: Message) -> Delivery {
+        Delivery::new(message)
+    }
+}

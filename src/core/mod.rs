@@ -15,6 +15,7 @@ mod hub;
 mod message;
 pub mod names;
 mod passwords;
+mod recent;
 mod remote;
 
 use std::collections::{HashMap, HashSet};
@@ -24,8 +25,8 @@ use std::time::Instant;
 
 pub use chat::{Inbox, RoomInfo, Stats, UserInfo};
 pub use error::{CoreError, ErrorKind};
-pub use hub::{Closed, Delivery};
-pub use message::{Message, Sent, Target};
+pub use hub::Closed;
+pub use message::{Delivery, Encoding, Message, Sent, Target};
 pub use remote::{Claim, Gathered, PeerLink, Remote, RemoteDirect, Topology};
 
 use tokio::sync::Notify;
@@ -85,6 +86,8 @@ pub struct Core {
 struct Inner {
     store: Arc<dyn Store>,
     hub: Arc<Hub>,
+    /// The rooms of the latest room messages, for acknowledgements.
+    recent: recent::RecentRooms,
     node: String,
     operators: HashSet<String>,
     limits: Limits,
@@ -135,6 +138,7 @@ impl Core {
         Ok(Core {
             inner: Arc::new(Inner {
                 hub: Hub::new(config.limits.queue_depth, changed.clone()),
+                recent: recent::RecentRooms::default(),
                 changed,
                 remote: OnceLock::new(),
                 node: config.node,

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use futures::future::BoxFuture;
 
 use super::chat::{Stats, UserInfo};
-use super::{Core, CoreError, Identity, Message, Sent, now_ms};
+use super::{Core, CoreError, Delivery, Identity, Message, Sent, now_ms};
 use crate::store::{AccountId, NewMessage};
 
 /// The account id stored as the sender of messages from other nodes: no
@@ -209,11 +209,7 @@ impl Core {
                     if appended.duplicate {
                         return;
                     }
-                    let delivery = Arc::new(appended.message.clone());
-                    let rooms = core.rooms_read();
-                    if let Some(members) = rooms.members.get(&room_id) {
-                        core.inner.hub.fan_out(&delivery, members, None);
-                    }
+                    core.fan_out_room(&Delivery::new(appended.message.clone()), room_id, None);
                 }),
             )
         });
@@ -275,7 +271,7 @@ impl Core {
                 message,
                 Box::new(move |appended| {
                     if !appended.duplicate {
-                        let delivery = Arc::new(appended.message.clone());
+                        let delivery = Delivery::new(appended.message.clone());
                         core.inner.hub.fan_out(&delivery, [&recipient], None);
                     }
                 }),

@@ -166,6 +166,20 @@ fn forward<T: Send + 'static>(
     })
 }
 
+/// A session's deliveries as a response stream, read straight from the
+/// core: no task and no channel in between, so tonic encodes whatever is
+/// waiting in one go. It ends with a status saying why the core let go;
+/// when the client leaves, tonic drops it, and the session's sink with it.
+fn deliveries(inbox: Inbox) -> RpcStream<proto::Event> {
+    Box::pin(futures::stream::unfold(Some(inbox), |inbox| async move {
+        let mut inbox = inbox?;
+        Some(match inbox.next().await {
+            Ok(message) => (Ok(event(&message)), Some(inbox)),
+            Err(why) => (Err(closed_status(why)), None),
+        })
+    }))
+}
+
 fn stream_of<T: Send + 'static>(items: Vec<T>) -> RpcStream<T> {
     Box::pin(futures::stream::iter(items.into_iter().map(Ok)))
 }
@@ -267,9 +281,7 @@ impl Chat for GrpcGateway {
     ) -> Result<Response<Self::SubscribeStream>, Status> {
         let who = self.identify(&request).await?;
         let inbox = self.core.attach(&who).await.map_err(status)?;
-        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
-        forward(inbox, tx, |event| event);
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        Ok(Response::new(deliveries(inbox)))
     }
 
     type SendAndReceiveMessageStream = RpcStream<proto::ServerFrame>;

@@ -17,7 +17,8 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use super::listener::{Shutdown, WRITE_TIMEOUT, next_delivery, write_out};
 use crate::codec::line::{Command, HELP, LineDecoder, LineError, ParseError, ServerLine};
 use crate::core::{
-    Closed, Core, CoreError, Delivery, ErrorKind, Identity, Inbox, Message, Sent, Target, names,
+    Closed, Core, CoreError, Delivery, Encoding, ErrorKind, Identity, Inbox, Message, Sent, Target,
+    names,
 };
 
 /// Speech lines one connection may have waiting for their commit.
@@ -59,6 +60,16 @@ impl Connection {
 
     fn push(&mut self, line: ServerLine) {
         line.encode(&mut self.out);
+    }
+
+    /// Queues a delivery, encoded once for every line connection it goes to.
+    fn push_delivery(&mut self, delivery: &Delivery) {
+        let line = delivery.encoded(Encoding::Line, |m| {
+            let mut line = Vec::new();
+            message_line(m).encode(&mut line);
+            line
+        });
+        self.out.extend_from_slice(line);
     }
 
     async fn flush(&mut self) -> std::io::Result<()> {
@@ -240,14 +251,14 @@ impl Session {
 
     /// Writes a delivery and whatever else is ready, then acknowledges them:
     /// a line written to the socket counts as shown.
-    async fn deliver(&mut self, first: crate::core::Delivery) -> std::io::Result<()> {
-        self.conn.push(message_line(&first));
+    async fn deliver(&mut self, first: Delivery) -> std::io::Result<()> {
+        self.conn.push_delivery(&first);
         let mut shown = vec![first];
         if let Some(inbox) = &mut self.inbox {
             while shown.len() < 256 {
                 match inbox.next().now_or_never() {
                     Some(Ok(message)) => {
-                        self.conn.push(message_line(&message));
+                        self.conn.push_delivery(&message);
                         shown.push(message);
                     }
                     // A closed stream is reported on the next turn of the loop.

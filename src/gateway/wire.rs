@@ -19,7 +19,9 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use super::listener::{Shutdown, WRITE_TIMEOUT, next_delivery, write_out};
 use crate::codec::frame::{Frame, FrameError, MAX_REQUEST, VERSION, arg};
 use crate::codec::wire::{Status, message_args, op};
-use crate::core::{Closed, Core, CoreError, ErrorKind, Identity, Inbox, Target};
+use crate::core::{
+    Closed, Core, CoreError, Delivery, Encoding, ErrorKind, Identity, Inbox, Target,
+};
 
 /// Why a request failed: a status and a sentence for a person.
 struct Reject {
@@ -100,6 +102,16 @@ impl Connection {
 
     fn push(&mut self, frame: &Frame) {
         frame.encode(&mut self.out);
+    }
+
+    /// Queues a delivery, encoded once for every binary connection it goes to.
+    fn push_delivery(&mut self, delivery: &Delivery) {
+        let frame = delivery.encoded(Encoding::Wire, |m| {
+            let mut frame = Vec::new();
+            push(m).encode(&mut frame);
+            frame
+        });
+        self.out.extend_from_slice(frame);
     }
 
     async fn flush(&mut self) -> std::io::Result<()> {
@@ -246,12 +258,12 @@ impl Session {
                 }
                 delivery = next_delivery(&mut self.inbox) => match delivery {
                     Ok(message) => {
-                        self.conn.push(&push(&message));
+                        self.conn.push_delivery(&message);
                         // Write whatever else is ready in the same flush.
                         for _ in 1..PUSH_BATCH {
                             let Some(inbox) = &mut self.inbox else { break };
                             match inbox.next().now_or_never() {
-                                Some(Ok(message)) => self.conn.push(&push(&message)),
+                                Some(Ok(message)) => self.conn.push_delivery(&message),
                                 // A closed stream is reported on the next turn.
                                 _ => break,
                             }
