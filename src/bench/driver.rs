@@ -378,12 +378,35 @@ impl Receiver {
     }
 }
 
-/// The stamp at the start of a body: send time (hex ns), publisher, sequence.
+/// The stamp at the start of a body: send time (16 hex digits, ns),
+/// publisher, sequence, each followed by a space. Read straight from the
+/// bytes: it runs once per delivery.
 pub fn unstamp(body: &[u8]) -> Option<Stamp> {
-    let mut fields = body.splitn(4, |b| *b == b' ');
-    let mut next = || std::str::from_utf8(fields.next()?).ok();
-    let sent = u64::from_str_radix(next()?, 16).ok()?;
-    Some((sent, next()?.parse().ok()?, next()?.parse().ok()?))
+    let (sent, rest) = (body.get(..16)?, body.get(16..)?);
+    let sent = sent.iter().try_fold(0u64, |n, b| {
+        let digit = match b {
+            b'0'..=b'9' => b - b'0',
+            b'a'..=b'f' => b - b'a' + 10,
+            _ => return None,
+        };
+        Some(n << 4 | u64::from(digit))
+    })?;
+    let rest = rest.strip_prefix(b" ")?;
+    let (publisher, rest) = decimal(rest)?;
+    let (seq, _) = decimal(rest)?;
+    Some((sent, publisher, seq))
+}
+
+/// A decimal number ended by a space, and what follows the space.
+fn decimal(bytes: &[u8]) -> Option<(usize, &[u8])> {
+    let end = bytes.iter().position(|b| *b == b' ')?;
+    if end == 0 || end > 19 {
+        return None;
+    }
+    let n = bytes[..end].iter().try_fold(0usize, |n, b| {
+        b.is_ascii_digit().then(|| n * 10 + usize::from(b - b'0'))
+    })?;
+    Some((n, &bytes[end + 1..]))
 }
 
 /// Reads every whole line in `bytes` into `out`; returns the bytes used.
@@ -391,16 +414,15 @@ pub fn unstamp(body: &[u8]) -> Option<Stamp> {
 /// (notices, replies) is skipped.
 fn parse_lines(bytes: &[u8], out: &mut Vec<Received>) -> Result<usize, Ended> {
     let mut used = 0;
-    while let Some(newline) = bytes[used..].iter().position(|b| *b == b'\n') {
-        let line = &bytes[used..used + newline];
-        used += newline + 1;
+    for newline in memchr::memchr_iter(b'\n', bytes) {
+        let line = &bytes[used..newline];
+        used = newline + 1;
         let line = line.strip_suffix(b"\r").unwrap_or(line);
         match line.first() {
             Some(b'#' | b'@') => {
-                let body = line
-                    .windows(2)
-                    .position(|w| w == b": ")
-                    .map(|at| &line[at + 2..]);
+                // Names hold no ':', so the body follows the first ": ".
+                let body = memchr::memchr(b':', line)
+                    .and_then(|at| line.get(at + 1..)?.strip_prefix(b" "));
                 out.push(Received {
                     id: None,
                     stamp: body.and_then(unstamp),
@@ -621,5 +643,88 @@ impl Drop for Sender {
             Sender::LineSpeaker { drain, .. } | Sender::Wire { drain, .. } => drain.abort(),
             _ => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bench::fanout::stamp;
+    use crate::codec::line::ServerLine;
+
+    #[test]
+    fn a_stamp_reads_back() {
+        let body = stamp(3, 4711, 64);
+        let (sent, publisher, seq) = unstamp(body.as_bytes()).unwrap();
+        assert!(sent > 0);
+        assert_eq!((publisher, seq), (3, 4711));
+        assert_eq!(unstamp(b"not a stamp"), None);
+        assert_eq!(unstamp(b"fffffffffffffffff 1 2 "), None, "17 hex digits");
+        assert_eq!(unstamp(b"000000000000000a 1 2 "), Some((10, 1, 2)));
+        assert_eq!(
+            unstamp(b"000000000000000a 1 2"),
+            None,
+            "no space after the sequence"
+        );
+    }
+
+    #[test]
+    fn lines_are_read_whole_and_in_place() {
+        let mut bytes = Vec::new();
+        for line in [
+            ServerLine::Room {
+                room: "r".into(),
+                from: "a".into(),
+                text: stamp(0, 1, 0),
+            },
+            ServerLine::Notice("a: notice".into()),
+            ServerLine::Direct {
+                from: "b".into(),
+                text: stamp(1, 2, 0),
+            },
+        ] {
+            line.encode(&mut bytes);
+        }
+        bytes.extend_from_slice(b"#r a: 00");
+        let mut out = Vec::new();
+        let used = parse_lines(&bytes, &mut out).unwrap();
+        assert_eq!(used, bytes.len() - b"#r a: 00".len());
+        let stamps: Vec<_> = out.iter().map(|r| r.stamp.map(|s| (s.1, s.2))).collect();
+        assert_eq!(stamps, [Some((0, 1)), Some((1, 2))]);
+        let err = parse_lines(b"-ERR overflow you fell behind\r\n", &mut out);
+        assert_eq!(
+            err,
+            Err(Ended::Said("-ERR overflow you fell behind".into()))
+        );
+    }
+
+    #[test]
+    fn frames_are_read_whole_and_in_place() {
+        let message = crate::core::Message {
+            id: 42,
+            from: "a".into(),
+            to: crate::core::Target::Room("r".into()),
+            body: stamp(2, 9, 0),
+            sent_at_ms: 1,
+            client_msg_id: None,
+        };
+        let mut args = Vec::new();
+        crate::codec::wire::message_args(&message, &mut args);
+        let mut bytes = Vec::new();
+        Frame {
+            version: 1,
+            opcode: op::PUSH_MESSAGE,
+            request_id: 0,
+            status: 0,
+            args,
+        }
+        .encode(&mut bytes);
+        let whole = bytes.len();
+        bytes.extend_from_slice(&[0, 0, 0, 40, 1]);
+        let mut out = Vec::new();
+        assert_eq!(parse_frames(&bytes, &mut out), Ok(whole));
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].id, Some(42));
+        assert_eq!(out[0].stamp.map(|s| (s.1, s.2)), Some((2, 9)));
     }
 }

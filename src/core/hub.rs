@@ -12,6 +12,7 @@
 //! once. A push is a short uncontended lock and wakes the receiver only if
 //! it is asleep; a receiver swaps the whole queue out under one lock.
 
+use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::future::poll_fn;
@@ -50,9 +51,38 @@ impl fmt::Display for Closed {
     }
 }
 
+/// Hashes account ids for the fan-out path, which looks one up per member
+/// per message. The ids are integers the store hands out, not keys a client
+/// picks, so a multiplicative hash spreads them well at a fraction of the
+/// default hasher's cost.
+#[derive(Default, Clone, Copy)]
+struct IdHasher(u64);
+
+impl std::hash::Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.write_u64(u64::from(*b) ^ self.0.rotate_left(8));
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+
+    fn write_i64(&mut self, n: i64) {
+        self.write_u64(n as u64);
+    }
+}
+
+type ById = std::hash::BuildHasherDefault<IdHasher>;
+
 #[derive(Default)]
 struct Sinks {
-    by_account: HashMap<AccountId, Vec<Sink>>,
+    by_account: HashMap<AccountId, Vec<Sink>, ById>,
     /// Set by `close_all`: later attachments are closed from the start.
     closing: bool,
 }
@@ -83,17 +113,33 @@ impl Queue {
     }
 
     fn push(&self, delivery: &Delivery, depth: usize) -> Result<(), Full> {
+        self.push_all(vec![delivery.clone()], depth)
+    }
+
+    /// Queues `deliveries` in one lock and wakes the receiver once. A queue
+    /// that ended (its receiver fell behind earlier in the batch) takes
+    /// nothing more.
+    fn push_all(&self, deliveries: Vec<Delivery>, depth: usize) -> Result<(), Full> {
         let mut state = self.lock();
-        if state.items.len() >= depth {
+        if state.ended {
+            return Ok(());
+        }
+        if state.items.len() + deliveries.len() > depth {
             return Err(Full);
         }
-        state.items.push_back(delivery.clone());
+        state.items.extend(deliveries);
         let waker = state.waker.take();
         drop(state);
         if let Some(waker) = waker {
             waker.wake();
         }
         Ok(())
+    }
+
+    /// Ends the queue because its receiver fell a whole queue behind.
+    fn overflow(&self) {
+        let _ = self.reason.set(Closed::Overflow);
+        self.end();
     }
 
     fn end(&self) {
@@ -111,6 +157,8 @@ struct Sink {
     id: u64,
     session: SessionId,
     queue: Arc<Queue>,
+    /// Its place among the deliveries held by a batch: (batch, index).
+    held: (u64, usize),
 }
 
 impl Sink {
@@ -124,6 +172,73 @@ impl Drop for Sink {
     fn drop(&mut self) {
         self.queue.end();
     }
+}
+
+thread_local! {
+    /// The deliveries held by the batch open on this thread, if any.
+    static HELD: RefCell<Option<Held>> = const { RefCell::new(None) };
+}
+
+/// Numbers batches, so a sink can tell whether its place in `Held` is from
+/// the batch now open.
+static BATCHES: AtomicU64 = AtomicU64::new(1);
+
+/// Deliveries held for each sink until the end of a batch.
+struct Held {
+    batch: u64,
+    sinks: Vec<(Arc<Queue>, Vec<Delivery>)>,
+    depth: usize,
+}
+
+impl Held {
+    fn new() -> Held {
+        Held {
+            batch: BATCHES.fetch_add(1, Ordering::Relaxed),
+            sinks: Vec::new(),
+            depth: usize::MAX,
+        }
+    }
+
+    fn hold(&mut self, sink: &mut Sink, delivery: &Delivery, depth: usize) {
+        self.depth = self.depth.min(depth);
+        if sink.held.0 != self.batch {
+            sink.held = (self.batch, self.sinks.len());
+            self.sinks.push((sink.queue.clone(), Vec::new()));
+        }
+        self.sinks[sink.held.1].1.push(delivery.clone());
+    }
+
+    fn deliver(self) {
+        for (queue, deliveries) in self.sinks {
+            if queue.push_all(deliveries, self.depth).is_err() {
+                // Its attachment removes it from the hub when its reader
+                // has taken what was queued and learns why it ends.
+                queue.overflow();
+            }
+        }
+    }
+}
+
+/// Runs `f`, holding what the hub fans out on this thread meanwhile; when
+/// `f` returns, each receiver gets all of its deliveries in one lock and
+/// one wake-up. The store's writer runs its commit hooks in a batch: one
+/// commit fans many messages out to the same receivers, and handing them
+/// over one at a time costs a lock shared with the receiver's thread, and
+/// often a wake-up, per message per receiver.
+pub fn batch<R>(f: impl FnOnce() -> R) -> R {
+    struct Release(Option<Held>);
+    impl Drop for Release {
+        // Runs even if `f` panics, so nothing held is lost.
+        fn drop(&mut self) {
+            let held = HELD.with(|held| std::mem::replace(&mut *held.borrow_mut(), self.0.take()));
+            if let Some(held) = held {
+                held.deliver();
+            }
+        }
+    }
+    let outer = HELD.with(|held| held.borrow_mut().replace(Held::new()));
+    let _release = Release(outer);
+    f()
 }
 
 pub struct Hub {
@@ -218,6 +333,7 @@ impl Hub {
             id,
             session,
             queue: queue.clone(),
+            held: (0, 0),
         };
         let mut sinks = self.lock();
         if sinks.closing {
@@ -248,27 +364,34 @@ impl Hub {
     ) {
         let mut guard = self.lock();
         let sinks = &mut guard.by_account;
-        for account in accounts {
-            let Some(list) = sinks.get_mut(account) else {
-                continue;
-            };
-            list.retain(|sink| {
-                if Some(sink.session) == except {
-                    return true;
-                }
-                match sink.queue.push(delivery, self.queue_depth) {
-                    Ok(()) => true,
-                    Err(Full) => {
-                        sink.close(Closed::Overflow);
-                        false
+        HELD.with(|held| {
+            let mut held = held.borrow_mut();
+            for account in accounts {
+                let Some(list) = sinks.get_mut(account) else {
+                    continue;
+                };
+                list.retain_mut(|sink| {
+                    if Some(sink.session) == except {
+                        return true;
                     }
+                    if let Some(held) = held.as_mut() {
+                        held.hold(sink, delivery, self.queue_depth);
+                        return true;
+                    }
+                    match sink.queue.push(delivery, self.queue_depth) {
+                        Ok(()) => true,
+                        Err(Full) => {
+                            sink.close(Closed::Overflow);
+                            false
+                        }
+                    }
+                });
+                if list.is_empty() {
+                    sinks.remove(account);
+                    self.presence.notify_one();
                 }
-            });
-            if list.is_empty() {
-                sinks.remove(account);
-                self.presence.notify_one();
             }
-        }
+        });
     }
 
     /// Ends every sink of one session.
@@ -323,5 +446,66 @@ impl Hub {
             .flat_map(|list| list.iter().map(|s| s.session))
             .collect::<std::collections::HashSet<_>>()
             .len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::{Message, Target};
+    use futures::FutureExt;
+
+    fn delivery(id: u64) -> Delivery {
+        Delivery::new(Message {
+            id,
+            from: "a".into(),
+            to: Target::Room("r".into()),
+            body: "hi".into(),
+            sent_at_ms: 0,
+            client_msg_id: None,
+        })
+    }
+
+    #[tokio::test]
+    async fn a_batch_hands_over_its_deliveries_at_its_end_in_order() {
+        let hub = Hub::new(8, Arc::new(Notify::new()));
+        let mut live = hub.attach(1, 10);
+        let mut other = hub.attach(2, 20);
+        batch(|| {
+            for id in 1..=3 {
+                hub.fan_out(&delivery(id), [&1, &2], Some(20));
+            }
+            assert!(live.recv().now_or_never().is_none(), "held until the end");
+        });
+        for id in 1..=3 {
+            assert_eq!(live.recv().await.map(|d| d.id), Ok(id));
+        }
+        assert!(
+            other.recv().now_or_never().is_none(),
+            "the sender's session is skipped"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_receiver_a_whole_queue_behind_gets_what_was_queued_then_overflow() {
+        let hub = Hub::new(4, Arc::new(Notify::new()));
+        let mut live = hub.attach(1, 10);
+        batch(|| hub.fan_out(&delivery(1), [&1], None));
+        batch(|| {
+            for id in 2..=6 {
+                hub.fan_out(&delivery(id), [&1], None);
+            }
+        });
+        assert_eq!(live.recv().await.map(|d| d.id), Ok(1));
+        assert_eq!(live.recv().await.map(|d| d.id), Err(Closed::Overflow));
+        // Outside a batch, a full queue ends the stream the same way.
+        let mut slow = hub.attach(2, 20);
+        for id in 1..=5 {
+            hub.fan_out(&delivery(id), [&2], None);
+        }
+        for id in 1..=4 {
+            assert_eq!(slow.recv().await.map(|d| d.id), Ok(id));
+        }
+        assert_eq!(slow.recv().await.map(|d| d.id), Err(Closed::Overflow));
     }
 }

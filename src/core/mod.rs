@@ -25,7 +25,7 @@ use std::time::Instant;
 
 pub use chat::{Inbox, RoomInfo, Stats, UserInfo};
 pub use error::{CoreError, ErrorKind};
-pub use hub::Closed;
+pub use hub::{Closed, batch as fan_out_batch};
 pub use message::{Delivery, Encoding, Message, Sent, Target};
 pub use remote::{Claim, Gathered, PeerLink, Remote, RemoteDirect, Topology};
 

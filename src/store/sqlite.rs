@@ -24,6 +24,8 @@ use crate::core::Message;
 
 /// The most jobs one transaction takes.
 const MAX_BATCH: usize = 4096;
+/// Finished jobs whose fan-out reaches receivers together.
+const WAKE_RUN: usize = 128;
 const READERS: usize = 4;
 
 const SCHEMA: &str = "
@@ -287,8 +289,17 @@ fn write_loop(conn: Connection, mut jobs: mpsc::UnboundedReceiver<Job>) {
         // Jobs that never ran are dropped with their replies, which their
         // callers see as an unavailable store.
         batch.clear();
-        for finish in finishes {
-            finish(commit.as_ref().err());
+        // What the finished jobs fan out reaches each receiver once per run
+        // of jobs, in one lock and one wake-up, not once per message. A run
+        // is kept well under a receiver's queue, which must not fill before
+        // its receiver has had a chance to empty it.
+        let mut finishes = finishes.into_iter().peekable();
+        while finishes.peek().is_some() {
+            crate::core::fan_out_batch(|| {
+                for finish in finishes.by_ref().take(WAKE_RUN) {
+                    finish(commit.as_ref().err());
+                }
+            });
         }
     }
 }
