@@ -136,6 +136,16 @@ proptest! {
     }
 
     #[test]
+    fn ids_encode_as_a_frame_of_8_byte_arguments(opcode in any::<u8>(), request_id in any::<u32>(), ids in prop::collection::vec(any::<u64>(), 0..2000)) {
+        let mut direct = BytesMut::new();
+        Frame::encode_ids(opcode, request_id, &ids, &mut direct);
+        let mut framed = BytesMut::new();
+        let args = ids.iter().map(|id| Bytes::copy_from_slice(&id.to_be_bytes())).collect();
+        Frame::request(opcode, request_id, args).encode(&mut framed);
+        prop_assert_eq!(direct, framed);
+    }
+
+    #[test]
     fn a_frame_view_refuses_what_the_decoder_refuses(bytes in prop::collection::vec(any::<u8>(), 0..600)) {
         // Give the bytes a truthful length field, so only their inside decides.
         let mut wire = BytesMut::new();

@@ -347,9 +347,8 @@ impl Receiver {
         match &mut self.conn {
             Incoming::Line(_) => Vec::new(),
             Incoming::Wire { raw, next_request } => {
-                let args = ids.iter().map(|id| arg::u64(*id)).collect();
                 let mut out = Vec::new();
-                Frame::request(op::ACK, *next_request, args).encode(&mut out);
+                Frame::encode_ids(op::ACK, *next_request, &ids, &mut out);
                 *next_request = next_request.wrapping_add(1).max(1);
                 let _ = raw.writer.write_all(&out).await;
                 Vec::new()

@@ -36,8 +36,9 @@ pub struct FanoutArgs {
     /// Messages per second across all publishers [default: as fast as possible].
     #[arg(long)]
     pub rate: Option<f64>,
-    /// Sends each binary or gRPC publisher keeps in flight.
-    #[arg(long, default_value_t = 32)]
+    /// Sends each binary or gRPC publisher keeps in flight (the server
+    /// answers up to 64 at a time per binary connection).
+    #[arg(long, default_value_t = 64)]
     pub pipeline: usize,
     /// Seconds of silence after which subscribers stop waiting.
     #[arg(long, default_value_t = 5)]

@@ -128,6 +128,24 @@ impl Frame {
         }))
     }
 
+    /// Appends a request whose arguments are 8-byte ids (an ACK), without
+    /// building a [`Frame`] of one small allocation per id: a client
+    /// acknowledging thousands of deliveries a second sends many of these.
+    /// At most 65,535 ids are written.
+    pub fn encode_ids(opcode: u8, request_id: u32, ids: &[u64], out: &mut impl BufMut) {
+        let ids = &ids[..ids.len().min(u16::MAX as usize)];
+        out.put_u32((HEADER_LEN - 4 + ids.len() * 12) as u32);
+        out.put_u8(VERSION);
+        out.put_u8(opcode);
+        out.put_u32(request_id);
+        out.put_u8(0);
+        out.put_u16(ids.len() as u16);
+        for id in ids {
+            out.put_u32(8);
+            out.put_u64(*id);
+        }
+    }
+
     /// Appends the frame's bytes on the wire to `out`. The argument count is
     /// a 16-bit field: callers keep frames within it (see the server's
     /// list replies), and only the first 65,535 arguments are written.

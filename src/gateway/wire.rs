@@ -225,9 +225,15 @@ impl Session {
                             );
                             return Ok(Some(reply(&frame, Err(Reject::new(Status::Version, text)))));
                         }
-                        if matches!(frame.opcode, op::SEND_DM | op::SEND_ROOM) {
+                        if matches!(frame.opcode, op::SEND_DM | op::SEND_ROOM | op::ACK) {
+                            // Sends and acknowledgements wait for the store
+                            // while the connection reads on and keeps pushing.
                             self.settle(PIPELINE - 1).await;
-                            let pending = self.queue_send(&frame);
+                            let pending = if frame.opcode == op::ACK {
+                                self.queue_ack(&frame)
+                            } else {
+                                self.queue_send(&frame)
+                            };
                             self.replies.push_back(pending);
                         } else {
                             // Replies go out in request order.
@@ -321,6 +327,39 @@ impl Session {
         .boxed()
     }
 
+    /// Queues an ACK; the returned future is its reply.
+    fn queue_ack(&self, frame: &Frame) -> BoxFuture<'static, Frame> {
+        let request = Frame::request(frame.opcode, frame.request_id, vec![]);
+        let checked = (|| {
+            let who = self
+                .who
+                .clone()
+                .ok_or_else(|| Reject::new(Status::Auth, "log in first (opcode 0x02 LOGIN)"))?;
+            let ids = frame
+                .args
+                .iter()
+                .map(|id| arg::to_u64(id))
+                .collect::<Option<Vec<u64>>>()
+                .ok_or_else(|| {
+                    Reject::new(Status::Arguments, "every ACK argument is an 8-byte id")
+                })?;
+            Ok::<_, Reject>((who, ids))
+        })();
+        let core = self.core.clone();
+        async move {
+            let result = match checked {
+                Ok((who, ids)) => core
+                    .ack(&who, &ids)
+                    .await
+                    .map(|()| vec![])
+                    .map_err(Reject::from),
+                Err(reject) => Err(reject),
+            };
+            reply(&request, result)
+        }
+        .boxed()
+    }
+
     async fn handle(&mut self, frame: &Frame) -> Reply {
         let a = &frame.args;
         match frame.opcode {
@@ -387,17 +426,6 @@ impl Session {
                     out.extend([arg::str(&u.name), arg::bool(u.online), arg::str(&u.node)]);
                 }
                 fits(out, "users match: use a narrower pattern")
-            }
-            op::ACK => {
-                let ids = a
-                    .iter()
-                    .map(|id| arg::to_u64(id))
-                    .collect::<Option<Vec<u64>>>()
-                    .ok_or_else(|| {
-                        Reject::new(Status::Arguments, "every ACK argument is an 8-byte id")
-                    })?;
-                core.ack(&who, &ids).await?;
-                Ok(vec![])
             }
             op::HISTORY => {
                 let [kind, name, after, limit, newest] = exact(a)?;
