@@ -1,18 +1,22 @@
 //! One benchmark connection per role, over whichever protocol is asked for.
 
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
+use std::sync::{Arc, Mutex};
 
 use bytes::BytesMut;
 use futures::{FutureExt, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
 use tokio::net::TcpSocket;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::oneshot;
 use tonic::Streaming;
 
 use super::{BenchError, PASSWORD, Proto, Target};
+use crate::client::Client;
 use crate::client::line::LineClient;
 use crate::client::wire::WireClient;
-use crate::client::{Client, To};
 use crate::codec::frame::{Frame, FrameView, MAX_REPLY, arg};
 use crate::codec::wire::op;
 use crate::proto;
@@ -498,7 +502,91 @@ pub enum Sender {
         client: WireClient,
         drain: tokio::task::JoinHandle<()>,
     },
-    Grpc(Client),
+    /// gRPC sends over one `SendAndReceiveMessage` stream per connection,
+    /// each answered by a `SendResult` with its request id: what a client
+    /// sending at a high rate uses rather than a unary call per message.
+    Grpc(GrpcStream),
+}
+
+/// Sends waiting for their `SendResult`, by request id.
+type Waiting = Arc<Mutex<HashMap<u64, oneshot::Sender<Result<(), String>>>>>;
+
+/// A `SendAndReceiveMessage` call used for sending, shared by its lanes.
+#[derive(Clone)]
+pub struct GrpcStream {
+    frames: tokio::sync::mpsc::Sender<proto::ClientFrame>,
+    waiting: Waiting,
+    next_request: Arc<AtomicU64>,
+}
+
+impl GrpcStream {
+    async fn open(client: &Client) -> Result<GrpcStream, BenchError> {
+        let (frames, outgoing) = tokio::sync::mpsc::channel(256);
+        let outgoing = tokio_stream::wrappers::ReceiverStream::new(outgoing);
+        let mut incoming = client
+            .chat()
+            .send_and_receive_message(client.request(outgoing))
+            .await
+            .map_err(BenchError::setup)?
+            .into_inner();
+        let waiting = Waiting::default();
+        let table = waiting.clone();
+        // Answers go to their waiting sends; deliveries (the publisher is a
+        // member of the room it speaks in) are read and dropped.
+        tokio::spawn(async move {
+            while let Ok(Some(frame)) = incoming.message().await {
+                let Some(proto::server_frame::Kind::SendResult(result)) = frame.kind else {
+                    continue;
+                };
+                let outcome = match result.result {
+                    Some(proto::send_result::Result::Sent(_)) => Ok(()),
+                    Some(proto::send_result::Result::Error(e)) => Err(e.message),
+                    None => Err("an empty send result".into()),
+                };
+                let waiter = table
+                    .lock()
+                    .ok()
+                    .and_then(|mut t| t.remove(&result.request_id));
+                if let Some(waiter) = waiter {
+                    let _ = waiter.send(outcome);
+                }
+            }
+            // The call is over: whoever still waits hears so.
+            if let Ok(mut table) = table.lock() {
+                table.clear();
+            }
+        });
+        Ok(GrpcStream {
+            frames,
+            waiting,
+            next_request: Arc::new(AtomicU64::new(1)),
+        })
+    }
+
+    async fn send(&self, to: proto::send_request::To, body: &str) -> Result<(), String> {
+        let request_id = self.next_request.fetch_add(1, AtomicOrdering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        self.waiting
+            .lock()
+            .map_err(|e| e.to_string())?
+            .insert(request_id, tx);
+        let frame = proto::ClientFrame {
+            kind: Some(proto::client_frame::Kind::Send(proto::OutgoingMessage {
+                request_id,
+                message: Some(proto::SendRequest {
+                    to: Some(to),
+                    body: body.into(),
+                    client_msg_id: String::new(),
+                }),
+            })),
+        };
+        self.frames
+            .send(frame)
+            .await
+            .map_err(|_| "the send stream ended".to_string())?;
+        rx.await
+            .map_err(|_| "the send stream ended before answering".to_string())?
+    }
 }
 
 impl Sender {
@@ -539,7 +627,7 @@ impl Sender {
                 if let Some(room) = room {
                     c.join(room).await.map_err(BenchError::setup)?;
                 }
-                Sender::Grpc(c)
+                Sender::Grpc(GrpcStream::open(&c).await?)
             }
         })
     }
@@ -561,11 +649,10 @@ impl Sender {
                 .await
                 .map(drop)
                 .map_err(|e| e.to_string()),
-            Sender::Grpc(c) => c
-                .send(&To::Room(room.into()), body, None)
-                .await
-                .map(drop)
-                .map_err(|e| e.to_string()),
+            Sender::Grpc(c) => {
+                c.send(proto::send_request::To::Room(room.into()), body)
+                    .await
+            }
         }
     }
 
@@ -596,11 +683,7 @@ impl Sender {
                 .await
                 .map(drop)
                 .map_err(|e| e.to_string()),
-            Sender::Grpc(c) => c
-                .send(&To::User(to.into()), body, None)
-                .await
-                .map(drop)
-                .map_err(|e| e.to_string()),
+            Sender::Grpc(c) => c.send(proto::send_request::To::User(to.into()), body).await,
         }
     }
 

@@ -328,11 +328,13 @@ async fn publish(
     let Some(_) = sender.concurrent() else {
         // The line protocol: one writer, no replies to wait for.
         for seq in 0..messages {
+            pace(start, seq, rate).await;
+            sender.say(&room, &stamp(publisher, seq, bytes)).await?;
+            // Paced, each line goes out as soon as it is stamped; at full
+            // speed, the buffer gathers as many as it holds.
             if rate.is_some() {
                 sender.flush().await?;
-                pace(start, seq, rate).await;
             }
-            sender.say(&room, &stamp(publisher, seq, bytes)).await?;
         }
         return sender.finish().await;
     };

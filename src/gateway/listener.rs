@@ -6,8 +6,9 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
-use tokio::net::tcp::OwnedWriteHalf;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc, watch};
 
@@ -85,11 +86,38 @@ pub async fn accept_loop<H, HF, R, RF>(
     }
 }
 
-/// Largest batch buffer an idle connection keeps; a burst's bigger one is
-/// given back, so thousands of idle connections stay small.
-const KEEP_OUT: usize = 64 * 1024;
+/// What a connection reads into at a time, once it has something to read.
+const READ_CHUNK: usize = 8 * 1024;
 
-/// Writes `out` in one go, then empties it. A client that does not read for
+/// Reads what has arrived into `buffer`; `Ok(0)` at the end of input.
+///
+/// An idle connection holds no read buffer: one that has used everything it
+/// read gives its buffer back before waiting, and is given one only once its
+/// socket is readable. Tens of thousands of idle connections then cost
+/// their tasks and little else.
+pub async fn read_some(
+    reader: &mut OwnedReadHalf,
+    buffer: &mut BytesMut,
+) -> std::io::Result<usize> {
+    if buffer.is_empty() && buffer.capacity() > 0 {
+        *buffer = BytesMut::new();
+    }
+    loop {
+        reader.readable().await?;
+        buffer.reserve(READ_CHUNK);
+        match reader.try_read_buf(buffer) {
+            Ok(n) => return Ok(n),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Room made in an empty batch buffer for the deliveries about to be written.
+pub const OUT_CHUNK: usize = 4 * 1024;
+
+/// Writes `out` in one go, then gives its memory back, so an idle
+/// connection holds no write buffer either. A client that does not read for
 /// [`WRITE_TIMEOUT`] is given up on rather than holding its task forever.
 pub async fn write_out(writer: &mut OwnedWriteHalf, out: &mut Vec<u8>) -> std::io::Result<()> {
     if out.is_empty() {
@@ -103,10 +131,7 @@ pub async fn write_out(writer: &mut OwnedWriteHalf, out: &mut Vec<u8>) -> std::i
             "the client stopped reading",
         )),
     };
-    out.clear();
-    if out.capacity() > KEEP_OUT {
-        out.shrink_to(KEEP_OUT / 16);
-    }
+    *out = Vec::new();
     result
 }
 

@@ -10,11 +10,11 @@ use bytes::BytesMut;
 use futures::future::BoxFuture;
 use futures::stream::FuturesOrdered;
 use futures::{FutureExt, StreamExt};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
-use super::listener::{Shutdown, WRITE_TIMEOUT, next_delivery, write_out};
+use super::listener::{OUT_CHUNK, Shutdown, WRITE_TIMEOUT, next_delivery, read_some, write_out};
 use crate::codec::line::{Command, HELP, LineDecoder, LineError, ParseError, ServerLine};
 use crate::core::{
     Closed, Core, CoreError, Delivery, Encoding, ErrorKind, Identity, Inbox, Message, Sent, Target,
@@ -40,9 +40,9 @@ impl Connection {
         Connection {
             reader,
             writer,
-            buffer: BytesMut::with_capacity(512),
+            buffer: BytesMut::new(),
             decoder: LineDecoder::new(),
-            out: Vec::with_capacity(256),
+            out: Vec::new(),
         }
     }
 
@@ -52,7 +52,7 @@ impl Connection {
             if let Some(line) = self.decoder.decode(&mut self.buffer) {
                 return Ok(Some(line));
             }
-            if self.reader.read_buf(&mut self.buffer).await? == 0 {
+            if read_some(&mut self.reader, &mut self.buffer).await? == 0 {
                 return Ok(self.decoder.decode_eof(&mut self.buffer));
             }
         }
@@ -64,6 +64,9 @@ impl Connection {
 
     /// Queues a delivery, encoded once for every line connection it goes to.
     fn push_delivery(&mut self, delivery: &Delivery) {
+        if self.out.capacity() == 0 {
+            self.out.reserve(OUT_CHUNK);
+        }
         let line = delivery.encoded(Encoding::Line, |m| {
             let mut line = Vec::new();
             message_line(m).encode(&mut line);
@@ -207,7 +210,10 @@ impl Session {
                 line = self.conn.read_line() => {
                     let flow = match line? {
                         None => return Ok(()),
-                        Some(Ok(line)) => self.handle(&line).await,
+                        // Boxed: a command's state (a login's password check,
+                        // a history read) is held only while it runs, not by
+                        // every idle connection's task.
+                        Some(Ok(line)) => Box::pin(self.handle(&line)).await,
                         Some(Err(LineError::TooLong)) => {
                             self.conn.push(err("too-long", format!(
                                 "line is over {} bytes", crate::codec::line::MAX_LINE

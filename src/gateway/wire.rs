@@ -12,11 +12,11 @@ use bytes::{Bytes, BytesMut};
 use futures::future::BoxFuture;
 use futures::stream::FuturesOrdered;
 use futures::{FutureExt, StreamExt};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
-use super::listener::{Shutdown, WRITE_TIMEOUT, next_delivery, write_out};
+use super::listener::{OUT_CHUNK, Shutdown, WRITE_TIMEOUT, next_delivery, read_some, write_out};
 use crate::codec::frame::{Frame, FrameError, MAX_REQUEST, VERSION, arg};
 use crate::codec::wire::{Status, message_args, op};
 use crate::core::{
@@ -84,9 +84,7 @@ impl Connection {
             {
                 return Ok(Some(frame));
             }
-            if self
-                .reader
-                .read_buf(&mut self.buffer)
+            if read_some(&mut self.reader, &mut self.buffer)
                 .await
                 .map_err(ReadError::Io)?
                 == 0
@@ -106,6 +104,9 @@ impl Connection {
 
     /// Queues a delivery, encoded once for every binary connection it goes to.
     fn push_delivery(&mut self, delivery: &Delivery) {
+        if self.out.capacity() == 0 {
+            self.out.reserve(OUT_CHUNK);
+        }
         let frame = delivery.encoded(Encoding::Wire, |m| {
             let mut frame = Vec::new();
             push(m).encode(&mut frame);
@@ -176,8 +177,8 @@ pub async fn serve_connection(core: Core, stream: TcpStream, mut shutdown: Shutd
         conn: Connection {
             reader,
             writer,
-            buffer: BytesMut::with_capacity(512),
-            out: Vec::with_capacity(512),
+            buffer: BytesMut::new(),
+            out: Vec::new(),
         },
         who: None,
         inbox: None,
@@ -238,7 +239,9 @@ impl Session {
                         } else {
                             // Replies go out in request order.
                             self.settle(0).await;
-                            let result = self.handle(&frame).await;
+                            // Boxed: a request's state is held only while it
+                            // runs, not by every idle connection's task.
+                            let result = Box::pin(self.handle(&frame)).await;
                             self.conn.push(&reply(&frame, result));
                         }
                     }
