@@ -86,15 +86,22 @@ pub async fn accept_loop<H, HF, R, RF>(
     }
 }
 
-/// What a connection reads into at a time, once it has something to read.
-const READ_CHUNK: usize = 8 * 1024;
+/// The most one read takes from a socket.
+const READ_CHUNK: usize = 16 * 1024;
+
+thread_local! {
+    /// Where this worker thread reads sockets into before keeping the bytes.
+    static SCRATCH: std::cell::RefCell<Box<[u8]>> =
+        std::cell::RefCell::new(vec![0; READ_CHUNK].into_boxed_slice());
+}
 
 /// Reads what has arrived into `buffer`; `Ok(0)` at the end of input.
 ///
-/// An idle connection holds no read buffer: one that has used everything it
-/// read gives its buffer back before waiting, and is given one only once its
-/// socket is readable. Tens of thousands of idle connections then cost
-/// their tasks and little else.
+/// An idle connection holds no read buffer. One that has used everything it
+/// read gives its buffer back before waiting; once the socket is readable,
+/// the bytes are read into the worker thread's scratch space and only as
+/// many as arrived are kept. A large buffer per read would instead leave
+/// the allocator a hole per connection that later allocations fragment.
 pub async fn read_some(
     reader: &mut OwnedReadHalf,
     buffer: &mut BytesMut,
@@ -104,8 +111,13 @@ pub async fn read_some(
     }
     loop {
         reader.readable().await?;
-        buffer.reserve(READ_CHUNK);
-        match reader.try_read_buf(buffer) {
+        let read = SCRATCH.with(|scratch| {
+            let mut scratch = scratch.borrow_mut();
+            let n = reader.try_read(&mut scratch)?;
+            buffer.extend_from_slice(&scratch[..n]);
+            Ok::<_, std::io::Error>(n)
+        });
+        match read {
             Ok(n) => return Ok(n),
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
             Err(e) => return Err(e),
