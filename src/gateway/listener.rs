@@ -12,7 +12,7 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc, watch};
 
-use crate::core::{Closed, Delivery, Inbox};
+use crate::core::{Closed, Delivery, Encoding, Inbox, Message};
 
 /// Tells connection tasks to say goodbye and stop.
 #[derive(Clone)]
@@ -126,7 +126,25 @@ pub async fn read_some(
 }
 
 /// Room made in an empty batch buffer for the deliveries about to be written.
-pub const OUT_CHUNK: usize = 4 * 1024;
+const OUT_CHUNK: usize = 4 * 1024;
+
+/// Appends `delivery` in `encoding`'s form to a batch buffer; `encode`
+/// runs only for the first connection of that protocol to send it.
+pub fn push_delivery(
+    out: &mut Vec<u8>,
+    delivery: &Delivery,
+    encoding: Encoding,
+    encode: impl FnOnce(&Message, &mut Vec<u8>),
+) {
+    if out.capacity() == 0 {
+        out.reserve(OUT_CHUNK);
+    }
+    out.extend_from_slice(delivery.encoded(encoding, |m| {
+        let mut bytes = Vec::new();
+        encode(m, &mut bytes);
+        bytes
+    }));
+}
 
 /// Writes `out` in one go, then gives its memory back, so an idle
 /// connection holds no write buffer either. A client that does not read for

@@ -14,7 +14,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
-use super::listener::{OUT_CHUNK, Shutdown, WRITE_TIMEOUT, next_delivery, read_some, write_out};
+use super::listener::{self, Shutdown, WRITE_TIMEOUT, next_delivery, read_some, write_out};
 use crate::codec::line::{Command, HELP, LineDecoder, LineError, ParseError, ServerLine};
 use crate::core::{
     Closed, Core, CoreError, Delivery, Encoding, ErrorKind, Identity, Inbox, Message, Sent, Target,
@@ -64,15 +64,9 @@ impl Connection {
 
     /// Queues a delivery, encoded once for every line connection it goes to.
     fn push_delivery(&mut self, delivery: &Delivery) {
-        if self.out.capacity() == 0 {
-            self.out.reserve(OUT_CHUNK);
-        }
-        let line = delivery.encoded(Encoding::Line, |m| {
-            let mut line = Vec::new();
-            message_line(m).encode(&mut line);
-            line
+        listener::push_delivery(&mut self.out, delivery, Encoding::Line, |m, out| {
+            message_line(m).encode(out)
         });
-        self.out.extend_from_slice(line);
     }
 
     async fn flush(&mut self) -> std::io::Result<()> {

@@ -16,7 +16,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
-use super::listener::{OUT_CHUNK, Shutdown, WRITE_TIMEOUT, next_delivery, read_some, write_out};
+use super::listener::{self, Shutdown, WRITE_TIMEOUT, next_delivery, read_some, write_out};
 use crate::codec::frame::{Frame, FrameError, MAX_REQUEST, VERSION, arg};
 use crate::codec::wire::{Status, message_args, op};
 use crate::core::{
@@ -104,15 +104,9 @@ impl Connection {
 
     /// Queues a delivery, encoded once for every binary connection it goes to.
     fn push_delivery(&mut self, delivery: &Delivery) {
-        if self.out.capacity() == 0 {
-            self.out.reserve(OUT_CHUNK);
-        }
-        let frame = delivery.encoded(Encoding::Wire, |m| {
-            let mut frame = Vec::new();
-            push(m).encode(&mut frame);
-            frame
+        listener::push_delivery(&mut self.out, delivery, Encoding::Wire, |m, out| {
+            push(m).encode(out)
         });
-        self.out.extend_from_slice(frame);
     }
 
     async fn flush(&mut self) -> std::io::Result<()> {
@@ -300,10 +294,7 @@ impl Session {
     fn queue_send(&self, frame: &Frame) -> BoxFuture<'static, Frame> {
         let request = Frame::request(frame.opcode, frame.request_id, vec![]);
         let queued = (|| {
-            let who = self
-                .who
-                .clone()
-                .ok_or_else(|| Reject::new(Status::Auth, "log in first (opcode 0x02 LOGIN)"))?;
+            let who = self.logged_in()?;
             let [to, body, client_id] = exact(&frame.args)?;
             let to = text(to)?.to_owned();
             let to = if frame.opcode == op::SEND_DM {
@@ -330,14 +321,17 @@ impl Session {
         .boxed()
     }
 
+    fn logged_in(&self) -> Result<Identity, Reject> {
+        self.who
+            .clone()
+            .ok_or_else(|| Reject::new(Status::Auth, "log in first (opcode 0x02 LOGIN)"))
+    }
+
     /// Queues an ACK; the returned future is its reply.
     fn queue_ack(&self, frame: &Frame) -> BoxFuture<'static, Frame> {
         let request = Frame::request(frame.opcode, frame.request_id, vec![]);
         let checked = (|| {
-            let who = self
-                .who
-                .clone()
-                .ok_or_else(|| Reject::new(Status::Auth, "log in first (opcode 0x02 LOGIN)"))?;
+            let who = self.logged_in()?;
             let ids = frame
                 .args
                 .iter()
@@ -400,12 +394,7 @@ impl Session {
             }
             _ => {}
         }
-        let Some(who) = self.who.clone() else {
-            return Err(Reject::new(
-                Status::Auth,
-                "log in first (opcode 0x02 LOGIN)",
-            ));
-        };
+        let who = self.logged_in()?;
         let core = self.core.clone();
         match frame.opcode {
             op::LOGOUT => {
