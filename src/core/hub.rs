@@ -103,6 +103,9 @@ struct QueueState {
     ended: bool,
 }
 
+/// Deliveries' room a receiver keeps in its emptied buffer.
+const KEEP_TAKEN: usize = 64;
+
 /// What a push into a full queue tells the hub.
 struct Full;
 
@@ -225,19 +228,29 @@ impl Held {
 /// commit fans many messages out to the same receivers, and handing them
 /// over one at a time costs a lock shared with the receiver's thread, and
 /// often a wake-up, per message per receiver.
+/// A batch opened inside another joins it, so each receiver's deliveries
+/// still go over in commit order.
 pub fn batch<R>(f: impl FnOnce() -> R) -> R {
-    struct Release(Option<Held>);
+    struct Release;
     impl Drop for Release {
         // Runs even if `f` panics, so nothing held is lost.
         fn drop(&mut self) {
-            let held = HELD.with(|held| std::mem::replace(&mut *held.borrow_mut(), self.0.take()));
-            if let Some(held) = held {
+            if let Some(held) = HELD.with(|held| held.borrow_mut().take()) {
                 held.deliver();
             }
         }
     }
-    let outer = HELD.with(|held| held.borrow_mut().replace(Held::new()));
-    let _release = Release(outer);
+    let opened = HELD.with(|held| {
+        let mut held = held.borrow_mut();
+        if held.is_some() {
+            return false;
+        }
+        *held = Some(Held::new());
+        true
+    });
+    // Made only by the batch that opened it: a `Release` dropped anywhere
+    // hands over what is held.
+    let _release = if opened { Some(Release) } else { None };
     f()
 }
 
@@ -271,11 +284,15 @@ impl Attachment {
         if let Some(delivery) = self.taken.pop_front() {
             return Ok(delivery);
         }
+        // The emptied buffer goes back to the queue for the next deliveries;
+        // one a burst made large is dropped, so an idle connection does not
+        // keep it.
+        if self.taken.capacity() > KEEP_TAKEN {
+            self.taken = VecDeque::new();
+        }
         poll_fn(|cx| {
             let mut state = self.queue.lock();
             if !state.items.is_empty() {
-                // Swapping keeps both buffers' capacity in use: no allocation
-                // once a connection has seen its usual burst.
                 std::mem::swap(&mut state.items, &mut self.taken);
                 return Poll::Ready(());
             }
@@ -484,6 +501,24 @@ mod tests {
             other.recv().now_or_never().is_none(),
             "the sender's session is skipped"
         );
+    }
+
+    #[tokio::test]
+    async fn a_batch_inside_a_batch_keeps_commit_order() {
+        let hub = Hub::new(8, Arc::new(Notify::new()));
+        let mut live = hub.attach(1, 10);
+        batch(|| {
+            hub.fan_out(&delivery(1), [&1], None);
+            batch(|| hub.fan_out(&delivery(2), [&1], None));
+            hub.fan_out(&delivery(3), [&1], None);
+            assert!(
+                live.recv().now_or_never().is_none(),
+                "held until the outer end"
+            );
+        });
+        for id in 1..=3 {
+            assert_eq!(live.recv().await.map(|d| d.id), Ok(id));
+        }
     }
 
     #[tokio::test]
