@@ -81,7 +81,7 @@ pub struct ServeArgs {
     /// Rooms this node may hold [default: 100000].
     #[arg(long, env = "MESHTALK_MAX_ROOMS")]
     pub max_rooms: Option<usize>,
-    /// Deliveries a session may fall behind before it is disconnected [default: 1024].
+    /// Deliveries a session may fall behind before it is disconnected [default: 4096].
     #[arg(long, env = "MESHTALK_QUEUE_DEPTH")]
     pub queue_depth: Option<usize>,
 }

@@ -53,7 +53,7 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_body: 4096,
-            queue_depth: 1024,
+            queue_depth: 4096,
             max_rooms_per_account: 100,
             max_rooms: 100_000,
             max_sessions_per_account: 64,
