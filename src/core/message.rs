@@ -72,9 +72,3 @@ impl std::ops::Deref for Delivery {
         &self.0.message
     }
 }
-
-impl From<Message> for Delivery {
-    fn from(message: Message) -> Delivery {
-        Delivery::new(message)
-    }
-}
