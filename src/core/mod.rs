@@ -11,11 +11,11 @@
 mod accounts;
 mod chat;
 mod error;
-mod hub;
+pub mod hub;
 mod message;
 pub mod names;
 mod passwords;
-mod recent;
+pub mod recent;
 mod remote;
 
 use std::collections::{HashMap, HashSet};
