@@ -224,11 +224,16 @@ async fn bad_requests_get_error_replies_and_the_connection_goes_on() {
         .to_bytes()
         .to_vec();
     lying[12] = 3; // claims three arguments, carries one
-    lying.extend_from_slice(&Frame::request(op::PING, 1001, vec![]).to_bytes());
+    let mut lying_ack = Frame::request(op::ACK, 1001, vec![arg::u64(1)])
+        .to_bytes()
+        .to_vec();
+    lying_ack[12] = 2;
+    lying.extend_from_slice(&lying_ack);
+    lying.extend_from_slice(&Frame::request(op::PING, 1002, vec![]).to_bytes());
     raw.write_all(&lying).await.unwrap();
     let mut buf = bytes::BytesMut::new();
     let mut replies = vec![];
-    while replies.len() < 2 {
+    while replies.len() < 3 {
         raw.read_buf(&mut buf).await.unwrap();
         while let Some(frame) = Frame::decode(&mut buf, 1 << 20).unwrap() {
             replies.push(frame);
@@ -240,7 +245,11 @@ async fn bad_requests_get_error_replies_and_the_connection_goes_on() {
     );
     let why = String::from_utf8(replies[0].args[0].to_vec()).unwrap();
     assert!(why.contains("runs past the end"), "{why}");
-    assert_eq!((replies[1].request_id, replies[1].status), (1001, 0));
+    assert_eq!(
+        (replies[1].request_id, replies[1].opcode, replies[1].status),
+        (1001, op::ACK, Status::BadFrame as u8)
+    );
+    assert_eq!((replies[2].request_id, replies[2].status), (1002, 0));
     assert_eq!(c.who().await.unwrap(), ["carol"], "still the same session");
 }
 
@@ -398,4 +407,67 @@ async fn a_client_that_half_closes_still_gets_every_reply_it_is_owed() {
     assert!(replies.iter().all(|r| r.status == 0));
     let sent: Vec<u32> = replies.iter().map(|r| r.request_id).collect();
     assert_eq!(sent, (1..=41).collect::<Vec<_>>());
+}
+
+#[tokio::test]
+async fn one_ack_of_direct_and_room_ids_stops_exactly_those() {
+    let t = TestServer::start().await;
+    let alice = t.wire_user("alice").await;
+    let bob = t.wire_user("bob").await;
+    bob.call(op::LOGOUT, vec![]).await.unwrap();
+    let (mut dms, mut speech) = (vec![], vec![]);
+    for i in 0..5 {
+        dms.push(
+            alice
+                .send_dm("bob", &format!("dm{i}"), "")
+                .await
+                .unwrap()
+                .id,
+        );
+        let said = alice.send_room("lobby", &format!("room{i}"), "").await;
+        speech.push(said.unwrap().id);
+    }
+
+    let bob = WireClient::connect(t.server.wire_addr()).await.unwrap();
+    bob.login("bob", PASSWORD).await.unwrap();
+    let mut got = vec![];
+    for _ in 0..10 {
+        got.push(bob.next_message().await.unwrap().id);
+    }
+    got.sort_unstable();
+    let mut all = [dms.clone(), speech.clone()].concat();
+    all.sort_unstable();
+    assert_eq!(got, all);
+
+    // The first three DMs one by one, the first three room messages by the
+    // newest of them, and an id that was never sent: one frame.
+    let mut acked = dms[..3].to_vec();
+    acked.extend([speech[2], 999_999]);
+    bob.ack(&acked).await.unwrap();
+    // An ACK with one argument that is not an id is refused as a whole.
+    assert_eq!(
+        status(
+            bob.call(op::ACK, vec![arg::u64(dms[3]), arg::str("abc")])
+                .await
+        ),
+        Status::Arguments
+    );
+    drop(bob);
+
+    let bob = WireClient::connect(t.server.wire_addr()).await.unwrap();
+    bob.login("bob", PASSWORD).await.unwrap();
+    let mut again = vec![];
+    for _ in 0..4 {
+        again.push(bob.next_message().await.unwrap().id);
+    }
+    again.sort_unstable();
+    let mut rest = [&dms[3..], &speech[3..]].concat();
+    rest.sort_unstable();
+    assert_eq!(again, rest, "only what was not acknowledged comes again");
+    assert!(
+        tokio::time::timeout(Duration::from_millis(200), bob.next_message())
+            .await
+            .is_err(),
+        "and nothing more"
+    );
 }

@@ -68,6 +68,12 @@ pub struct Inbox {
 }
 
 impl Inbox {
+    /// Deliveries at hand: at least this many calls to [`Inbox::next`]
+    /// return without waiting, unless the stream ends.
+    pub fn ready(&self) -> usize {
+        self.backlog.len() + self.live.ready()
+    }
+
     /// The next message for this session, or why the stream ended.
     pub async fn next(&mut self) -> Result<Delivery, Closed> {
         loop {

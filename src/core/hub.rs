@@ -276,6 +276,12 @@ impl Attachment {
         self.queue.reason.get().copied()
     }
 
+    /// Deliveries already taken from the queue: what [`Attachment::recv`]
+    /// returns next without waiting.
+    pub fn ready(&self) -> usize {
+        self.taken.len()
+    }
+
     /// The next live delivery, or why the hub let go of this sink.
     pub async fn recv(&mut self) -> Result<Delivery, Closed> {
         if let Some(delivery) = self.taken.pop_front() {

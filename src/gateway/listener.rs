@@ -125,25 +125,31 @@ pub async fn read_some(
     }
 }
 
-/// Room made in an empty batch buffer for the deliveries about to be written.
-const OUT_CHUNK: usize = 4 * 1024;
+/// Deliveries written per turn of a connection's loop, at most: enough for
+/// one write to carry a burst, few enough that replies are not held back.
+pub const PUSH_BATCH: usize = 256;
 
 /// Appends `delivery` in `encoding`'s form to a batch buffer; `encode`
 /// runs only for the first connection of that protocol to send it.
+///
+/// `following` is how many more deliveries the caller is about to append.
+/// Room is made for all of them at once, reckoning each the size of this
+/// one: the buffer starts empty (see [`write_out`]), and growing it by
+/// doubling to a batch of a few hundred copied most of the batch again.
 pub fn push_delivery(
     out: &mut Vec<u8>,
     delivery: &Delivery,
+    following: usize,
     encoding: Encoding,
     encode: impl FnOnce(&Message, &mut Vec<u8>),
 ) {
-    if out.capacity() == 0 {
-        out.reserve(OUT_CHUNK);
-    }
-    out.extend_from_slice(delivery.encoded(encoding, |m| {
+    let bytes = delivery.encoded(encoding, |m| {
         let mut bytes = Vec::new();
         encode(m, &mut bytes);
         bytes
-    }));
+    });
+    out.reserve(bytes.len() * (1 + following));
+    out.extend_from_slice(bytes);
 }
 
 /// Writes `out` in one go, then gives its memory back, so an idle

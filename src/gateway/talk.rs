@@ -14,7 +14,9 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
-use super::listener::{self, Shutdown, WRITE_TIMEOUT, next_delivery, read_some, write_out};
+use super::listener::{
+    self, PUSH_BATCH, Shutdown, WRITE_TIMEOUT, next_delivery, read_some, write_out,
+};
 use crate::codec::line::{Command, HELP, LineDecoder, LineError, ParseError, ServerLine};
 use crate::core::{
     Closed, Core, CoreError, Delivery, Encoding, ErrorKind, Identity, Inbox, Message, Sent, Target,
@@ -63,10 +65,14 @@ impl Connection {
     }
 
     /// Queues a delivery, encoded once for every line connection it goes to.
-    fn push_delivery(&mut self, delivery: &Delivery) {
-        listener::push_delivery(&mut self.out, delivery, Encoding::Line, |m, out| {
-            message_line(m).encode(out)
-        });
+    fn push_delivery(&mut self, delivery: &Delivery, following: usize) {
+        listener::push_delivery(
+            &mut self.out,
+            delivery,
+            following,
+            Encoding::Line,
+            |m, out| message_line(m).encode(out),
+        );
     }
 
     async fn flush(&mut self) -> std::io::Result<()> {
@@ -252,13 +258,20 @@ impl Session {
     /// Writes a delivery and whatever else is ready, then acknowledges them:
     /// a line written to the socket counts as shown.
     async fn deliver(&mut self, first: Delivery) -> std::io::Result<()> {
-        self.conn.push_delivery(&first);
-        let mut shown = vec![first];
+        let following = self
+            .inbox
+            .as_ref()
+            .map_or(0, Inbox::ready)
+            .min(PUSH_BATCH - 1);
+        self.conn.push_delivery(&first, following);
+        let mut shown = Vec::with_capacity(1 + following);
+        shown.push(first);
         if let Some(inbox) = &mut self.inbox {
-            while shown.len() < 256 {
+            while shown.len() < PUSH_BATCH {
                 match inbox.next().now_or_never() {
                     Some(Ok(message)) => {
-                        self.conn.push_delivery(&message);
+                        let following = inbox.ready().min(PUSH_BATCH - 1 - shown.len());
+                        self.conn.push_delivery(&message, following);
                         shown.push(message);
                     }
                     // A closed stream is reported on the next turn of the loop.

@@ -8,7 +8,7 @@
 //! short, another protocol version) the server sends a BYE push saying why
 //! and closes.
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use futures::future::BoxFuture;
 use futures::stream::FuturesOrdered;
 use futures::{FutureExt, StreamExt};
@@ -16,8 +16,10 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
-use super::listener::{self, Shutdown, WRITE_TIMEOUT, next_delivery, read_some, write_out};
-use crate::codec::frame::{Frame, FrameError, MAX_REQUEST, VERSION, arg};
+use super::listener::{
+    self, PUSH_BATCH, Shutdown, WRITE_TIMEOUT, next_delivery, read_some, write_out,
+};
+use crate::codec::frame::{Frame, FrameError, FrameView, MAX_REQUEST, VERSION, arg};
 use crate::codec::wire::{Status, message_args, op};
 use crate::core::{
     Closed, Core, CoreError, Delivery, Encoding, ErrorKind, Identity, Inbox, Target,
@@ -57,8 +59,6 @@ type Reply = Result<Vec<Bytes>, Reject>;
 const PIPELINE: usize = 64;
 /// How long a closing connection waits for the replies it owes.
 const SETTLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
-/// Pushes written per turn of the loop, at most.
-const PUSH_BATCH: usize = 256;
 
 /// What reading a frame can end in, besides a frame.
 enum ReadError {
@@ -76,13 +76,40 @@ struct Connection {
     out: Vec<u8>,
 }
 
+/// A request as read off the socket.
+enum Request {
+    Frame(Frame),
+    /// An ACK, read in place into its ids (`None` if an argument is not
+    /// 8 bytes): a busy receiver sends one of a thousand ids or more per
+    /// thousand deliveries, and a [`Frame`] would hold each id in an
+    /// allocation of its own.
+    Ack {
+        request_id: u32,
+        ids: Option<Vec<u64>>,
+    },
+}
+
 impl Connection {
-    async fn read_frame(&mut self) -> Result<Option<Frame>, ReadError> {
+    async fn read_request(&mut self) -> Result<Option<Request>, ReadError> {
         loop {
+            if let Some(total) =
+                Frame::check(&self.buffer, MAX_REQUEST).map_err(ReadError::Frame)?
+                && let Some(view) = FrameView::parse(&self.buffer[..total])
+                && view.version == VERSION
+                && view.opcode == op::ACK
+            {
+                let ack = Request::Ack {
+                    request_id: view.request_id,
+                    ids: view.args().map(arg::to_u64).collect(),
+                };
+                self.buffer.advance(total);
+                return Ok(Some(ack));
+            }
+            // Anything else, malformed ACKs included, is decoded whole.
             if let Some(frame) =
                 Frame::decode(&mut self.buffer, MAX_REQUEST).map_err(ReadError::Frame)?
             {
-                return Ok(Some(frame));
+                return Ok(Some(Request::Frame(frame)));
             }
             if read_some(&mut self.reader, &mut self.buffer)
                 .await
@@ -103,10 +130,14 @@ impl Connection {
     }
 
     /// Queues a delivery, encoded once for every binary connection it goes to.
-    fn push_delivery(&mut self, delivery: &Delivery) {
-        listener::push_delivery(&mut self.out, delivery, Encoding::Wire, |m, out| {
-            push(m).encode(out)
-        });
+    fn push_delivery(&mut self, delivery: &Delivery, following: usize) {
+        listener::push_delivery(
+            &mut self.out,
+            delivery,
+            following,
+            Encoding::Wire,
+            |m, out| push(m).encode(out),
+        );
     }
 
     async fn flush(&mut self) -> std::io::Result<()> {
@@ -210,9 +241,15 @@ impl Session {
         loop {
             self.conn.flush().await?;
             tokio::select! {
-                frame = self.conn.read_frame() => match frame {
+                request = self.conn.read_request() => match request {
                     Ok(None) => return Ok(None),
-                    Ok(Some(frame)) => {
+                    Ok(Some(Request::Ack { request_id, ids })) => {
+                        // Acknowledgements wait for the store like sends.
+                        self.settle(PIPELINE - 1).await;
+                        let pending = self.queue_ack(request_id, ids);
+                        self.replies.push_back(pending);
+                    }
+                    Ok(Some(Request::Frame(frame))) => {
                         if frame.version != VERSION {
                             let text = format!(
                                 "protocol version {} is not supported; this server speaks {VERSION}",
@@ -221,11 +258,12 @@ impl Session {
                             return Ok(Some(reply(&frame, Err(Reject::new(Status::Version, text)))));
                         }
                         if matches!(frame.opcode, op::SEND_DM | op::SEND_ROOM | op::ACK) {
-                            // Sends and acknowledgements wait for the store
-                            // while the connection reads on and keeps pushing.
+                            // Sends wait for the store while the connection
+                            // reads on and keeps pushing.
                             self.settle(PIPELINE - 1).await;
                             let pending = if frame.opcode == op::ACK {
-                                self.queue_ack(&frame)
+                                let ids = frame.args.iter().map(|id| arg::to_u64(id)).collect();
+                                self.queue_ack(frame.request_id, ids)
                             } else {
                                 self.queue_send(&frame)
                             };
@@ -261,12 +299,16 @@ impl Session {
                 }
                 delivery = next_delivery(&mut self.inbox) => match delivery {
                     Ok(message) => {
-                        self.conn.push_delivery(&message);
+                        let ready = self.inbox.as_ref().map_or(0, Inbox::ready);
+                        self.conn.push_delivery(&message, ready.min(PUSH_BATCH - 1));
                         // Write whatever else is ready in the same flush.
-                        for _ in 1..PUSH_BATCH {
+                        for pushed in 1..PUSH_BATCH {
                             let Some(inbox) = &mut self.inbox else { break };
                             match inbox.next().now_or_never() {
-                                Some(Ok(message)) => self.conn.push_delivery(&message),
+                                Some(Ok(message)) => {
+                                    let following = inbox.ready().min(PUSH_BATCH - 1 - pushed);
+                                    self.conn.push_delivery(&message, following);
+                                }
                                 // A closed stream is reported on the next turn.
                                 _ => break,
                             }
@@ -328,20 +370,14 @@ impl Session {
     }
 
     /// Queues an ACK; the returned future is its reply.
-    fn queue_ack(&self, frame: &Frame) -> BoxFuture<'static, Frame> {
-        let request = Frame::request(frame.opcode, frame.request_id, vec![]);
-        let checked = (|| {
-            let who = self.logged_in()?;
-            let ids = frame
-                .args
-                .iter()
-                .map(|id| arg::to_u64(id))
-                .collect::<Option<Vec<u64>>>()
-                .ok_or_else(|| {
-                    Reject::new(Status::Arguments, "every ACK argument is an 8-byte id")
-                })?;
-            Ok::<_, Reject>((who, ids))
-        })();
+    fn queue_ack(&self, request_id: u32, ids: Option<Vec<u64>>) -> BoxFuture<'static, Frame> {
+        let request = Frame::request(op::ACK, request_id, vec![]);
+        let checked = self.logged_in().and_then(|who| {
+            let ids = ids.ok_or_else(|| {
+                Reject::new(Status::Arguments, "every ACK argument is an 8-byte id")
+            })?;
+            Ok((who, ids))
+        });
         let core = self.core.clone();
         async move {
             let result = match checked {
