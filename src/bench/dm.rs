@@ -120,26 +120,36 @@ pub async fn run(target: &Target, args: &DmArgs) -> Result<DmReport, BenchError>
     let mut sending = Vec::new();
     for (sender, to) in connections.into_iter().zip(recipients.clone()) {
         // Lanes of one connection: each sends every `lanes`-th message and
-        // waits for its acknowledgement before the next.
+        // waits for its acknowledgement before the next. They run as one
+        // task per connection with one histogram, as one client would.
         let extra: Vec<Sender> = (1..args.pipeline.max(1))
             .map_while(|_| sender.concurrent())
             .collect();
         let lanes: Vec<Sender> = std::iter::once(sender).chain(extra).collect();
-        let stride = lanes.len();
-        for (lane, mut sender) in lanes.into_iter().enumerate() {
-            let (acked, messages, bytes, to) =
-                (acked.clone(), args.messages, args.bytes, to.clone());
-            sending.push(tokio::spawn(async move {
-                let mut latency = histogram();
-                for seq in (lane..messages).step_by(stride) {
-                    let began = Instant::now();
-                    sender.tell(&to, &stamp(0, seq, bytes)).await?;
-                    let _ = latency.record((began.elapsed().as_micros() as u64).max(1));
-                    acked.fetch_add(1, Ordering::Relaxed);
+        let (acked, messages, bytes) = (acked.clone(), args.messages, args.bytes);
+        sending.push(tokio::spawn(async move {
+            let latency = std::sync::Mutex::new(histogram());
+            let stride = lanes.len();
+            let lanes = lanes.into_iter().enumerate().map(|(lane, mut sender)| {
+                let (acked, latency, to) = (&acked, &latency, &to);
+                async move {
+                    for seq in (lane..messages).step_by(stride) {
+                        let began = Instant::now();
+                        sender.tell(to, &stamp(0, seq, bytes)).await?;
+                        let micros = (began.elapsed().as_micros() as u64).max(1);
+                        if let Ok(mut latency) = latency.lock() {
+                            let _ = latency.record(micros);
+                        }
+                        acked.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok::<_, String>(())
                 }
-                Ok::<_, String>(latency)
-            }));
-        }
+            });
+            futures::future::try_join_all(lanes).await?;
+            latency
+                .into_inner()
+                .map_err(|_| "a lane panicked".to_string())
+        }));
     }
     let mut errors = Vec::new();
     let mut latency = histogram();
