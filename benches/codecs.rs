@@ -9,7 +9,7 @@ use bytes::BytesMut;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use meshtalk::codec::frame::{Frame, FrameView, MAX_REQUEST, arg};
 use meshtalk::codec::line::{Command, LineDecoder, ServerLine};
-use meshtalk::codec::wire::{message_args, op};
+use meshtalk::codec::wire::{message_push, op};
 use meshtalk::core::{Message, Target};
 
 fn message() -> Message {
@@ -78,30 +78,12 @@ fn wire(c: &mut Criterion) {
         let mut out = Vec::with_capacity(256);
         b.iter(|| {
             out.clear();
-            let mut args = Vec::with_capacity(6);
-            message_args(black_box(&m), &mut args);
-            let push = Frame {
-                version: 1,
-                opcode: op::PUSH_MESSAGE,
-                request_id: 0,
-                status: 0,
-                args,
-            };
-            push.encode(&mut out);
+            message_push(black_box(&m)).encode(&mut out);
             out.len()
         })
     });
     let mut push = Vec::new();
-    let mut args = Vec::new();
-    message_args(&m, &mut args);
-    Frame {
-        version: 1,
-        opcode: op::PUSH_MESSAGE,
-        request_id: 0,
-        status: 0,
-        args,
-    }
-    .encode(&mut push);
+    message_push(&m).encode(&mut push);
     group.bench_function("read MESSAGE push in place", |b| {
         b.iter(|| {
             let view = FrameView::parse(black_box(&push))?;

@@ -409,6 +409,18 @@ async fn a_client_that_half_closes_still_gets_every_reply_it_is_owed() {
     assert_eq!(sent, (1..=41).collect::<Vec<_>>());
 }
 
+/// Logs bob in on a new connection and takes `n` pushes: their ids, sorted.
+async fn relogin(t: &TestServer, n: usize) -> (WireClient, Vec<u64>) {
+    let bob = WireClient::connect(t.server.wire_addr()).await.unwrap();
+    bob.login("bob", PASSWORD).await.unwrap();
+    let mut ids = vec![];
+    for _ in 0..n {
+        ids.push(bob.next_message().await.unwrap().id);
+    }
+    ids.sort_unstable();
+    (bob, ids)
+}
+
 #[tokio::test]
 async fn one_ack_of_direct_and_room_ids_stops_exactly_those() {
     let t = TestServer::start().await;
@@ -428,13 +440,7 @@ async fn one_ack_of_direct_and_room_ids_stops_exactly_those() {
         speech.push(said.unwrap().id);
     }
 
-    let bob = WireClient::connect(t.server.wire_addr()).await.unwrap();
-    bob.login("bob", PASSWORD).await.unwrap();
-    let mut got = vec![];
-    for _ in 0..10 {
-        got.push(bob.next_message().await.unwrap().id);
-    }
-    got.sort_unstable();
+    let (bob, got) = relogin(&t, 10).await;
     let mut all = [dms.clone(), speech.clone()].concat();
     all.sort_unstable();
     assert_eq!(got, all);
@@ -454,13 +460,7 @@ async fn one_ack_of_direct_and_room_ids_stops_exactly_those() {
     );
     drop(bob);
 
-    let bob = WireClient::connect(t.server.wire_addr()).await.unwrap();
-    bob.login("bob", PASSWORD).await.unwrap();
-    let mut again = vec![];
-    for _ in 0..4 {
-        again.push(bob.next_message().await.unwrap().id);
-    }
-    again.sort_unstable();
+    let (bob, again) = relogin(&t, 4).await;
     let mut rest = [&dms[3..], &speech[3..]].concat();
     rest.sort_unstable();
     assert_eq!(again, rest, "only what was not acknowledged comes again");

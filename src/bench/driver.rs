@@ -790,17 +790,8 @@ mod tests {
             sent_at_ms: 1,
             client_msg_id: None,
         };
-        let mut args = Vec::new();
-        crate::codec::wire::message_args(&message, &mut args);
         let mut bytes = Vec::new();
-        Frame {
-            version: 1,
-            opcode: op::PUSH_MESSAGE,
-            request_id: 0,
-            status: 0,
-            args,
-        }
-        .encode(&mut bytes);
+        crate::codec::wire::message_push(&message).encode(&mut bytes);
         let whole = bytes.len();
         bytes.extend_from_slice(&[0, 0, 0, 40, 1]);
         let mut out = Vec::new();

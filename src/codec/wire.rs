@@ -3,7 +3,7 @@
 
 use bytes::Bytes;
 
-use super::frame::arg;
+use super::frame::{Frame, VERSION, arg};
 use crate::core::{ErrorKind, Message, Target};
 
 /// Request opcodes (client → server); a reply carries the same opcode.
@@ -117,6 +117,19 @@ pub fn message_args(m: &Message, out: &mut Vec<Bytes>) {
     }));
     out.push(arg::str(&m.body));
     out.push(arg::str(m.client_msg_id.as_deref().unwrap_or("")));
+}
+
+/// A MESSAGE push of `m`: the six message arguments, request id 0.
+pub fn message_push(m: &Message) -> Frame {
+    let mut args = Vec::with_capacity(MESSAGE_ARGS);
+    message_args(m, &mut args);
+    Frame {
+        version: VERSION,
+        opcode: op::PUSH_MESSAGE,
+        request_id: 0,
+        status: 0,
+        args,
+    }
 }
 
 /// Reads six arguments back into a message.

@@ -20,7 +20,7 @@ use super::listener::{
     self, PUSH_BATCH, Shutdown, WRITE_TIMEOUT, next_delivery, read_some, write_out,
 };
 use crate::codec::frame::{Frame, FrameError, FrameView, MAX_REQUEST, VERSION, arg};
-use crate::codec::wire::{Status, message_args, op};
+use crate::codec::wire::{Status, message_args, message_push, op};
 use crate::core::{
     Closed, Core, CoreError, Delivery, Encoding, ErrorKind, Identity, Inbox, Target,
 };
@@ -136,7 +136,7 @@ impl Connection {
             delivery,
             following,
             Encoding::Wire,
-            |m, out| push(m).encode(out),
+            |m, out| message_push(m).encode(out),
         );
     }
 
@@ -576,18 +576,6 @@ impl Session {
                 format!("unknown opcode 0x{opcode:02x}"),
             )),
         }
-    }
-}
-
-fn push(message: &crate::core::Message) -> Frame {
-    let mut args = Vec::with_capacity(crate::codec::wire::MESSAGE_ARGS);
-    message_args(message, &mut args);
-    Frame {
-        version: VERSION,
-        opcode: op::PUSH_MESSAGE,
-        request_id: 0,
-        status: 0,
-        args,
     }
 }
 
