@@ -80,9 +80,9 @@ struct Connection {
 enum Request {
     Frame(Frame),
     /// An ACK, read in place into its ids (`None` if an argument is not
-    /// 8 bytes): a busy receiver sends one of a thousand ids or more per
-    /// thousand deliveries, and a [`Frame`] would hold each id in an
-    /// allocation of its own.
+    /// 8 bytes). A busy receiver sends an ACK of a thousand ids or more per
+    /// thousand deliveries, and a [`Frame`] would hold each id in a
+    /// reference-counted slice of its own: five times the work.
     Ack {
         request_id: u32,
         ids: Option<Vec<u64>>,
@@ -258,8 +258,10 @@ impl Session {
                             return Ok(Some(reply(&frame, Err(Reject::new(Status::Version, text)))));
                         }
                         if matches!(frame.opcode, op::SEND_DM | op::SEND_ROOM | op::ACK) {
-                            // Sends wait for the store while the connection
-                            // reads on and keeps pushing.
+                            // Sends and acknowledgements wait for the store
+                            // while the connection reads on and keeps pushing.
+                            // (A sound ACK is read in place and never comes
+                            // this way; this keeps the opcode's meaning whole.)
                             self.settle(PIPELINE - 1).await;
                             let pending = if frame.opcode == op::ACK {
                                 let ids = frame.args.iter().map(|id| arg::to_u64(id)).collect();
