@@ -92,11 +92,12 @@ enum Request {
 impl Connection {
     async fn read_request(&mut self) -> Result<Option<Request>, ReadError> {
         loop {
+            // A whole frame is at least a header long, so its version and
+            // opcode are there to look at before anything is parsed.
             if let Some(total) =
                 Frame::check(&self.buffer, MAX_REQUEST).map_err(ReadError::Frame)?
+                && self.buffer[4..6] == [VERSION, op::ACK]
                 && let Some(view) = FrameView::parse(&self.buffer[..total])
-                && view.version == VERSION
-                && view.opcode == op::ACK
             {
                 let ack = Request::Ack {
                     request_id: view.request_id,
