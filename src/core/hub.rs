@@ -113,13 +113,18 @@ impl Queue {
     }
 
     fn push(&self, delivery: &Delivery, depth: usize) -> Result<(), Full> {
-        self.push_all(vec![delivery.clone()], depth)
+        self.push_all(std::iter::once(delivery.clone()), depth)
     }
 
     /// Queues `deliveries` in one lock and wakes the receiver once. A queue
     /// that ended (its receiver fell behind earlier in the batch) takes
     /// nothing more.
-    fn push_all(&self, deliveries: Vec<Delivery>, depth: usize) -> Result<(), Full> {
+    fn push_all<I>(&self, deliveries: I, depth: usize) -> Result<(), Full>
+    where
+        I: IntoIterator<Item = Delivery>,
+        I::IntoIter: ExactSizeIterator,
+    {
+        let deliveries = deliveries.into_iter();
         let mut state = self.lock();
         if state.ended {
             return Ok(());
