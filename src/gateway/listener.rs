@@ -156,19 +156,33 @@ pub fn push_delivery(
 /// connection holds no write buffer either. A client that does not read for
 /// [`WRITE_TIMEOUT`] is given up on rather than holding its task forever.
 pub async fn write_out(writer: &mut OwnedWriteHalf, out: &mut Vec<u8>) -> std::io::Result<()> {
+    let result = write_within_limit(writer, out).await;
+    *out = Vec::new();
+    result
+}
+
+async fn write_within_limit(writer: &mut OwnedWriteHalf, out: &[u8]) -> std::io::Result<()> {
     if out.is_empty() {
         return Ok(());
     }
-    let write = writer.write_all(out);
-    let result = match tokio::time::timeout(WRITE_TIMEOUT, write).await {
+    // Nearly every batch fits the socket's send buffer: written at once, it
+    // needs no timer, which would otherwise be set and cancelled per write
+    // on every connection. Only what the socket does not take waits.
+    let written = match writer.try_write(out) {
+        Ok(n) => n,
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => 0,
+        Err(e) => return Err(e),
+    };
+    if written == out.len() {
+        return Ok(());
+    }
+    match tokio::time::timeout(WRITE_TIMEOUT, writer.write_all(&out[written..])).await {
         Ok(result) => result,
         Err(_) => Err(std::io::Error::new(
             std::io::ErrorKind::TimedOut,
             "the client stopped reading",
         )),
-    };
-    *out = Vec::new();
-    result
+    }
 }
 
 /// The next delivery of a logged-in connection; never resolves before login.
