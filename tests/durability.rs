@@ -178,3 +178,81 @@ async fn sigterm_ends_streams_finishes_commits_and_exits_zero() {
     let lost: Vec<_> = acked.iter().filter(|id| !stored.contains(id)).collect();
     assert!(lost.is_empty(), "acked but lost: {lost:?}");
 }
+
+/// Sends `count` DMs from alice to bob and `count` lines to `lobby`; bob
+/// takes all of them from his stream and acknowledges them at once.
+async fn shown_and_acked(url: &str, count: usize) -> Vec<u64> {
+    let alice = login(url, "alice").await;
+    let bob = login(url, "bob").await;
+    let mut stream = bob.subscribe().await.unwrap();
+    for i in 0..count {
+        alice
+            .send(&To::User("bob".into()), &format!("dm-{i}"), None)
+            .await
+            .unwrap();
+        alice
+            .send(&To::Room("lobby".into()), &format!("room-{i}"), None)
+            .await
+            .unwrap();
+    }
+    let mut ids = Vec::new();
+    for _ in 0..2 * count {
+        ids.push(next_message(&mut stream).await.id);
+    }
+    bob.ack(ids.clone()).await.unwrap();
+    ids
+}
+
+#[tokio::test]
+async fn acknowledgements_made_just_before_a_clean_stop_are_kept() {
+    let (_keep, dir) = data_dir();
+    let mut server = ChildServer::start(&dir);
+    user(&server.url, "alice").await;
+    user(&server.url, "bob").await;
+    shown_and_acked(&server.url, 5).await;
+    // At once, well inside the time acknowledgements wait in memory: the
+    // stop must write them.
+    // SAFETY: kill(2) on our own child's pid has no memory effects.
+    assert_eq!(unsafe { libc::kill(server.pid(), libc::SIGTERM) }, 0);
+    let status = server.child.wait().unwrap();
+    assert!(status.success(), "exit status {status:?}");
+
+    let server = ChildServer::start(&dir);
+    let bob = login(&server.url, "bob").await;
+    let mut stream = bob.subscribe().await.unwrap();
+    common::assert_quiet(&mut stream).await;
+}
+
+#[tokio::test]
+async fn after_kill_9_unwritten_acknowledgements_only_repeat_messages() {
+    let (_keep, dir) = data_dir();
+    let server = ChildServer::start(&dir);
+    user(&server.url, "alice").await;
+    user(&server.url, "bob").await;
+    let shown = shown_and_acked(&server.url, 5).await;
+    let alice = login(&server.url, "alice").await;
+    let unseen = alice
+        .send(&To::User("bob".into()), "after the ack", None)
+        .await
+        .unwrap()
+        .id;
+    server.kill9();
+
+    // Whatever of the acknowledged ten comes again comes with its own id
+    // and at most once; the message bob never saw comes for certain.
+    let server = ChildServer::start(&dir);
+    let bob = login(&server.url, "bob").await;
+    let mut stream = bob.subscribe().await.unwrap();
+    let mut again = Vec::new();
+    loop {
+        let m = next_message(&mut stream).await;
+        if m.id == unseen {
+            assert_eq!(m.body, "after the ack");
+            break;
+        }
+        assert!(shown.contains(&m.id), "{} was never sent", m.id);
+        assert!(!again.contains(&m.id), "{} came twice", m.id);
+        again.push(m.id);
+    }
+    common::assert_quiet(&mut stream).await;
+}

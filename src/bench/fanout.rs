@@ -109,11 +109,48 @@ pub fn stamp(publisher: usize, seq: usize, bytes: usize) -> String {
     body
 }
 
-/// Waits until `sent` messages at `rate` per second are due.
-pub async fn pace(start: Instant, sent: usize, rate: Option<f64>) {
-    if let Some(rate) = rate.filter(|r| *r > 0.0) {
-        let due = start + Duration::from_secs_f64(sent as f64 / rate);
-        tokio::time::sleep_until(due.into()).await;
+/// When each publisher's messages are due at a total rate.
+///
+/// The publishers take turns: at 1,000 messages/s from 4 publishers, one
+/// message is due every millisecond, publisher 0's at 0, 4, 8 ms, publisher
+/// 1's at 1, 5, 9 ms. Four publishers each pacing themselves from the same
+/// start would send together every 4 ms, and what a paced run measured
+/// would be a burst of four messages, the last of which waits for the other
+/// three to be written to every subscriber.
+#[derive(Clone, Copy)]
+pub struct Pacing {
+    start: Instant,
+    rate: Option<f64>,
+    publisher: usize,
+    publishers: usize,
+}
+
+impl Pacing {
+    pub fn new(start: Instant, rate: Option<f64>, publisher: usize, publishers: usize) -> Self {
+        Pacing {
+            start,
+            rate: rate.filter(|r| *r > 0.0),
+            publisher,
+            publishers: publishers.max(1),
+        }
+    }
+
+    /// When this publisher's message number `seq` is due (None: at once).
+    pub fn due(&self, seq: usize) -> Option<Instant> {
+        let rate = self.rate?;
+        let slot = seq * self.publishers + self.publisher;
+        Some(self.start + Duration::from_secs_f64(slot as f64 / rate))
+    }
+
+    /// Waits until this publisher's message number `seq` is due.
+    pub async fn wait(&self, seq: usize) {
+        if let Some(due) = self.due(seq) {
+            tokio::time::sleep_until(due.into()).await;
+        }
+    }
+
+    pub fn paced(&self) -> bool {
+        self.rate.is_some()
     }
 }
 
@@ -255,7 +292,6 @@ pub async fn run(target: &Target, args: &FanoutArgs) -> Result<FanoutReport, Ben
         })
         .collect();
     let start = Instant::now();
-    let per_publisher_rate = args.rate.map(|r| r / args.publishers as f64);
     let mut publishing = Vec::new();
     for (p, sender) in senders.into_iter().enumerate() {
         publishing.push(tokio::spawn(publish(
@@ -264,9 +300,8 @@ pub async fn run(target: &Target, args: &FanoutArgs) -> Result<FanoutReport, Ben
             p,
             args.messages,
             args.bytes,
-            per_publisher_rate,
+            Pacing::new(start, args.rate, p, args.publishers),
             args.pipeline.max(1),
-            start,
         )));
     }
     let mut errors = Vec::new();
@@ -314,25 +349,23 @@ pub async fn run(target: &Target, args: &FanoutArgs) -> Result<FanoutReport, Ben
     })
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn publish(
     mut sender: Sender,
     room: String,
     publisher: usize,
     messages: usize,
     bytes: usize,
-    rate: Option<f64>,
+    pacing: Pacing,
     pipeline: usize,
-    start: Instant,
 ) -> Result<(), String> {
     let Some(_) = sender.concurrent() else {
         // The line protocol: one writer, no replies to wait for.
         for seq in 0..messages {
-            pace(start, seq, rate).await;
+            pacing.wait(seq).await;
             sender.say(&room, &stamp(publisher, seq, bytes)).await?;
             // Paced, each line goes out as soon as it is stamped; at full
             // speed, the buffer gathers as many as it holds.
-            if rate.is_some() {
+            if pacing.paced() {
                 sender.flush().await?;
             }
         }
@@ -347,7 +380,7 @@ async fn publish(
                 // Paced by the publisher's own sequence, so the lanes take
                 // turns instead of firing together.
                 for seq in (lane..messages).step_by(pipeline) {
-                    pace(start, seq, rate).await;
+                    pacing.wait(seq).await;
                     handle.say(&room, &stamp(publisher, seq, bytes)).await?;
                 }
                 Ok::<(), String>(())
@@ -358,4 +391,27 @@ async fn publish(
         lane.await.map_err(|e| e.to_string())??;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paced_publishers_take_turns() {
+        let start = Instant::now();
+        let due = |publisher, seq| {
+            Pacing::new(start, Some(1000.0), publisher, 4)
+                .due(seq)
+                .map(|at| at.duration_since(start).as_micros())
+        };
+        // One message a millisecond in total, never two at once.
+        assert_eq!(due(0, 0), Some(0));
+        assert_eq!(due(1, 0), Some(1000));
+        assert_eq!(due(3, 0), Some(3000));
+        assert_eq!(due(0, 1), Some(4000));
+        assert_eq!(due(1, 2), Some(9000));
+        assert_eq!(Pacing::new(start, None, 1, 4).due(7), None);
+        assert_eq!(Pacing::new(start, Some(0.0), 1, 4).due(7), None);
+    }
 }

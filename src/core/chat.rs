@@ -264,6 +264,9 @@ impl Core {
     pub async fn attach(&self, who: &Identity) -> Result<Inbox, CoreError> {
         self.check_running()?;
         let live = self.inner.hub.attach(who.account, who.session);
+        // The backlog is read against the store's cursors and inbox, which
+        // must first have every acknowledgement made so far.
+        self.inner.acks.flush().await?;
         let high_water = self.inner.store.last_message_id().await?;
         Ok(Inbox {
             core: self.clone(),
@@ -277,8 +280,10 @@ impl Core {
         })
     }
 
-    /// Marks messages as shown, so they are not delivered again.
-    pub async fn ack(&self, who: &Identity, ids: &[u64]) -> Result<(), CoreError> {
+    /// Marks messages as shown, so they are not delivered again. The store
+    /// learns of it within [`acks::ACK_DELAY`](super::acks::ACK_DELAY), and
+    /// before this account's next backlog is read.
+    pub fn ack(&self, who: &Identity, ids: &[u64]) -> Result<(), CoreError> {
         if ids.len() > MAX_ACK_IDS {
             return Err(CoreError::invalid(
                 "ack",
@@ -290,9 +295,8 @@ impl Core {
         }
         let sorted = self.inner.recent.sort(ids);
         self.inner
-            .store
-            .ack(who.account, sorted.others, sorted.rooms)
-            .await?;
+            .acks
+            .record(who.account, &sorted.others, &sorted.rooms);
         Ok(())
     }
 
@@ -311,9 +315,10 @@ impl Core {
         }
     }
 
-    /// Marks delivered messages as shown. Knowing the messages, the core
-    /// sends the store only direct-message ids and the newest id per room.
-    pub async fn ack_shown(&self, who: &Identity, shown: &[Delivery]) -> Result<(), CoreError> {
+    /// Marks delivered messages as shown, as [`Core::ack`] does. Knowing the
+    /// messages, the core keeps only direct-message ids and the newest id
+    /// per room.
+    pub fn ack_shown(&self, who: &Identity, shown: &[Delivery]) {
         let mut direct = Vec::new();
         // The newest id per room name. A batch is nearly always one or two
         // rooms, so a short list beats hashing every message's room name.
@@ -339,11 +344,7 @@ impl Core {
                 }
             }
         }
-        if direct.is_empty() && rooms.is_empty() {
-            return Ok(());
-        }
-        self.inner.store.ack(who.account, direct, rooms).await?;
-        Ok(())
+        self.inner.acks.record(who.account, &direct, &rooms);
     }
 
     /// A room's or a direct conversation's history after a cursor.

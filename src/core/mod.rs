@@ -9,6 +9,7 @@
 //! lost by a crash.
 
 mod accounts;
+mod acks;
 mod chat;
 mod error;
 pub mod hub;
@@ -86,6 +87,8 @@ pub struct Core {
 struct Inner {
     store: Arc<dyn Store>,
     hub: Arc<Hub>,
+    /// Acknowledgements on their way to the store.
+    acks: Arc<acks::Acks>,
     /// The rooms of the latest room messages, for acknowledgements.
     recent: recent::RecentRooms,
     node: String,
@@ -138,6 +141,7 @@ impl Core {
         Ok(Core {
             inner: Arc::new(Inner {
                 hub: Hub::new(config.limits.queue_depth, changed.clone()),
+                acks: acks::Acks::start(store.clone()),
                 recent: recent::RecentRooms::default(),
                 changed,
                 remote: OnceLock::new(),
@@ -181,8 +185,10 @@ impl Core {
         self.inner.hub.close_all(Closed::ShuttingDown);
     }
 
-    /// Lets the store commit what it has in flight, then closes it.
+    /// Writes the acknowledgements still in memory, lets the store commit
+    /// what it has in flight, then closes it.
     pub async fn close_store(&self) {
+        self.inner.acks.close().await;
         self.inner.store.close().await;
     }
 

@@ -151,11 +151,6 @@ struct Session {
     /// Speech queued for the store, oldest first. Speech has no reply, so
     /// the connection reads on while it commits; only failures are reported.
     speech: FuturesOrdered<BoxFuture<'static, Result<Sent, CoreError>>>,
-    /// Deliveries written but not yet acknowledged to the store.
-    unacked: Vec<Delivery>,
-    /// The one acknowledgement in flight: later ones wait and merge, so a
-    /// connection never queues more than one at a time.
-    acking: Option<tokio::task::JoinHandle<()>>,
 }
 
 enum Flow {
@@ -171,8 +166,6 @@ pub async fn serve_connection(core: Core, stream: TcpStream, mut shutdown: Shutd
         room: names::LOBBY.into(),
         inbox: None,
         speech: FuturesOrdered::new(),
-        unacked: Vec::new(),
-        acking: None,
         core,
     };
     session.conn.push(notice(format!(
@@ -183,16 +176,6 @@ pub async fn serve_connection(core: Core, stream: TcpStream, mut shutdown: Shutd
         tracing::debug!(error = %e, "line connection ended");
     }
     session.end().await;
-}
-
-/// Resolves when the acknowledgement in flight is done; never if none is.
-async fn acked(acking: &mut Option<tokio::task::JoinHandle<()>>) {
-    match acking {
-        Some(handle) => {
-            let _ = handle.await;
-        }
-        None => std::future::pending().await,
-    }
 }
 
 /// Tells a connection over the limit why it is being closed.
@@ -233,10 +216,6 @@ impl Session {
                     if let Err(e) = said {
                         self.conn.push(core_error(e));
                     }
-                }
-                _ = acked(&mut self.acking) => {
-                    self.acking = None;
-                    self.start_ack();
                 }
                 delivery = next_delivery(&mut self.inbox) => {
                     match delivery {
@@ -280,40 +259,16 @@ impl Session {
             }
         }
         self.conn.flush().await?;
-        self.unacked.extend(shown);
-        self.start_ack();
+        if let Some(who) = &self.who {
+            self.core.ack_shown(who, &shown);
+        }
         Ok(())
     }
 
-    /// Acknowledges what was written, unless an acknowledgement is already
-    /// in flight (this one then follows when that one is done).
-    fn start_ack(&mut self) {
-        if self.acking.is_some() || self.unacked.is_empty() {
-            return;
-        }
-        let Some(who) = self.who.clone() else {
-            self.unacked.clear();
-            return;
-        };
-        let (core, shown) = (self.core.clone(), std::mem::take(&mut self.unacked));
-        self.acking = Some(tokio::spawn(async move {
-            if let Err(e) = core.ack_shown(&who, &shown).await {
-                tracing::debug!(error = %e, "ack failed; the messages will come again");
-            }
-        }));
-    }
-
-    /// Acknowledges the last of what was written, then logs the
-    /// connection's session out.
+    /// Logs the connection's session out.
     async fn end(&mut self) {
         self.inbox = None;
-        if let Some(acking) = self.acking.take() {
-            let _ = acking.await;
-        }
         if let Some(who) = self.who.take() {
-            if !self.unacked.is_empty() {
-                let _ = self.core.ack_shown(&who, &self.unacked).await;
-            }
             let _ = self.core.logout(&who).await;
         }
     }

@@ -381,19 +381,13 @@ impl Session {
             })?;
             Ok((who, ids))
         });
-        let core = self.core.clone();
-        async move {
-            let result = match checked {
-                Ok((who, ids)) => core
-                    .ack(&who, &ids)
-                    .await
-                    .map(|()| vec![])
-                    .map_err(Reject::from),
-                Err(reject) => Err(reject),
-            };
-            reply(&request, result)
-        }
-        .boxed()
+        let result = checked.and_then(|(who, ids)| {
+            self.core
+                .ack(&who, &ids)
+                .map(|()| vec![])
+                .map_err(Reject::from)
+        });
+        futures::future::ready(reply(&request, result)).boxed()
     }
 
     async fn handle(&mut self, frame: &Frame) -> Reply {

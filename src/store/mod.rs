@@ -100,6 +100,15 @@ pub enum Conversation {
     Direct(AccountId, AccountId),
 }
 
+/// What one account has been shown: direct messages (and messages whose
+/// room the caller did not know) by id, and the newest id per room.
+#[derive(Debug, Clone, Default)]
+pub struct AccountAcks {
+    pub account: AccountId,
+    pub ids: Vec<u64>,
+    pub rooms: Vec<(RoomId, u64)>,
+}
+
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Counts {
     pub messages: u64,
@@ -181,15 +190,10 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Vec<Message>, StoreError>;
     /// The newest message id, 0 when there is none.
     async fn last_message_id(&self) -> Result<u64, StoreError>;
-    /// Marks messages as shown: removes `ids` from the inbox (an id that is
-    /// not there counts for its room), and moves each room's cursor to at
-    /// least the given id. Only the newest id per room matters.
-    async fn ack(
-        &self,
-        account: AccountId,
-        ids: Vec<u64>,
-        rooms: Vec<(RoomId, u64)>,
-    ) -> Result<(), StoreError>;
+    /// Marks messages as shown, for many accounts in one write: for each,
+    /// removes `ids` from its inbox (an id that is not there counts for its
+    /// room), and moves each room's cursor to at least the given id.
+    async fn ack(&self, acks: Vec<AccountAcks>) -> Result<(), StoreError>;
     /// History after a cursor, oldest first; with `newest`, the last `limit`.
     async fn history(
         &self,

@@ -16,8 +16,8 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use super::{
-    AccountHook, AccountId, AccountRecord, AccountSummary, Appended, CommitHook, Conversation,
-    Counts, MembershipHook, NewMessage, PendingAppend, RoomId, RoomRecord, SessionId,
+    AccountAcks, AccountHook, AccountId, AccountRecord, AccountSummary, Appended, CommitHook,
+    Conversation, Counts, MembershipHook, NewMessage, PendingAppend, RoomId, RoomRecord, SessionId,
     SessionRecord, Store, StoreError, message_target,
 };
 use crate::core::Message;
@@ -613,48 +613,50 @@ impl Store for SqliteStore {
         .map(|id| id as u64)
     }
 
-    async fn ack(
-        &self,
-        account: AccountId,
-        ids: Vec<u64>,
-        rooms: Vec<(RoomId, u64)>,
-    ) -> Result<(), StoreError> {
+    async fn ack(&self, acks: Vec<AccountAcks>) -> Result<(), StoreError> {
         self.write(move |c| {
-            let mut cursors: std::collections::HashMap<RoomId, i64> = rooms
-                .into_iter()
-                .map(|(room, id)| (room, id as i64))
-                .collect();
             let mut unbox = c
                 .prepare_cached("DELETE FROM inbox WHERE account_id = ?1 AND message_id = ?2")
                 .map_err(backend)?;
             let mut room_of = c
                 .prepare_cached("SELECT room_id FROM messages WHERE id = ?1")
                 .map_err(backend)?;
-            for id in ids {
-                let id = id as i64;
-                if unbox.execute(params![account, id]).map_err(backend)? > 0 {
-                    continue;
-                }
-                let room: Option<Option<RoomId>> = room_of
-                    .query_row([id], |r| r.get(0))
-                    .optional()
-                    .map_err(backend)?;
-                if let Some(Some(room)) = room {
-                    let cursor = cursors.entry(room).or_insert(id);
-                    *cursor = (*cursor).max(id);
-                }
-            }
-            // One update per room, however many of its messages were acked.
             let mut advance = c
                 .prepare_cached(
                     "UPDATE memberships SET acked_id = MAX(acked_id, ?3)
                       WHERE account_id = ?1 AND room_id = ?2",
                 )
                 .map_err(backend)?;
-            for (room, id) in cursors {
-                advance
-                    .execute(params![account, room, id])
-                    .map_err(backend)?;
+            for AccountAcks {
+                account,
+                ids,
+                rooms,
+            } in acks
+            {
+                let mut cursors: std::collections::HashMap<RoomId, i64> = rooms
+                    .into_iter()
+                    .map(|(room, id)| (room, id as i64))
+                    .collect();
+                for id in ids {
+                    let id = id as i64;
+                    if unbox.execute(params![account, id]).map_err(backend)? > 0 {
+                        continue;
+                    }
+                    let room: Option<Option<RoomId>> = room_of
+                        .query_row([id], |r| r.get(0))
+                        .optional()
+                        .map_err(backend)?;
+                    if let Some(Some(room)) = room {
+                        let cursor = cursors.entry(room).or_insert(id);
+                        *cursor = (*cursor).max(id);
+                    }
+                }
+                // One update per room, however many of its messages were acked.
+                for (room, id) in cursors {
+                    advance
+                        .execute(params![account, room, id])
+                        .map_err(backend)?;
+                }
             }
             Ok(())
         })

@@ -1,0 +1,237 @@
+//! Acknowledgements, merged in memory and written to the store in batches.
+//!
+//! A receiver acknowledges what it has shown so that it is not delivered
+//! again. Writing each acknowledgement as it comes would cost the store one
+//! job per delivery batch per connection: at 1,000 messages a second into a
+//! room of 100, that is 100,000 cursor updates a second competing with the
+//! messages themselves for the writer. Instead an acknowledgement is merged
+//! here (a room's cursor is only its newest id) and the merged set is written
+//! within [`ACK_DELAY`], in one store job.
+//!
+//! The delivery contract allows this: what is unacknowledged is delivered
+//! again, and every message carries a stable id. An acknowledgement lost to
+//! a crash before its write means a few messages come again at the next
+//! login, never that one is lost. A login does not see stale cursors:
+//! [`Acks::flush`] runs before a session's backlog is read, and on shutdown.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+
+use crate::store::{AccountAcks, AccountId, RoomId, Store, StoreError};
+
+/// How long an acknowledgement may wait in memory before it is written.
+pub const ACK_DELAY: Duration = Duration::from_millis(100);
+/// Pending ids and room cursors that are written at once, without waiting
+/// for [`ACK_DELAY`], so that memory stays bounded under any load.
+const FLUSH_AT: usize = 16_384;
+
+pub struct Acks {
+    store: Arc<dyn Store>,
+    pending: Mutex<Pending>,
+    /// Held from taking a pending set until it is written, so a flush that
+    /// finds nothing pending also knows nothing is still on its way.
+    writing: tokio::sync::Mutex<()>,
+    /// Woken by the first acknowledgement after a write.
+    first: Notify,
+    /// Woken when [`FLUSH_AT`] is reached, or when closing.
+    full: Notify,
+    closed: AtomicBool,
+}
+
+#[derive(Default)]
+struct Pending {
+    by_account: HashMap<AccountId, AccountAcks>,
+    entries: usize,
+}
+
+impl Acks {
+    /// Starts the task that writes acknowledgements within [`ACK_DELAY`].
+    pub fn start(store: Arc<dyn Store>) -> Arc<Acks> {
+        let acks = Arc::new(Acks {
+            store,
+            pending: Mutex::new(Pending::default()),
+            writing: tokio::sync::Mutex::new(()),
+            first: Notify::new(),
+            full: Notify::new(),
+            closed: AtomicBool::new(false),
+        });
+        let writer = acks.clone();
+        tokio::spawn(async move {
+            while !writer.closed.load(Ordering::SeqCst) {
+                writer.first.notified().await;
+                tokio::select! {
+                    _ = tokio::time::sleep(ACK_DELAY) => {}
+                    _ = writer.full.notified() => {}
+                }
+                if let Err(e) = writer.flush().await {
+                    tracing::warn!(error = %e, "writing acknowledgements failed; those messages will come again");
+                }
+            }
+        });
+        acks
+    }
+
+    /// Records that `account` has been shown the direct messages (or
+    /// messages of unknown room) `ids` and each room's speech up to its id.
+    pub fn record(&self, account: AccountId, ids: &[u64], rooms: &[(RoomId, u64)]) {
+        if ids.is_empty() && rooms.is_empty() {
+            return;
+        }
+        let (was_empty, entries) = {
+            let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+            let was_empty = pending.by_account.is_empty();
+            let entry = pending
+                .by_account
+                .entry(account)
+                .or_insert_with(|| AccountAcks {
+                    account,
+                    ids: Vec::new(),
+                    rooms: Vec::new(),
+                });
+            entry.ids.extend_from_slice(ids);
+            let mut added = ids.len();
+            for &(room, id) in rooms {
+                match entry.rooms.iter_mut().find(|(r, _)| *r == room) {
+                    Some((_, newest)) => *newest = (*newest).max(id),
+                    None => {
+                        entry.rooms.push((room, id));
+                        added += 1;
+                    }
+                }
+            }
+            pending.entries += added;
+            (was_empty, pending.entries)
+        };
+        if was_empty {
+            self.first.notify_one();
+        }
+        if entries >= FLUSH_AT {
+            self.full.notify_one();
+        }
+    }
+
+    /// Writes everything recorded so far, and waits for any write already
+    /// under way: once this returns, the store has every acknowledgement
+    /// recorded before it was called.
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        let _writing = self.writing.lock().await;
+        let batch: Vec<AccountAcks> = {
+            let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+            pending.entries = 0;
+            pending.by_account.drain().map(|(_, acks)| acks).collect()
+        };
+        if batch.is_empty() {
+            return Ok(());
+        }
+        self.store.ack(batch).await
+    }
+
+    /// Writes what is pending and stops the background writer.
+    pub async fn close(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+        self.first.notify_one();
+        self.full.notify_one();
+        if let Err(e) = self.flush().await {
+            tracing::warn!(error = %e, "writing the last acknowledgements failed");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Per account: the ids and room cursors waiting to be written.
+    type Waiting = HashMap<AccountId, (Vec<u64>, Vec<(RoomId, u64)>)>;
+
+    fn pending(acks: &Acks) -> Waiting {
+        let pending = acks.pending.lock().unwrap();
+        pending
+            .by_account
+            .iter()
+            .map(|(a, p)| (*a, (p.ids.clone(), p.rooms.clone())))
+            .collect()
+    }
+
+    async fn store_with_dms(count: usize) -> (tempfile::TempDir, Arc<dyn Store>, Vec<u64>) {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> =
+            Arc::new(crate::store::SqliteStore::open(&dir.path().join("db")).unwrap());
+        let lobby = store.ensure_room("lobby", "lobby").await.unwrap().id;
+        let mut ids = Vec::new();
+        for name in ["alice", "bob"] {
+            ids.push(
+                store
+                    .create_account(name, name, "-", lobby, Box::new(|_| {}))
+                    .await
+                    .unwrap(),
+            );
+        }
+        let (alice, bob) = (ids[0], ids[1]);
+        let mut sent = Vec::new();
+        for i in 0..count {
+            let appended = store
+                .append(
+                    crate::store::NewMessage {
+                        sender: alice,
+                        sender_name: "alice".into(),
+                        recipient: Some((bob, "bob".into())),
+                        room: None,
+                        body: format!("dm-{i}"),
+                        client_msg_id: None,
+                        sent_at_ms: 0,
+                    },
+                    Box::new(|_| {}),
+                )
+                .await
+                .unwrap();
+            sent.push(appended.message.id);
+        }
+        (dir, store, sent)
+    }
+
+    async fn waiting_for_bob(store: &Arc<dyn Store>) -> Vec<u64> {
+        let page = store.pending(2, 0, u64::MAX >> 1, 100).await.unwrap();
+        page.into_iter().map(|m| m.id).collect()
+    }
+
+    #[tokio::test]
+    async fn records_merge_to_the_newest_id_per_room() {
+        let (_dir, store, _) = store_with_dms(0).await;
+        let acks = Acks::start(store);
+        acks.record(1, &[10], &[(5, 7)]);
+        acks.record(1, &[11], &[(5, 3), (6, 9)]);
+        acks.record(2, &[], &[(5, 8)]);
+        acks.record(3, &[], &[]);
+        let seen = pending(&acks);
+        assert_eq!(seen.len(), 2);
+        assert_eq!(seen[&1], (vec![10, 11], vec![(5, 7), (6, 9)]));
+        assert_eq!(seen[&2], (vec![], vec![(5, 8)]));
+        acks.flush().await.unwrap();
+        assert!(pending(&acks).is_empty());
+        acks.close().await;
+    }
+
+    #[tokio::test]
+    async fn recorded_acks_reach_the_store_on_flush_on_close_and_in_time() {
+        let (_dir, store, sent) = store_with_dms(6).await;
+        assert_eq!(waiting_for_bob(&store).await, sent);
+        let acks = Acks::start(store.clone());
+
+        acks.record(2, &sent[..2], &[]);
+        acks.flush().await.unwrap();
+        assert_eq!(waiting_for_bob(&store).await, sent[2..]);
+
+        acks.record(2, &sent[2..4], &[]);
+        tokio::time::sleep(ACK_DELAY * 3).await;
+        assert_eq!(waiting_for_bob(&store).await, sent[4..]);
+
+        acks.record(2, &sent[4..5], &[]);
+        acks.close().await;
+        assert_eq!(waiting_for_bob(&store).await, sent[5..]);
+    }
+}
