@@ -2,8 +2,12 @@
 //!
 //! One writer thread owns the only write connection. Mutations queue to it;
 //! it takes everything waiting (up to [`MAX_BATCH`]), runs each job inside its
-//! own savepoint of one transaction, commits once (one fsync with
-//! `synchronous=FULL`), and only then answers the callers. A failing job rolls
+//! own savepoint of one transaction, and commits once (one fsync with
+//! `synchronous=FULL`). Only then are the callers answered and the commit
+//! hooks run, by a second thread, in commit order: the writer, which every
+//! mutation waits for, goes on to the next batch meanwhile instead of
+//! waking every caller and receiver itself (about 2 µs of its 10 µs per
+//! direct message). A failing job rolls
 //! back its savepoint alone. Reads go to a small pool of connections, which in
 //! WAL mode run beside the writer and see every committed batch.
 
@@ -238,6 +242,21 @@ impl SqliteStore {
 }
 
 fn write_loop(conn: Connection, mut jobs: mpsc::UnboundedReceiver<Job>) {
+    let (answers, answering) = std::sync::mpsc::channel::<(Vec<Finish>, Result<(), StoreError>)>();
+    let answerer = std::thread::Builder::new()
+        .name("sqlite-answer".into())
+        .spawn(move || {
+            for (finishes, commit) in answering {
+                answer(finishes, &commit);
+            }
+        });
+    let answerer = match answerer {
+        Ok(thread) => Some(thread),
+        Err(e) => {
+            tracing::warn!(error = %e, "no answering thread; the writer answers itself");
+            None
+        }
+    };
     let mut batch: Vec<Job> = Vec::with_capacity(MAX_BATCH);
     while let Some(first) = jobs.blocking_recv() {
         batch.push(first);
@@ -289,18 +308,36 @@ fn write_loop(conn: Connection, mut jobs: mpsc::UnboundedReceiver<Job>) {
         // Jobs that never ran are dropped with their replies, which their
         // callers see as an unavailable store.
         batch.clear();
-        // What the finished jobs fan out reaches each receiver once per run
-        // of jobs, in one lock and one wake-up, not once per message. A run
-        // is kept well under a receiver's queue, which must not fill before
-        // its receiver has had a chance to empty it.
-        let mut finishes = finishes.into_iter().peekable();
-        while finishes.peek().is_some() {
-            crate::core::fan_out_batch(|| {
-                for finish in finishes.by_ref().take(WAKE_RUN) {
-                    finish(commit.as_ref().err());
+        match &answerer {
+            Some(_) => {
+                if let Err(std::sync::mpsc::SendError((finishes, commit))) =
+                    answers.send((finishes, commit))
+                {
+                    answer(finishes, &commit);
                 }
-            });
+            }
+            None => answer(finishes, &commit),
         }
+    }
+    drop(answers);
+    if let Some(thread) = answerer {
+        let _ = thread.join();
+    }
+}
+
+/// Runs a committed batch's hooks and answers its callers.
+fn answer(finishes: Vec<Finish>, commit: &Result<(), StoreError>) {
+    // What the finished jobs fan out reaches each receiver once per run
+    // of jobs, in one lock and one wake-up, not once per message. A run
+    // is kept well under a receiver's queue, which must not fill before
+    // its receiver has had a chance to empty it.
+    let mut finishes = finishes.into_iter().peekable();
+    while finishes.peek().is_some() {
+        crate::core::fan_out_batch(|| {
+            for finish in finishes.by_ref().take(WAKE_RUN) {
+                finish(commit.as_ref().err());
+            }
+        });
     }
 }
 
