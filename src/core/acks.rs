@@ -12,7 +12,14 @@
 //! again, and every message carries a stable id. An acknowledgement lost to
 //! a crash before its write means a few messages come again at the next
 //! login, never that one is lost. A login does not see stale cursors:
-//! [`Acks::flush`] runs before a session's backlog is read, and on shutdown.
+//! [`Acks::flush_account`] runs before a session's backlog is read, and
+//! everything is written on shutdown.
+//!
+//! What waits is bounded: past [`FLUSH_AT`] entries the writer is woken at
+//! once, a write goes to the store in jobs of at most that many, so that
+//! sends are not held up behind one long job, and past [`HOLD_AT`] a client
+//! that acknowledges waits for the write, as it did when every
+//! acknowledgement was a store job of its own.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -26,8 +33,10 @@ use crate::store::{AccountAcks, AccountId, RoomId, Store, StoreError};
 /// How long an acknowledgement may wait in memory before it is written.
 pub const ACK_DELAY: Duration = Duration::from_millis(100);
 /// Pending ids and room cursors that are written at once, without waiting
-/// for [`ACK_DELAY`], so that memory stays bounded under any load.
+/// for [`ACK_DELAY`]; also the most one store job takes.
 const FLUSH_AT: usize = 16_384;
+/// Pending ids and room cursors past which acknowledging waits for a write.
+const HOLD_AT: usize = 4 * FLUSH_AT;
 
 pub struct Acks {
     store: Arc<dyn Store>,
@@ -77,9 +86,18 @@ impl Acks {
 
     /// Records that `account` has been shown the direct messages (or
     /// messages of unknown room) `ids` and each room's speech up to its id.
-    pub fn record(&self, account: AccountId, ids: &[u64], rooms: &[(RoomId, u64)]) {
+    /// Returns whether so much is pending that the caller should wait for
+    /// a [`flush`](Acks::flush) before acknowledging more.
+    pub fn record(&self, account: AccountId, ids: &[u64], rooms: &[(RoomId, u64)]) -> bool {
         if ids.is_empty() && rooms.is_empty() {
-            return;
+            return false;
+        }
+        if self.closed.load(Ordering::SeqCst) {
+            tracing::debug!(
+                account,
+                "acknowledgement after shutdown; its messages will come again"
+            );
+            return false;
         }
         let (was_empty, entries) = {
             let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
@@ -112,6 +130,7 @@ impl Acks {
         if entries >= FLUSH_AT {
             self.full.notify_one();
         }
+        entries >= HOLD_AT
     }
 
     /// Writes everything recorded so far, and waits for any write already
@@ -124,10 +143,73 @@ impl Acks {
             pending.entries = 0;
             pending.by_account.drain().map(|(_, acks)| acks).collect()
         };
-        if batch.is_empty() {
-            return Ok(());
+        self.write(batch).await
+    }
+
+    /// Writes what is recorded for `account`, after any write already under
+    /// way (which may hold some of it). A failure is logged, not returned:
+    /// what it would have acknowledged is delivered again.
+    pub async fn flush_account(&self, account: AccountId) {
+        let _writing = self.writing.lock().await;
+        let mine = {
+            let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+            let mine = pending.by_account.remove(&account);
+            if let Some(acks) = &mine {
+                pending.entries = pending
+                    .entries
+                    .saturating_sub(acks.ids.len() + acks.rooms.len());
+            }
+            mine
+        };
+        if let Some(acks) = mine
+            && let Err(e) = self.write(vec![acks]).await
+        {
+            tracing::warn!(error = %e, account, "writing acknowledgements failed; those messages will come again");
         }
-        self.store.ack(batch).await
+    }
+
+    /// Writes `batch` in store jobs of at most about [`FLUSH_AT`] entries,
+    /// one after another, so that sends queued meanwhile go between them.
+    async fn write(&self, batch: Vec<AccountAcks>) -> Result<(), StoreError> {
+        let mut job: Vec<AccountAcks> = Vec::new();
+        let mut size = 0;
+        for AccountAcks {
+            account,
+            mut ids,
+            rooms,
+        } in batch
+        {
+            // A client may acknowledge the same id more than once.
+            ids.sort_unstable();
+            ids.dedup();
+            // An account's room cursors (a few, one per room it is in) go
+            // whole; its ids are split where a job is full.
+            size += rooms.len();
+            job.push(AccountAcks {
+                account,
+                ids: Vec::new(),
+                rooms,
+            });
+            for id in ids {
+                if size >= FLUSH_AT {
+                    self.store.ack(std::mem::take(&mut job)).await?;
+                    size = 0;
+                    job.push(AccountAcks {
+                        account,
+                        ids: Vec::new(),
+                        rooms: Vec::new(),
+                    });
+                }
+                if let Some(last) = job.last_mut() {
+                    last.ids.push(id);
+                }
+                size += 1;
+            }
+        }
+        if size > 0 {
+            self.store.ack(job).await?;
+        }
+        Ok(())
     }
 
     /// Writes what is pending and stops the background writer.
@@ -227,11 +309,40 @@ mod tests {
         assert_eq!(waiting_for_bob(&store).await, sent[2..]);
 
         acks.record(2, &sent[2..4], &[]);
-        tokio::time::sleep(ACK_DELAY * 3).await;
-        assert_eq!(waiting_for_bob(&store).await, sent[4..]);
+        // Written by the background task, without anyone asking.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while waiting_for_bob(&store).await != sent[4..] {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "not written in time"
+            );
+            tokio::time::sleep(ACK_DELAY / 4).await;
+        }
 
         acks.record(2, &sent[4..5], &[]);
         acks.close().await;
         assert_eq!(waiting_for_bob(&store).await, sent[5..]);
+    }
+
+    #[tokio::test]
+    async fn a_login_flush_writes_its_own_account_and_a_flood_is_held() {
+        let (_dir, store, sent) = store_with_dms(3).await;
+        let acks = Acks::start(store.clone());
+        acks.record(2, &sent[..1], &[]);
+        acks.record(1, &[99], &[]);
+        acks.flush_account(2).await;
+        assert_eq!(waiting_for_bob(&store).await, sent[1..]);
+        assert_eq!(pending(&acks).keys().collect::<Vec<_>>(), [&1]);
+
+        // Repeats count until written: a client sending the same ids over
+        // and over is told to wait once enough are pending.
+        let many: Vec<u64> = (1..=1000).collect();
+        let held = (0..HOLD_AT / many.len() + 1)
+            .map(|_| acks.record(3, &many, &[]))
+            .collect::<Vec<_>>();
+        assert!(!held[0]);
+        assert_eq!(held.last(), Some(&true));
+        acks.close().await;
+        assert!(pending(&acks).is_empty());
     }
 }

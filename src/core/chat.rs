@@ -263,10 +263,11 @@ impl Core {
     /// Opens a live stream of deliveries for a session.
     pub async fn attach(&self, who: &Identity) -> Result<Inbox, CoreError> {
         self.check_running()?;
-        let live = self.inner.hub.attach(who.account, who.session);
         // The backlog is read against the store's cursors and inbox, which
-        // must first have every acknowledgement made so far.
-        self.inner.acks.flush().await?;
+        // must first have this account's acknowledgements so far. Before
+        // attaching, so the live queue does not fill meanwhile.
+        self.inner.acks.flush_account(who.account).await;
+        let live = self.inner.hub.attach(who.account, who.session);
         let high_water = self.inner.store.last_message_id().await?;
         Ok(Inbox {
             core: self.clone(),
@@ -282,8 +283,9 @@ impl Core {
 
     /// Marks messages as shown, so they are not delivered again. The store
     /// learns of it within [`acks::ACK_DELAY`](super::acks::ACK_DELAY), and
-    /// before this account's next backlog is read.
-    pub fn ack(&self, who: &Identity, ids: &[u64]) -> Result<(), CoreError> {
+    /// before this account's next backlog is read. Returns at once, unless
+    /// acknowledgements arrive faster than the store takes them.
+    pub async fn ack(&self, who: &Identity, ids: &[u64]) -> Result<(), CoreError> {
         if ids.len() > MAX_ACK_IDS {
             return Err(CoreError::invalid(
                 "ack",
@@ -294,9 +296,13 @@ impl Core {
             return Ok(());
         }
         let sorted = self.inner.recent.sort(ids);
-        self.inner
+        let hold = self
+            .inner
             .acks
             .record(who.account, &sorted.others, &sorted.rooms);
+        if hold {
+            self.inner.acks.flush().await?;
+        }
         Ok(())
     }
 
@@ -344,7 +350,8 @@ impl Core {
                 }
             }
         }
-        self.inner.acks.record(who.account, &direct, &rooms);
+        // Bounded by what was delivered, so never held back.
+        let _ = self.inner.acks.record(who.account, &direct, &rooms);
     }
 
     /// A room's or a direct conversation's history after a cursor.

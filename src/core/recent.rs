@@ -4,7 +4,7 @@
 //! removes an inbox row; for room speech only the newest id per room matters,
 //! as it moves the member's cursor. Finding the room of an id in the store is
 //! one look-up per id: 1,024 look-ups for a client that acknowledges 1,024
-//! room messages at once, on the one writer thread every send waits for.
+//! room messages at once, in the store's writes every send waits for.
 //! Messages are acknowledged soon after they are committed, so a fixed ring
 //! of the latest room messages answers nearly every look-up from memory; an
 //! id that has left the ring is looked up in the store as before.

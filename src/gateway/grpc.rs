@@ -343,6 +343,7 @@ impl Chat for GrpcGateway {
         let who = self.identify(&request).await?;
         self.core
             .ack(&who, &request.into_inner().ids)
+            .await
             .map_err(status)?;
         Ok(Response::new(proto::AckResponse {}))
     }
@@ -484,7 +485,7 @@ async fn client_frame(
                 })),
             })
         }
-        In::Ack(ack) => match core.ack(who, &ack.ids) {
+        In::Ack(ack) => match core.ack(who, &ack.ids).await {
             Ok(()) => None,
             Err(e) => Some(notice(format!("ack failed: {e}"))),
         },

@@ -245,7 +245,9 @@ impl Session {
                 request = self.conn.read_request() => match request {
                     Ok(None) => return Ok(None),
                     Ok(Some(Request::Ack { request_id, ids })) => {
-                        // Acknowledgements wait for the store like sends.
+                        // In the pipeline, so replies keep request order; an
+                        // ACK is answered at once unless the store is behind
+                        // on acknowledgements.
                         self.settle(PIPELINE - 1).await;
                         let pending = self.queue_ack(request_id, ids);
                         self.replies.push_back(pending);
@@ -381,13 +383,19 @@ impl Session {
             })?;
             Ok((who, ids))
         });
-        let result = checked.and_then(|(who, ids)| {
-            self.core
-                .ack(&who, &ids)
-                .map(|()| vec![])
-                .map_err(Reject::from)
-        });
-        futures::future::ready(reply(&request, result)).boxed()
+        let core = self.core.clone();
+        async move {
+            let result = match checked {
+                Ok((who, ids)) => core
+                    .ack(&who, &ids)
+                    .await
+                    .map(|()| vec![])
+                    .map_err(Reject::from),
+                Err(reject) => Err(reject),
+            };
+            reply(&request, result)
+        }
+        .boxed()
     }
 
     async fn handle(&mut self, frame: &Frame) -> Reply {

@@ -179,8 +179,8 @@ impl SqliteStore {
         self.write_then(f, |_| {}).await
     }
 
-    /// Like [`write`](Self::write), and runs `then` on the writer thread
-    /// after a successful commit, before answering.
+    /// Like [`write`](Self::write), and runs `then` after a successful
+    /// commit, in commit order, before answering.
     async fn write_then<R: Send + 'static>(
         &self,
         f: impl FnOnce(&Connection) -> Result<R, StoreError> + Send + 'static,
@@ -878,12 +878,22 @@ mod tests {
         let (alice, bob, carol) = (ids[0], ids[1], ids[2]);
         store.delete_account(carol).await.unwrap();
 
-        // Queued together, so they share one transaction; the one to the
-        // deleted account breaks its inbox row's foreign key.
+        // Queued behind a job that holds the writer, so they share one
+        // transaction; the one to the deleted account breaks its inbox
+        // row's foreign key.
+        let gate = store.queue(
+            |_| {
+                std::thread::sleep(std::time::Duration::from_millis(200));
+                Ok(())
+            },
+            |_| {},
+            true,
+        );
         let first = store.append(dm(alice, bob, "one"), Box::new(|_| {}));
         let broken = store.append(dm(alice, carol, "lost"), Box::new(|_| {}));
         let last = store.append(dm(alice, bob, "two"), Box::new(|_| {}));
-        let (first, broken, last) = tokio::join!(first, broken, last);
+        let (gate, first, broken, last) = tokio::join!(gate, first, broken, last);
+        gate.unwrap();
         assert!(broken.is_err(), "{broken:?}");
         let (first, last) = (first.unwrap().message.id, last.unwrap().message.id);
 
