@@ -1,6 +1,10 @@
 //! A client for the binary protocol. Requests may be issued concurrently
 //! from clones of one client: a reader task matches each reply to its
 //! request by id and hands pushes (deliveries, BYE) to [`WireClient::next_push`].
+//! A writer task sends requests in the order they were made, and whatever
+//! has queued up while it wrote goes out in its next single write: a client
+//! with many requests in flight makes a system call per batch, not per
+//! request, and the server reads them in batches too.
 
 use std::collections::HashMap;
 use std::io;
@@ -11,6 +15,9 @@ use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::{TcpStream, ToSocketAddrs};
+
+/// Bytes the writer gathers into one write before it writes them.
+const WRITE_BATCH: usize = 64 * 1024;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::codec::frame::{Frame, MAX_REPLY, arg};
@@ -46,7 +53,8 @@ type Pending = Arc<Mutex<Option<HashMap<u32, oneshot::Sender<Frame>>>>>;
 
 #[derive(Clone)]
 pub struct WireClient {
-    writer: Arc<tokio::sync::Mutex<OwnedWriteHalf>>,
+    /// To the writer task; it ends when every clone is gone.
+    outgoing: mpsc::UnboundedSender<Bytes>,
     pending: Pending,
     next_id: Arc<AtomicU32>,
     pushes: Arc<tokio::sync::Mutex<mpsc::UnboundedReceiver<Frame>>>,
@@ -93,17 +101,26 @@ impl WireClient {
                 table.take();
             }
         });
+        let (outgoing, queued) = mpsc::unbounded_channel();
+        tokio::spawn(write_queued(writer, queued));
         Ok(WireClient {
-            writer: Arc::new(tokio::sync::Mutex::new(writer)),
+            outgoing,
             pending,
             next_id: Arc::new(AtomicU32::new(1)),
             pushes: Arc::new(tokio::sync::Mutex::new(pushes)),
         })
     }
 
-    /// Writes raw bytes, for saying exactly what a test needs to.
+    /// Sends raw bytes, for saying exactly what a test needs to.
     pub async fn send_raw(&self, bytes: &[u8]) -> io::Result<()> {
-        self.writer.lock().await.write_all(bytes).await
+        self.queue(Bytes::copy_from_slice(bytes))
+    }
+
+    /// Queues bytes for the writer task, behind everything queued before.
+    fn queue(&self, bytes: Bytes) -> io::Result<()> {
+        self.outgoing
+            .send(bytes)
+            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the connection is closed"))
     }
 
     /// Sends a frame as given and waits for the reply with its request id.
@@ -115,7 +132,7 @@ impl WireClient {
             .as_mut()
             .ok_or(WireError::Closed)?
             .insert(frame.request_id, tx);
-        self.send_raw(&frame.to_bytes()).await?;
+        self.queue(frame.to_bytes())?;
         rx.await.map_err(|_| WireError::Closed)
     }
 
@@ -265,4 +282,32 @@ fn text_arg(args: &[Bytes], i: usize) -> Result<String, WireError> {
         .and_then(|a| std::str::from_utf8(a).ok())
         .map(str::to_owned)
         .ok_or(WireError::Reply("text argument"))
+}
+
+/// Writes what is queued, in order, gathering what waits into one write.
+/// Ends when every client clone is gone (after writing what they queued)
+/// or the socket fails.
+async fn write_queued(mut writer: OwnedWriteHalf, mut queued: mpsc::UnboundedReceiver<Bytes>) {
+    let mut out = Vec::new();
+    while let Some(first) = queued.recv().await {
+        out.extend_from_slice(&first);
+        // The request that woke this task is often one of many made ready
+        // by the same read of replies; letting their callers run first
+        // puts theirs in this write too.
+        tokio::task::yield_now().await;
+        while out.len() < WRITE_BATCH {
+            match queued.try_recv() {
+                Ok(more) => out.extend_from_slice(&more),
+                Err(_) => break,
+            }
+        }
+        if writer.write_all(&out).await.is_err() {
+            return;
+        }
+        out.clear();
+        // A burst's buffer is not kept for an idle connection.
+        if out.capacity() > WRITE_BATCH * 2 {
+            out = Vec::new();
+        }
+    }
 }

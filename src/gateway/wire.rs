@@ -301,6 +301,10 @@ impl Session {
                 },
                 Some(answer) = self.replies.next(), if !self.replies.is_empty() => {
                     self.conn.push(&answer);
+                    // Sends committed together are answered in one write.
+                    while let Some(Some(answer)) = self.replies.next().now_or_never() {
+                        self.conn.push(&answer);
+                    }
                 }
                 delivery = next_delivery(&mut self.inbox) => match delivery {
                     Ok(message) => {
