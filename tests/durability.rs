@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 
 use common::{ChildServer, PASSWORD, data_dir, next_message};
 use meshtalk::client::{Client, To};
+use meshtalk::config::ServeArgs;
 use meshtalk::proto;
+use meshtalk::server::Server;
 use tonic::Code;
 use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
@@ -203,23 +205,28 @@ async fn shown_and_acked(url: &str, count: usize) -> Vec<u64> {
     ids
 }
 
-#[tokio::test]
-async fn acknowledgements_made_just_before_a_clean_stop_are_kept() {
-    let (_keep, dir) = data_dir();
-    let mut server = ChildServer::start(&dir);
-    user(&server.url, "alice").await;
-    user(&server.url, "bob").await;
-    shown_and_acked(&server.url, 5).await;
-    // At once: acknowledgements still in memory are written by the timer
-    // or by the stop itself (`Acks::close`, which the unit tests in
-    // core::acks check directly), never dropped.
-    // SAFETY: kill(2) on our own child's pid has no memory effects.
-    assert_eq!(unsafe { libc::kill(server.pid(), libc::SIGTERM) }, 0);
-    let status = server.child.wait().unwrap();
-    assert!(status.success(), "exit status {status:?}");
+/// The server in this process on the data directory `dir`.
+async fn in_process(dir: &std::path::Path) -> Server {
+    let settings = ServeArgs::ephemeral(dir).resolve().unwrap();
+    Server::start(settings).await.unwrap()
+}
 
-    let server = ChildServer::start(&dir);
-    let bob = login(&server.url, "bob").await;
+#[tokio::test]
+async fn closing_the_store_writes_acknowledgements_still_in_memory() {
+    let (_keep, dir) = data_dir();
+    let server = in_process(&dir).await;
+    let url = format!("http://{}", server.grpc_addr());
+    user(&url, "alice").await;
+    user(&url, "bob").await;
+    shown_and_acked(&url, 5).await;
+    // At once, well inside the 100 ms acknowledgements may wait in memory,
+    // and without the rest of a shutdown (whose pause for health watchers
+    // would let the timer write them): closing the store must write them.
+    server.core().close_store().await;
+    drop(server);
+
+    let server = in_process(&dir).await;
+    let bob = login(&format!("http://{}", server.grpc_addr()), "bob").await;
     let mut stream = bob.subscribe().await.unwrap();
     common::assert_quiet(&mut stream).await;
 }
