@@ -9,7 +9,7 @@ use bytes::BytesMut;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use meshtalk::codec::frame::{Frame, FrameView, MAX_REQUEST, arg};
 use meshtalk::codec::line::{Command, LineDecoder, ServerLine};
-use meshtalk::codec::wire::{message_push, op};
+use meshtalk::codec::wire::{encode_message_push, message_push, op};
 use meshtalk::core::{Message, Target};
 
 fn message() -> Message {
@@ -80,6 +80,21 @@ fn wire(c: &mut Criterion) {
             out.clear();
             message_push(black_box(&m)).encode(&mut out);
             out.len()
+        })
+    });
+    group.bench_function("encode MESSAGE push directly", |b| {
+        let mut out = Vec::with_capacity(256);
+        b.iter(|| {
+            out.clear();
+            encode_message_push(black_box(&m), &mut out);
+            out.len()
+        })
+    });
+    group.bench_function("encode MESSAGE push into a new buffer", |b| {
+        b.iter(|| {
+            let mut out = Vec::new();
+            encode_message_push(black_box(&m), &mut out);
+            out
         })
     });
     let mut push = Vec::new();

@@ -4,7 +4,7 @@
 use bytes::{Bytes, BytesMut};
 use meshtalk::codec::frame::{Frame, FrameView, MAX_REPLY, MAX_REQUEST};
 use meshtalk::codec::line::{Command, LineDecoder, LineError, MAX_LINE, ServerLine};
-use meshtalk::codec::wire::{message_args, parse_message};
+use meshtalk::codec::wire::{encode_message_push, message_args, message_push, parse_message};
 use meshtalk::core::{Message, Target};
 use meshtalk::mesh::frame::{self as peer, PeerMessage};
 use proptest::prelude::*;
@@ -215,7 +215,17 @@ proptest! {
         };
         let mut args = vec![];
         message_args(&m, &mut args);
-        prop_assert_eq!(parse_message(&args), Some(m));
+        prop_assert_eq!(parse_message(&args), Some(m.clone()));
+
+        // The push written straight from the message is the push built as
+        // a frame, byte for byte, and decodes back to the message.
+        let mut direct = Vec::new();
+        encode_message_push(&m, &mut direct);
+        let mut framed = Vec::new();
+        message_push(&m).encode(&mut framed);
+        prop_assert_eq!(&direct, &framed);
+        let frame = Frame::decode(&mut BytesMut::from(&direct[..]), MAX_REPLY).unwrap().unwrap();
+        prop_assert_eq!(parse_message(&frame.args), Some(m));
     }
 
     #[test]

@@ -132,14 +132,10 @@ impl Frame {
     /// building a [`Frame`] of one small allocation per id: a client
     /// acknowledging thousands of deliveries a second sends many of these.
     /// At most 65,535 ids are written.
-    pub fn encode_ids(opcode: u8, request_id: u32, ids: &[u64], out: &mut impl BufMut) {
+    pub fn encode_ids(opcode: u8, request_id: u32, ids: &[u64], out: &mut impl FrameBuf) {
         let ids = &ids[..ids.len().min(u16::MAX as usize)];
-        out.put_u32((HEADER_LEN - 4 + ids.len() * 12) as u32);
-        out.put_u8(VERSION);
-        out.put_u8(opcode);
-        out.put_u32(request_id);
-        out.put_u8(0);
-        out.put_u16(ids.len() as u16);
+        let head = Header::request(opcode, request_id);
+        head.put(out, ids.len() as u16, ids.len() * 12);
         for id in ids {
             out.put_u32(8);
             out.put_u64(*id);
@@ -149,15 +145,19 @@ impl Frame {
     /// Appends the frame's bytes on the wire to `out`. The argument count is
     /// a 16-bit field: callers keep frames within it (see the server's
     /// list replies), and only the first 65,535 arguments are written.
-    pub fn encode(&self, out: &mut impl BufMut) {
+    pub fn encode(&self, out: &mut impl FrameBuf) {
         let args = &self.args[..self.args.len().min(u16::MAX as usize)];
-        let len = HEADER_LEN - 4 + args.iter().map(|a| 4 + a.len()).sum::<usize>();
-        out.put_u32(len as u32);
-        out.put_u8(self.version);
-        out.put_u8(self.opcode);
-        out.put_u32(self.request_id);
-        out.put_u8(self.status);
-        out.put_u16(args.len() as u16);
+        let head = Header {
+            version: self.version,
+            opcode: self.opcode,
+            request_id: self.request_id,
+            status: self.status,
+        };
+        head.put(
+            out,
+            args.len() as u16,
+            args.iter().map(|a| 4 + a.len()).sum(),
+        );
         for arg in args {
             out.put_u32(arg.len() as u32);
             out.put_slice(arg);
@@ -172,6 +172,58 @@ impl Frame {
 }
 
 /// Argument helpers: integers are big-endian and fixed-width.
+/// A buffer a frame is written into, with room made for the whole frame
+/// first: grown a field at a time, an empty buffer is reallocated at every
+/// doubling, half a dozen times for a small frame.
+pub trait FrameBuf: BufMut {
+    fn make_room(&mut self, additional: usize);
+}
+
+impl FrameBuf for Vec<u8> {
+    fn make_room(&mut self, additional: usize) {
+        self.reserve(additional);
+    }
+}
+
+impl FrameBuf for BytesMut {
+    fn make_room(&mut self, additional: usize) {
+        self.reserve(additional);
+    }
+}
+
+/// The fixed fields of a frame, for writers that put its arguments
+/// straight into the buffer.
+#[derive(Debug, Clone, Copy)]
+pub struct Header {
+    pub version: u8,
+    pub opcode: u8,
+    pub request_id: u32,
+    pub status: u8,
+}
+
+impl Header {
+    pub fn request(opcode: u8, request_id: u32) -> Header {
+        Header {
+            version: VERSION,
+            opcode,
+            request_id,
+            status: 0,
+        }
+    }
+
+    /// Starts a frame of `count` arguments that take `args_len` bytes
+    /// with their length fields, making room for all of it.
+    pub fn put(self, out: &mut impl FrameBuf, count: u16, args_len: usize) {
+        out.make_room(HEADER_LEN + args_len);
+        out.put_u32((HEADER_LEN - 4 + args_len) as u32);
+        out.put_u8(self.version);
+        out.put_u8(self.opcode);
+        out.put_u32(self.request_id);
+        out.put_u8(self.status);
+        out.put_u16(count);
+    }
+}
+
 /// One whole frame read in place, its arguments borrowed rather than
 /// copied: for a reader that looks at a few fields of very many frames.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -3,7 +3,7 @@
 
 use bytes::Bytes;
 
-use super::frame::{Frame, VERSION, arg};
+use super::frame::{Frame, FrameBuf, Header, VERSION, arg};
 use crate::core::{ErrorKind, Message, Target};
 
 /// Request opcodes (client → server); a reply carries the same opcode.
@@ -130,6 +130,41 @@ pub fn message_push(m: &Message) -> Frame {
         status: 0,
         args,
     }
+}
+
+/// Appends the MESSAGE push of `m` to `out`, the same bytes as
+/// `message_push(m).encode(out)`, written straight from the message: a
+/// server encodes one per message it delivers, and building a [`Frame`]
+/// first costs an allocation per argument.
+pub fn encode_message_push(m: &Message, out: &mut impl FrameBuf) {
+    let (mark, name) = match &m.to {
+        Target::User(user) => (b'@', user),
+        Target::Room(room) => (b'#', room),
+    };
+    let client_id = m.client_msg_id.as_deref().unwrap_or("");
+    let texts = m.from.len() + 1 + name.len() + m.body.len() + client_id.len();
+    let head = Header {
+        version: VERSION,
+        opcode: op::PUSH_MESSAGE,
+        request_id: 0,
+        status: 0,
+    };
+    head.put(out, MESSAGE_ARGS as u16, MESSAGE_ARGS * 4 + 16 + texts);
+    out.put_u32(8);
+    out.put_u64(m.id);
+    out.put_u32(8);
+    out.put_i64(m.sent_at_ms);
+    put_text(out, m.from.as_bytes());
+    out.put_u32((1 + name.len()) as u32);
+    out.put_u8(mark);
+    out.put_slice(name.as_bytes());
+    put_text(out, m.body.as_bytes());
+    put_text(out, client_id.as_bytes());
+}
+
+fn put_text(out: &mut impl FrameBuf, text: &[u8]) {
+    out.put_u32(text.len() as u32);
+    out.put_slice(text);
 }
 
 /// Reads six arguments back into a message.

@@ -20,7 +20,7 @@ use super::listener::{
     self, PUSH_BATCH, Shutdown, WRITE_TIMEOUT, next_delivery, read_some, write_out,
 };
 use crate::codec::frame::{Frame, FrameError, FrameView, MAX_REQUEST, VERSION, arg};
-use crate::codec::wire::{Status, message_args, message_push, op};
+use crate::codec::wire::{Status, encode_message_push, message_args, op};
 use crate::core::{
     Closed, Core, CoreError, Delivery, Encoding, ErrorKind, Identity, Inbox, Target,
 };
@@ -137,7 +137,7 @@ impl Connection {
             delivery,
             following,
             Encoding::Wire,
-            |m, out| message_push(m).encode(out),
+            encode_message_push,
         );
     }
 
