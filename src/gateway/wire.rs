@@ -57,6 +57,9 @@ type Reply = Result<Vec<Bytes>, Reject>;
 
 /// Sends one connection may have waiting for their commit.
 const PIPELINE: usize = 64;
+/// Room made for replies when a write batch starts: a full pipeline of
+/// send replies (64 of 33 bytes) fits.
+const REPLY_BATCH: usize = 4096;
 /// How long a closing connection waits for the replies it owes.
 const SETTLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
@@ -127,6 +130,12 @@ impl Connection {
     }
 
     fn push(&mut self, frame: &Frame) {
+        // The buffer is given back after every write (see `write_out`), and
+        // regrowing it by doubling for a batch of replies cost as much as
+        // encoding them: it starts at the size of a full pipeline's replies.
+        if self.out.capacity() == 0 {
+            self.out.reserve(REPLY_BATCH);
+        }
         frame.encode(&mut self.out);
     }
 
