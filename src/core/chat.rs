@@ -213,7 +213,7 @@ impl Core {
             if appended.duplicate {
                 return;
             }
-            let delivery = Delivery::new(appended.message.clone());
+            let delivery = appended.message.clone();
             match (room, recipient) {
                 (Some(room), _) => {
                     core.fan_out_room(&delivery, room, Some(except));

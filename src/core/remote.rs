@@ -12,7 +12,7 @@ use std::sync::Arc;
 use futures::future::BoxFuture;
 
 use super::chat::{Stats, UserInfo};
-use super::{Core, CoreError, Delivery, Identity, Message, Sent, now_ms};
+use super::{Core, CoreError, Identity, Message, Sent, now_ms};
 use crate::store::{AccountId, NewMessage};
 
 /// The account id stored as the sender of messages from other nodes: no
@@ -209,7 +209,7 @@ impl Core {
                     if appended.duplicate {
                         return;
                     }
-                    core.fan_out_room(&Delivery::new(appended.message.clone()), room_id, None);
+                    core.fan_out_room(&appended.message.clone(), room_id, None);
                 }),
             )
         });
@@ -271,7 +271,7 @@ impl Core {
                 message,
                 Box::new(move |appended| {
                     if !appended.duplicate {
-                        let delivery = Delivery::new(appended.message.clone());
+                        let delivery = appended.message.clone();
                         core.inner.hub.fan_out(&delivery, [&recipient], None);
                     }
                 }),

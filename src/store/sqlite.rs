@@ -24,7 +24,7 @@ use super::{
     Conversation, Counts, MembershipHook, NewMessage, PendingAppend, RoomId, RoomRecord, SessionId,
     SessionRecord, Store, StoreError, message_target,
 };
-use crate::core::Message;
+use crate::core::{Delivery, Message};
 
 /// The most jobs one transaction takes.
 const MAX_BATCH: usize = 4096;
@@ -798,13 +798,13 @@ fn append_tx(c: &Connection, m: NewMessage) -> rusqlite::Result<Appended> {
             .optional()?;
         if let Some(message) = earlier {
             return Ok(Appended {
-                message,
+                message: Delivery::new(message),
                 duplicate: true,
             });
         }
     }
-    let (recipient_id, recipient_name) = m.recipient.clone().unzip();
-    let (room_id, room_name) = m.room.clone().unzip();
+    let (recipient_id, recipient_name) = m.recipient.unzip();
+    let (room_id, room_name) = m.room.unzip();
     c.prepare_cached(
         "INSERT INTO messages (sender_id, sender_name, recipient_id, recipient_name, room_id,
                                room_name, body, client_msg_id, sent_ms)
@@ -847,14 +847,14 @@ fn append_tx(c: &Connection, m: NewMessage) -> rusqlite::Result<Appended> {
         }
     }
     Ok(Appended {
-        message: Message {
+        message: Delivery::new(Message {
             id: id as u64,
             from: m.sender_name,
             to: message_target(recipient_name, room_name),
             body: m.body,
             sent_at_ms: m.sent_at_ms,
             client_msg_id: m.client_msg_id,
-        },
+        }),
         duplicate: false,
     })
 }
