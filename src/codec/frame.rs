@@ -171,7 +171,6 @@ impl Frame {
     }
 }
 
-/// Argument helpers: integers are big-endian and fixed-width.
 /// A buffer a frame is written into, with room made for the whole frame
 /// first: grown a field at a time, an empty buffer is reallocated at every
 /// doubling, half a dozen times for a small frame.
@@ -276,6 +275,7 @@ fn split_arg(bytes: &[u8]) -> Option<(&[u8], &[u8])> {
     (rest.len() >= len).then(|| rest.split_at(len))
 }
 
+/// Argument helpers: integers are big-endian and fixed-width.
 pub mod arg {
     use bytes::Bytes;
 

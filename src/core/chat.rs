@@ -213,18 +213,16 @@ impl Core {
             if appended.duplicate {
                 return;
             }
-            let delivery = appended.message.clone();
+            let delivery = &appended.message;
             match (room, recipient) {
                 (Some(room), _) => {
-                    core.fan_out_room(&delivery, room, Some(except));
+                    core.fan_out_room(delivery, room, Some(except));
                     if let Some(remote) = core.remote() {
-                        remote.flood(&delivery);
+                        remote.flood(delivery);
                     }
                 }
                 (None, Some(recipient)) => {
-                    core.inner
-                        .hub
-                        .fan_out(&delivery, [&recipient], Some(except));
+                    core.inner.hub.fan_out(delivery, [&recipient], Some(except));
                 }
                 (None, None) => {}
             }

@@ -209,7 +209,7 @@ impl Core {
                     if appended.duplicate {
                         return;
                     }
-                    core.fan_out_room(&appended.message.clone(), room_id, None);
+                    core.fan_out_room(&appended.message, room_id, None);
                 }),
             )
         });
@@ -271,8 +271,9 @@ impl Core {
                 message,
                 Box::new(move |appended| {
                     if !appended.duplicate {
-                        let delivery = appended.message.clone();
-                        core.inner.hub.fan_out(&delivery, [&recipient], None);
+                        core.inner
+                            .hub
+                            .fan_out(&appended.message, [&recipient], None);
                     }
                 }),
             ))

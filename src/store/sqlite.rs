@@ -94,10 +94,9 @@ const MESSAGE_COLUMNS: &str =
 /// to do once the transaction's fate is known.
 type Run = Box<dyn FnOnce(&Writer<'_>) -> (bool, Finish) + Send>;
 
-const INSERT_MESSAGE: &str =
-    "INSERT INTO messages (sender_id, sender_name, recipient_id, recipient_name,
-                                       room_id, room_name, body, client_msg_id, sent_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)";
+const INSERT_MESSAGE: &str = "INSERT INTO messages (sender_id, sender_name, recipient_id,
+    recipient_name, room_id, room_name, body, client_msg_id, sent_ms)
+    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)";
 const INSERT_INBOX: &str = "INSERT INTO inbox (account_id, message_id) VALUES (?1, ?2)";
 
 /// The writer's connection, and the two statements it runs for every
