@@ -347,15 +347,21 @@ impl Receiver {
     /// connection, on gRPC an `Ack` call from its own task (one at a time;
     /// `ids` is handed back while one is in flight, to go with the next).
     /// The line protocol acknowledges what the server writes by itself.
-    pub async fn ack(&mut self, ids: Vec<u64>) -> Vec<u64> {
+    /// What comes back is the list to gather the next ids in: emptied, and
+    /// where the ids were not sent off, with its room kept.
+    pub async fn ack(&mut self, mut ids: Vec<u64>) -> Vec<u64> {
         match &mut self.conn {
-            Incoming::Line(_) => Vec::new(),
+            Incoming::Line(_) => {
+                ids.clear();
+                ids
+            }
             Incoming::Wire { raw, next_request } => {
                 let mut out = Vec::new();
                 Frame::encode_ids(op::ACK, *next_request, &ids, &mut out);
                 *next_request = next_request.wrapping_add(1).max(1);
                 let _ = raw.writer.write_all(&out).await;
-                Vec::new()
+                ids.clear();
+                ids
             }
             Incoming::Grpc { client, acking, .. } => {
                 if acking.as_ref().is_some_and(|a| !a.is_finished()) {
