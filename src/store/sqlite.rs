@@ -31,6 +31,12 @@ const MAX_BATCH: usize = 4096;
 /// Finished jobs whose fan-out reaches receivers together.
 const WAKE_RUN: usize = 128;
 const READERS: usize = 4;
+/// Pages the write-ahead log gathers before a commit copies them into the
+/// database (SQLite's default is 1,000, 4 MiB). A copy writes each page
+/// once however many times the log holds it, and direct messages rewrite
+/// the same inbox and index pages over and over: at 8,000 (32 MiB of log),
+/// checkpoints come an eighth as often and durable DMs ran about 5 % faster.
+const CHECKPOINT_PAGES: u32 = 8000;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS accounts (
@@ -197,12 +203,13 @@ impl SqliteStore {
         }
         let writer = Connection::open(path).map_err(backend)?;
         writer
-            .execute_batch(
+            .execute_batch(&format!(
                 "PRAGMA journal_mode = WAL;
                  PRAGMA synchronous = FULL;
+                 PRAGMA wal_autocheckpoint = {CHECKPOINT_PAGES};
                  PRAGMA foreign_keys = ON;
-                 PRAGMA busy_timeout = 5000;",
-            )
+                 PRAGMA busy_timeout = 5000;"
+            ))
             .map_err(backend)?;
         writer.execute_batch(SCHEMA).map_err(backend)?;
 
