@@ -15,14 +15,14 @@ use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::{TcpStream, ToSocketAddrs};
-
-/// Bytes the writer gathers into one write before it writes them.
-const WRITE_BATCH: usize = 64 * 1024;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::codec::frame::{Frame, MAX_REPLY, arg};
 use crate::codec::wire::{MESSAGE_ARGS, Status, op, parse_message};
 use crate::core::{Message, Sent};
+
+/// Bytes the writer gathers into one write before it writes them.
+const WRITE_BATCH: usize = 64 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum WireError {

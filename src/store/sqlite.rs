@@ -7,9 +7,10 @@
 //! thread, in commit order: the writer, which every mutation waits for, goes
 //! on to the next batch meanwhile instead of waking every caller and
 //! receiver itself (about 2 µs of its 10 µs per direct message). A failing
-//! job is undone alone: by its own savepoint, or, for a job of one statement
-//! such as an append, by SQLite. Reads go to a small pool of connections,
-//! which in WAL mode run beside the writer and see every committed batch.
+//! job is undone alone: by its own savepoint, or, for an append, by SQLite
+//! (a failed statement) and by the append itself (a message whose inbox row
+//! failed). Reads go to a small pool of connections, which in WAL mode run
+//! beside the writer and see every committed batch.
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -266,8 +267,8 @@ impl SqliteStore {
         savepoint: bool,
     ) -> impl std::future::Future<Output = Result<R, StoreError>> + Send + 'static {
         let (reply, answer) = oneshot::channel();
-        let run: Run = Box::new(move |conn| {
-            let result = f(conn);
+        let run: Run = Box::new(move |writer| {
+            let result = f(writer);
             let ok = result.is_ok();
             let finish: Finish = Box::new(move |commit_error| {
                 let _ = reply.send(match commit_error {
