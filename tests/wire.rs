@@ -324,7 +324,8 @@ async fn pipelined_sends_are_stored_and_answered_in_request_order() {
     let mut burst = Frame::request(op::LOGIN, 1, vec![arg::str("piper"), arg::str(PASSWORD)])
         .to_bytes()
         .to_vec();
-    for i in 0..100u32 {
+    // More than a connection's window of sends, so it fills and drains.
+    for i in 0..300u32 {
         let frame = if i == 50 {
             Frame::request(op::WHO, 2 + i, vec![])
         } else if i == 70 {
@@ -345,7 +346,7 @@ async fn pipelined_sends_are_stored_and_answered_in_request_order() {
     raw.write_all(&burst).await.unwrap();
     let mut buf = bytes::BytesMut::new();
     let mut replies = vec![];
-    while replies.len() < 101 {
+    while replies.len() < 301 {
         raw.read_buf(&mut buf).await.unwrap();
         while let Some(frame) = Frame::decode(&mut buf, 1 << 20).unwrap() {
             if frame.request_id != 0 {
@@ -356,7 +357,7 @@ async fn pipelined_sends_are_stored_and_answered_in_request_order() {
     let ids: Vec<u32> = replies.iter().map(|r| r.request_id).collect();
     assert_eq!(
         ids,
-        (1..=101).collect::<Vec<_>>(),
+        (1..=301).collect::<Vec<_>>(),
         "replies in request order"
     );
     assert_eq!(replies[51].opcode, op::WHO);
@@ -366,7 +367,7 @@ async fn pipelined_sends_are_stored_and_answered_in_request_order() {
         .filter(|r| r.opcode == op::SEND_ROOM && r.status == 0)
         .map(|r| arg::to_u64(&r.args[0]).unwrap())
         .collect();
-    assert_eq!(stored.len(), 98);
+    assert_eq!(stored.len(), 298);
     assert!(
         stored.windows(2).all(|w| w[0] < w[1]),
         "stored in request order"

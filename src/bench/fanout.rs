@@ -37,8 +37,8 @@ pub struct FanoutArgs {
     #[arg(long)]
     pub rate: Option<f64>,
     /// Sends each binary or gRPC publisher keeps in flight (the server
-    /// answers up to 64 at a time per binary connection).
-    #[arg(long, default_value_t = 64)]
+    /// works on up to 256 at a time per binary connection).
+    #[arg(long, default_value_t = 256)]
     pub pipeline: usize,
     /// Seconds of silence after which subscribers stop waiting.
     #[arg(long, default_value_t = 5)]
