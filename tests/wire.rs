@@ -472,3 +472,30 @@ async fn one_ack_of_direct_and_room_ids_stops_exactly_those() {
         "and nothing more"
     );
 }
+
+#[tokio::test]
+async fn a_client_that_only_sends_drops_messages_and_still_gets_replies_and_bye() {
+    let t = TestServer::start().await;
+    let bot = t.wire_user("bot").await;
+    let carol = t.wire_user("carol").await;
+    let bob = t.wire_user("bob").await;
+    bot.ignore_messages();
+
+    bob.send_dm("bot", "for the bot", "").await.unwrap();
+    let said = bob.send_room("lobby", "to the room", "").await.unwrap();
+    // Carol, reading as usual, gets the speech the bot drops.
+    assert_eq!(carol.next_message().await.unwrap().id, said.id);
+    let sent = bot.send_room("lobby", "beep", "").await.unwrap();
+    assert_eq!(carol.next_message().await.unwrap().id, sent.id);
+    assert_eq!(
+        bot.call(op::PING, vec![arg::str("alive")]).await.unwrap(),
+        [arg::str("alive")]
+    );
+    if let Ok(push) = tokio::time::timeout(Duration::from_millis(300), bot.next_push()).await {
+        panic!("expected no push, got {push:?}");
+    }
+    // A BYE is not a message: it still comes, with its reason.
+    bot.send_raw(&[0x7f, 0, 0, 0]).await.unwrap();
+    let why = expect_bye(&bot, Status::TooLarge).await;
+    assert!(why.contains("over the limit"), "{why}");
+}

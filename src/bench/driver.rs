@@ -620,6 +620,9 @@ impl Sender {
             }
             Proto::Wire => {
                 let client = wire_login(target, name, room).await?;
+                // A speaker does not read the room, as a line speaker only
+                // drains its socket: it pays for no deliveries it drops.
+                client.ignore_messages();
                 let pushes = client.clone();
                 let drain =
                     tokio::spawn(async move { while pushes.next_push().await.is_some() {} });

@@ -146,22 +146,13 @@ impl Frame {
     /// a 16-bit field: callers keep frames within it (see the server's
     /// list replies), and only the first 65,535 arguments are written.
     pub fn encode(&self, out: &mut impl FrameBuf) {
-        let args = &self.args[..self.args.len().min(u16::MAX as usize)];
         let head = Header {
             version: self.version,
             opcode: self.opcode,
             request_id: self.request_id,
             status: self.status,
         };
-        head.put(
-            out,
-            args.len() as u16,
-            args.iter().map(|a| 4 + a.len()).sum(),
-        );
-        for arg in args {
-            out.put_u32(arg.len() as u32);
-            out.put_slice(arg);
-        }
+        head.put_all(out, &self.args);
     }
 
     pub fn to_bytes(&self) -> Bytes {
@@ -220,6 +211,20 @@ impl Header {
         out.put_u32(self.request_id);
         out.put_u8(self.status);
         out.put_u16(count);
+    }
+
+    /// Writes a whole frame of these arguments, the first 65,535 of them:
+    /// for a writer whose arguments are borrowed, with no [`Frame`] (and
+    /// no copy of each argument) to build first.
+    pub fn put_all<A: AsRef<[u8]>>(self, out: &mut impl FrameBuf, args: &[A]) {
+        let args = &args[..args.len().min(u16::MAX as usize)];
+        let args_len = args.iter().map(|a| 4 + a.as_ref().len()).sum();
+        self.put(out, args.len() as u16, args_len);
+        for arg in args {
+            let arg = arg.as_ref();
+            out.put_u32(arg.len() as u32);
+            out.put_slice(arg);
+        }
     }
 }
 
