@@ -19,7 +19,7 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use super::listener::{
     self, PUSH_BATCH, Shutdown, WRITE_TIMEOUT, next_delivery, read_some, write_out,
 };
-use crate::codec::frame::{Frame, FrameError, FrameView, MAX_REQUEST, VERSION, arg};
+use crate::codec::frame::{Frame, FrameError, FrameView, HEADER_LEN, MAX_REQUEST, VERSION, arg};
 use crate::codec::wire::{Status, encode_message_push, message_args, op};
 use crate::core::{
     Closed, Core, CoreError, Delivery, Encoding, ErrorKind, Identity, Inbox, Target,
@@ -59,11 +59,11 @@ type Reply = Result<Vec<Bytes>, Reject>;
 /// line protocol's: a line speaker's next lines are already in the socket
 /// when a commit lands, where a binary client's next sends wait for their
 /// replies to reach it first, and a window that covers that round trip
-/// keeps the group commits as large (about 1.3 times the fan-out
+/// keeps the group commits as large (about 1.2 times the fan-out
 /// throughput of a window of 64; see docs/performance.md).
 const PIPELINE: usize = 256;
 /// The bytes of the reply to a send: the header and three arguments.
-const SEND_REPLY: usize = 13 + (4 + 8) + (4 + 8) + (4 + 1);
+const SEND_REPLY: usize = HEADER_LEN + (4 + 8) + (4 + 8) + (4 + 1);
 /// Room made for replies when a write batch starts: a full pipeline of
 /// send replies fits.
 const REPLY_BATCH: usize = PIPELINE * SEND_REPLY;
@@ -633,4 +633,16 @@ fn text(b: &Bytes) -> Result<&str, Reject> {
 
 fn size(what: &str, bytes: usize) -> Reject {
     Reject::new(Status::Arguments, format!("{what} is {bytes} bytes"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_first_reservation_is_sized_by_the_reply_to_a_send() {
+        let request = Frame::request(op::SEND_ROOM, 7, vec![]);
+        let sent = vec![arg::u64(1), arg::i64(2), arg::bool(false)];
+        assert_eq!(reply(&request, Ok(sent)).to_bytes().len(), SEND_REPLY);
+    }
 }
