@@ -969,6 +969,22 @@ mod tests {
         }
     }
 
+    /// Queues a job that keeps the writer busy for `ms`, so that what is
+    /// queued next shares one batch.
+    fn hold_writer(
+        store: &SqliteStore,
+        ms: u64,
+    ) -> impl std::future::Future<Output = Result<(), StoreError>> + Send + 'static {
+        store.queue(
+            move |_| {
+                std::thread::sleep(std::time::Duration::from_millis(ms));
+                Ok(())
+            },
+            |_| {},
+            true,
+        )
+    }
+
     /// An append that fails leaves nothing behind (no message without its
     /// inbox row), and the appends batched with it are stored.
     #[tokio::test]
@@ -990,14 +1006,7 @@ mod tests {
         // Queued behind a job that holds the writer, so they share one
         // transaction; the one to the deleted account breaks its inbox
         // row's foreign key.
-        let gate = store.queue(
-            |_| {
-                std::thread::sleep(std::time::Duration::from_millis(200));
-                Ok(())
-            },
-            |_| {},
-            true,
-        );
+        let gate = hold_writer(&store, 200);
         let first = store.append(dm(alice, bob, "one"), Box::new(|_| {}));
         let broken = store.append(dm(alice, carol, "lost"), Box::new(|_| {}));
         let last = store.append(dm(alice, bob, "two"), Box::new(|_| {}));
@@ -1050,14 +1059,7 @@ mod tests {
         };
 
         // A batch too big for the writer to answer, whose first hook is slow.
-        let gate = store.queue(
-            |_| {
-                std::thread::sleep(std::time::Duration::from_millis(50));
-                Ok(())
-            },
-            |_| {},
-            true,
-        );
+        let gate = hold_writer(&store, 50);
         let batch: Vec<_> = (0..=QUIET_BATCH)
             .map(|i| store.append(dm(alice, bob, "busy"), record(if i == 0 { 300 } else { 0 })))
             .collect();
