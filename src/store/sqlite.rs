@@ -425,9 +425,9 @@ fn write_loop(conn: Connection, mut jobs: mpsc::UnboundedReceiver<Job>) {
             answer(finishes, &commit);
             continue;
         }
+        unanswered.fetch_add(1, Ordering::Relaxed);
         // Without an answering thread (it could not start, or it died),
         // the writer answers itself.
-        unanswered.fetch_add(1, Ordering::Relaxed);
         if let Err(std::sync::mpsc::SendError((finishes, commit))) =
             answers.send((finishes, commit))
         {
