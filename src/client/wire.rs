@@ -78,8 +78,9 @@ impl WireClient {
             loop {
                 if ignored.load(Ordering::Relaxed)
                     && let Ok(Some(total)) = Frame::check(&buffer, MAX_REPLY)
-                    && buffer[5] == op::PUSH_MESSAGE
-                    && buffer[6..10] == [0; 4]
+                    && let Some((head, _)) = Header::read(&buffer)
+                    && head.opcode == op::PUSH_MESSAGE
+                    && head.request_id == 0
                 {
                     buffer.advance(total);
                     continue;

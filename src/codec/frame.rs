@@ -201,6 +201,19 @@ impl Header {
         }
     }
 
+    /// The fixed fields at the front of `frame`, and its argument count;
+    /// `None` if it is shorter than a header.
+    pub fn read(frame: &[u8]) -> Option<(Header, u16)> {
+        let header = frame.get(..HEADER_LEN)?;
+        let head = Header {
+            version: header[4],
+            opcode: header[5],
+            request_id: u32::from_be_bytes([header[6], header[7], header[8], header[9]]),
+            status: header[10],
+        };
+        Some((head, u16::from_be_bytes([header[11], header[12]])))
+    }
+
     /// Starts a frame of `count` arguments that take `args_len` bytes
     /// with their length fields, making room for all of it.
     pub fn put(self, out: &mut impl FrameBuf, count: u16, args_len: usize) {
@@ -244,13 +257,13 @@ impl<'a> FrameView<'a> {
     /// Reads `frame`, exactly one frame as measured by [`Frame::check`];
     /// `None` where [`Frame::decode`] would find it malformed.
     pub fn parse(frame: &'a [u8]) -> Option<FrameView<'a>> {
-        let header = frame.get(..HEADER_LEN)?;
+        let (head, count) = Header::read(frame)?;
         let view = FrameView {
-            version: header[4],
-            opcode: header[5],
-            request_id: u32::from_be_bytes([header[6], header[7], header[8], header[9]]),
-            status: header[10],
-            count: u16::from_be_bytes([header[11], header[12]]),
+            version: head.version,
+            opcode: head.opcode,
+            request_id: head.request_id,
+            status: head.status,
+            count,
             args: &frame[HEADER_LEN..],
         };
         // Every argument must fit, and nothing may follow the last.

@@ -19,7 +19,9 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use super::listener::{
     self, PUSH_BATCH, Shutdown, WRITE_TIMEOUT, next_delivery, read_some, write_out,
 };
-use crate::codec::frame::{Frame, FrameError, FrameView, HEADER_LEN, MAX_REQUEST, VERSION, arg};
+use crate::codec::frame::{
+    Frame, FrameError, FrameView, HEADER_LEN, Header, MAX_REQUEST, VERSION, arg,
+};
 use crate::codec::wire::{Status, encode_message_push, message_args, op};
 use crate::core::{
     Closed, Core, CoreError, Delivery, Encoding, ErrorKind, Identity, Inbox, Target,
@@ -106,7 +108,8 @@ impl Connection {
             // opcode are there to look at before anything is parsed.
             if let Some(total) =
                 Frame::check(&self.buffer, MAX_REQUEST).map_err(ReadError::Frame)?
-                && self.buffer[4..6] == [VERSION, op::ACK]
+                && Header::read(&self.buffer)
+                    .is_some_and(|(head, _)| (head.version, head.opcode) == (VERSION, op::ACK))
                 && let Some(view) = FrameView::parse(&self.buffer[..total])
             {
                 let ack = Request::Ack {
