@@ -2,11 +2,12 @@
 //! variable, over an optional TOML file (`--config`), over defaults.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 use serde::Deserialize;
 
-use crate::core::Limits;
+use crate::core::{Limits, SendRate};
 
 pub const DEFAULT_GRPC_PORT: u16 = 50051;
 pub const DEFAULT_TALK_PORT: u16 = 8889;
@@ -16,6 +17,15 @@ pub const DEFAULT_BIND: &str = "127.0.0.1";
 /// The mesh port when `--mesh-addr` names only a host.
 pub const DEFAULT_MESH_PORT: u16 = 9999;
 pub const DEFAULT_DATA_DIR: &str = "meshtalk-data";
+pub const DEFAULT_LOGIN_TIMEOUT_SECS: u64 = 30;
+pub const DEFAULT_READ_TIMEOUT_SECS: u64 = 10;
+pub const DEFAULT_MAX_CONNECTIONS_PER_IP: usize = 256;
+pub const DEFAULT_SEND_RATE: f64 = 20.0;
+pub const DEFAULT_SEND_BURST: u32 = 60;
+pub const DEFAULT_MIN_FREE_DISK: u64 = 64 << 20;
+/// Open files kept back from the connection cap for the store, the mesh and
+/// the listeners themselves.
+const RESERVED_FILES: usize = 64;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -84,6 +94,56 @@ pub struct ServeArgs {
     /// Deliveries a session may fall behind before it is disconnected [default: 4096].
     #[arg(long, env = "MESHTALK_QUEUE_DEPTH")]
     pub queue_depth: Option<usize>,
+    /// PEM certificate chain; with --tls-key every client door speaks only TLS.
+    #[arg(long, env = "MESHTALK_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "MESHTALK_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Serve without TLS on a non-loopback address (behind a TLS-terminating proxy).
+    #[arg(long, env = "MESHTALK_ALLOW_PLAINTEXT")]
+    #[serde(default)]
+    pub allow_plaintext: bool,
+    /// Seconds a line or binary connection has to log in [default: 30].
+    #[arg(long, env = "MESHTALK_LOGIN_TIMEOUT")]
+    pub login_timeout: Option<u64>,
+    /// Seconds a client has to finish a line or frame it started [default: 10].
+    #[arg(long, env = "MESHTALK_READ_TIMEOUT")]
+    pub read_timeout: Option<u64>,
+    /// Concurrent connections from one IP address, all doors together [default: 256].
+    #[arg(long, env = "MESHTALK_MAX_CONNECTIONS_PER_IP")]
+    pub max_connections_per_ip: Option<usize>,
+    /// Messages one session may send per second once its burst is spent; 0 turns the limit off [default: 20].
+    #[arg(long, env = "MESHTALK_SEND_RATE")]
+    pub send_rate: Option<f64>,
+    /// Messages one session may send at once before the rate applies [default: 60].
+    #[arg(long, env = "MESHTALK_SEND_BURST")]
+    pub send_burst: Option<u32>,
+    /// Free space the data dir keeps; below it new messages are refused (bytes, or with K, M, G) [default: 64M].
+    #[arg(long, env = "MESHTALK_MIN_FREE_DISK", value_parser = parse_size)]
+    #[serde(default, deserialize_with = "deserialize_size")]
+    pub min_free_disk: Option<u64>,
+}
+
+/// Bounds on connections, shared by every client door.
+#[derive(Debug, Clone)]
+pub struct ConnectionBounds {
+    /// Concurrent connections in all, every door together; never above what
+    /// the process's open-file limit allows.
+    pub max_connections: usize,
+    /// Concurrent connections from one IP address.
+    pub max_connections_per_ip: usize,
+    /// Time a line or binary connection has to log in.
+    pub login_timeout: Duration,
+    /// Time a client has to finish a line, frame or TLS handshake it started.
+    pub read_timeout: Duration,
+}
+
+/// The certificate and key every client door serves TLS with.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -111,7 +171,11 @@ pub struct Settings {
     pub grpc_addr: String,
     pub talk_addr: String,
     pub wire_addr: String,
-    pub max_connections: usize,
+    pub bounds: ConnectionBounds,
+    pub tls: Option<TlsFiles>,
+    pub allow_plaintext: bool,
+    /// Free bytes the data dir keeps; below it new messages are refused.
+    pub min_free_disk: u64,
     pub node: String,
     pub mesh_addr: Option<String>,
     pub peers: Vec<String>,
@@ -168,6 +232,22 @@ impl ServeArgs {
                 .max_rooms
                 .or(file.max_rooms)
                 .unwrap_or(defaults.max_rooms),
+            send_rate: {
+                let per_second = self
+                    .send_rate
+                    .or(file.send_rate)
+                    .unwrap_or(DEFAULT_SEND_RATE);
+                let burst = self
+                    .send_burst
+                    .or(file.send_burst)
+                    .unwrap_or(DEFAULT_SEND_BURST);
+                if !per_second.is_finite() || per_second < 0.0 || burst == 0 {
+                    return Err(ConfigError::Invalid(
+                        "send-rate must be 0 (off) or more, and send-burst at least 1".into(),
+                    ));
+                }
+                (per_second > 0.0).then_some(SendRate { per_second, burst })
+            },
             ..defaults
         };
         if limits.max_body == 0
@@ -205,7 +285,55 @@ impl ServeArgs {
         };
         let mut peers = self.peer;
         peers.extend(file.peer);
+        let tls = match (
+            self.tls_cert.or(file.tls_cert),
+            self.tls_key.or(file.tls_key),
+        ) {
+            (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
+            (None, None) => None,
+            _ => {
+                return Err(ConfigError::Invalid(
+                    "tls-cert and tls-key go together: give both or neither".into(),
+                ));
+            }
+        };
+        let bounds = ConnectionBounds {
+            max_connections: connection_cap(
+                self.max_connections
+                    .or(file.max_connections)
+                    .unwrap_or(DEFAULT_MAX_CONNECTIONS),
+            ),
+            max_connections_per_ip: self
+                .max_connections_per_ip
+                .or(file.max_connections_per_ip)
+                .unwrap_or(DEFAULT_MAX_CONNECTIONS_PER_IP),
+            login_timeout: Duration::from_secs(
+                self.login_timeout
+                    .or(file.login_timeout)
+                    .unwrap_or(DEFAULT_LOGIN_TIMEOUT_SECS),
+            ),
+            read_timeout: Duration::from_secs(
+                self.read_timeout
+                    .or(file.read_timeout)
+                    .unwrap_or(DEFAULT_READ_TIMEOUT_SECS),
+            ),
+        };
+        if bounds.max_connections_per_ip == 0
+            || bounds.login_timeout.is_zero()
+            || bounds.read_timeout.is_zero()
+        {
+            return Err(ConfigError::Invalid(
+                "max-connections-per-ip, login-timeout and read-timeout must be at least 1".into(),
+            ));
+        }
         Ok(Settings {
+            bounds,
+            tls,
+            allow_plaintext: self.allow_plaintext || file.allow_plaintext,
+            min_free_disk: self
+                .min_free_disk
+                .or(file.min_free_disk)
+                .unwrap_or(DEFAULT_MIN_FREE_DISK),
             mesh_addr: self.mesh_addr.or(file.mesh_addr).map(|addr| {
                 let has_port = addr.rsplit_once(':').is_some_and(|(host, port)| {
                     !host.ends_with(':') && port.parse::<u16>().is_ok()
@@ -231,10 +359,6 @@ impl ServeArgs {
                 .wire_addr
                 .or(file.wire_addr)
                 .unwrap_or_else(|| join_host_port(&bind, DEFAULT_WIRE_PORT)),
-            max_connections: self
-                .max_connections
-                .or(file.max_connections)
-                .unwrap_or(DEFAULT_MAX_CONNECTIONS),
             node,
             operators,
             log_format: self
@@ -243,6 +367,66 @@ impl ServeArgs {
                 .unwrap_or(LogFormat::Text),
             limits,
         })
+    }
+}
+
+impl Settings {
+    /// The same server with every per-client bound lifted: for the load
+    /// generator's own servers, whose clients are all on one address and
+    /// send as fast as they can by design.
+    pub fn without_client_limits(mut self) -> Settings {
+        self.bounds.max_connections_per_ip = self.bounds.max_connections;
+        self.limits.send_rate = None;
+        self
+    }
+}
+
+/// The connection cap: what was asked for, but never more than the open-file
+/// limit leaves once the server's own files are counted; past that, accepts
+/// would fail with EMFILE instead of a clear refusal.
+fn connection_cap(asked: usize) -> usize {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit only writes the struct passed.
+    let files = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0 {
+        usize::try_from(limit.rlim_cur).unwrap_or(usize::MAX)
+    } else {
+        1024
+    };
+    asked.min(files.saturating_sub(RESERVED_FILES).max(1))
+}
+
+/// A byte count: plain, or with a K, M or G suffix (powers of 1024).
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let (digits, shift) = match text.char_indices().last() {
+        Some((i, 'k' | 'K')) => (&text[..i], 10),
+        Some((i, 'm' | 'M')) => (&text[..i], 20),
+        Some((i, 'g' | 'G')) => (&text[..i], 30),
+        _ => (text, 0),
+    };
+    digits
+        .trim()
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(1 << shift))
+        .ok_or_else(|| format!("{text:?} is not a size: use bytes, or a number with K, M or G"))
+}
+
+fn deserialize_size<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Size {
+        Bytes(u64),
+        Text(String),
+    }
+    match Size::deserialize(d)? {
+        Size::Bytes(n) => Ok(Some(n)),
+        Size::Text(text) => parse_size(&text)
+            .map(Some)
+            .map_err(serde::de::Error::custom),
     }
 }
 

@@ -178,7 +178,7 @@ impl Server {
         let talk_core = core.clone();
         tokio::spawn(accept_loop(
             talk_listener,
-            settings.max_connections,
+            settings.bounds.max_connections,
             shutdown.clone(),
             draining.clone(),
             move |stream, shutdown| talk::serve_connection(talk_core.clone(), stream, shutdown),
@@ -187,7 +187,7 @@ impl Server {
         let wire_core = core.clone();
         tokio::spawn(accept_loop(
             wire_listener,
-            settings.max_connections,
+            settings.bounds.max_connections,
             shutdown,
             draining,
             move |stream, shutdown| wire::serve_connection(wire_core.clone(), stream, shutdown),

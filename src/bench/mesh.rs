@@ -163,7 +163,10 @@ pub async fn run(args: &MeshArgs) -> Result<MeshReport, BenchError> {
         serve.node_name = Some(node_name(i));
         serve.mesh_addr = Some("127.0.0.1:0".into());
         serve.mesh_secret_file = Some(secret.clone());
-        let settings = serve.resolve().map_err(BenchError::setup)?;
+        let settings = serve
+            .resolve()
+            .map_err(BenchError::setup)?
+            .without_client_limits();
         servers.push(
             Server::start(settings)
                 .await

@@ -54,6 +54,8 @@ impl Target {
             .args(["serve", "--log-format", "json", "--node-name", "bench"])
             .args(["--grpc-addr", "127.0.0.1:0", "--talk-addr", "127.0.0.1:0"])
             .args(["--wire-addr", "127.0.0.1:0"])
+            // The load comes from one address, as fast as it can: no per-client limits.
+            .args(["--send-rate", "0", "--max-connections-per-ip", "1000000"])
             .arg("--data-dir")
             .arg(dir.path())
             .env("RUST_LOG", "warn,meshtalk::server=info")

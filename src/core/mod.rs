@@ -48,6 +48,16 @@ pub struct Limits {
     pub max_rooms: usize,
     /// Sessions one account keeps; a login past it ends the oldest.
     pub max_sessions_per_account: usize,
+    /// How fast one session may send; `None` for no limit.
+    pub send_rate: Option<SendRate>,
+}
+
+/// A session's sending allowance: `burst` messages at once, then
+/// `per_second`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SendRate {
+    pub per_second: f64,
+    pub burst: u32,
 }
 
 impl Default for Limits {
@@ -58,6 +68,7 @@ impl Default for Limits {
             max_rooms_per_account: 100,
             max_rooms: 100_000,
             max_sessions_per_account: 64,
+            send_rate: None,
         }
     }
 }

@@ -40,6 +40,8 @@ impl TestServer {
             ..args
         };
         args.node_name.get_or_insert_with(|| "test-node".into());
+        // Tests send as fast as they can; the ones about the rate limit set it.
+        args.send_rate.get_or_insert(0.0);
         if args.operator.is_empty() {
             args.operator = vec!["root".into()];
         }
