@@ -16,6 +16,7 @@
 //! - [`codec`]: the line and binary wire formats, pure functions over bytes.
 //! - [`bench`]: the load generator behind `meshtalk bench`.
 //! - [`config`]: command-line flags, environment and the TOML config file.
+//! - [`tls`]: TLS settings for servers and clients, and `meshtalk cert`.
 //! - [`proto`]: the generated gRPC types.
 
 pub mod bench;
@@ -27,6 +28,7 @@ pub mod gateway;
 pub mod mesh;
 pub mod server;
 pub mod store;
+pub mod tls;
 
 /// The generated gRPC types and services of `proto/meshtalk/v1/meshtalk.proto`.
 pub mod proto {

@@ -13,17 +13,21 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::StreamExt;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
-use tonic::transport::server::TcpIncoming;
+use tokio_rustls::TlsAcceptor;
+use tokio_stream::wrappers::ReceiverStream;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
 use crate::config::Settings;
 use crate::core::{Core, CoreConfig, CoreError};
 use crate::gateway::grpc::GrpcGateway;
-use crate::gateway::listener::{Shutdown, accept_loop};
+use crate::gateway::listener::{
+    Deadlines, Door, Gate, GrpcConnection, Shutdown, accept_loop, say_and_close,
+};
 use crate::gateway::{talk, wire};
 use crate::mesh::{Mesh, MeshConfig, MeshError, QUERY_TIMEOUT};
 use crate::proto::{
@@ -53,6 +57,18 @@ pub enum ServerError {
     Mesh(#[from] MeshError),
     #[error("cannot build the reflection service: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
+    #[error("cannot set up TLS: {0}")]
+    Tls(#[from] crate::tls::TlsError),
+    #[error(
+        "the {door} door would listen on {addr} without TLS, where anyone on the network \
+         could read passwords and messages: give --tls-cert and --tls-key (try \
+         `meshtalk cert`), bind it to 127.0.0.1, or pass --allow-plaintext if a \
+         TLS-terminating proxy stands in front"
+    )]
+    Plaintext {
+        door: &'static str,
+        addr: SocketAddr,
+    },
 }
 
 /// A running server.
@@ -130,6 +146,36 @@ impl Server {
         let (listener, grpc_addr) = bind(&settings.grpc_addr).await?;
         let (talk_listener, talk_addr) = bind(&settings.talk_addr).await?;
         let (wire_listener, wire_addr) = bind(&settings.wire_addr).await?;
+        if settings.tls.is_none() && !settings.allow_plaintext {
+            for (door, addr) in [
+                ("gRPC", grpc_addr),
+                ("line", talk_addr),
+                ("binary", wire_addr),
+            ] {
+                if !addr.ip().is_loopback() {
+                    return Err(ServerError::Plaintext { door, addr });
+                }
+            }
+        }
+        let gate = Gate::new(&settings.bounds);
+        let door = |alpn: &[&[u8]]| -> Result<Door, ServerError> {
+            let tls = match &settings.tls {
+                Some(files) => Some(TlsAcceptor::from(crate::tls::server_config(
+                    &files.cert,
+                    &files.key,
+                    alpn,
+                )?)),
+                None => None,
+            };
+            Ok(Door {
+                gate: gate.clone(),
+                tls,
+                handshake_timeout: settings.bounds.read_timeout,
+            })
+        };
+        let (grpc_door, talk_door, wire_door) =
+            (door(&[crate::tls::ALPN_H2])?, door(&[])?, door(&[])?);
+        let deadlines = Deadlines::new(&settings.bounds);
 
         let (health, health_service) = tonic_health::server::health_reporter();
         for service in SERVICES {
@@ -147,9 +193,28 @@ impl Server {
         let gateway = GrpcGateway::new(core.clone());
 
         let (stop_grpc, stopped) = oneshot::channel::<()>();
-        let incoming = TcpIncoming::from(listener)
-            .with_nodelay(Some(true))
-            .with_keepalive(Some(Duration::from_secs(60)));
+        let (stop_sockets, shutdown) = Shutdown::new();
+        let (draining, sockets_drained) = mpsc::channel(1);
+        // gRPC connections come through the same gate as the others; tonic
+        // serves what the accept loop admitted.
+        let (admitted, incoming) = mpsc::channel::<GrpcConnection>(64);
+        tokio::spawn(accept_loop(
+            listener,
+            grpc_door,
+            shutdown.clone(),
+            draining.clone(),
+            move |accepted, _| {
+                let admitted = admitted.clone();
+                async move {
+                    if let Err(accepted) = admitted.send(GrpcConnection::new(accepted)).await {
+                        drop(accepted);
+                    }
+                }
+            },
+            // An HTTP/2 client cannot read a sentence: it is only closed.
+            |stream, _| say_and_close(stream, b""),
+        ));
+        let incoming = ReceiverStream::new(incoming).map(Ok::<_, std::io::Error>);
         let router = tonic::transport::Server::builder()
             // Without HTTP/2 pings a half-open client would hold its streams for hours.
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
@@ -173,24 +238,26 @@ impl Server {
                 tracing::error!(error = %e, "the gRPC server failed");
             }
         });
-        let (stop_sockets, shutdown) = Shutdown::new();
-        let (draining, sockets_drained) = mpsc::channel(1);
         let talk_core = core.clone();
         tokio::spawn(accept_loop(
             talk_listener,
-            settings.bounds.max_connections,
+            talk_door,
             shutdown.clone(),
             draining.clone(),
-            move |stream, shutdown| talk::serve_connection(talk_core.clone(), stream, shutdown),
+            move |accepted, shutdown| {
+                talk::serve_connection(talk_core.clone(), accepted, deadlines, shutdown)
+            },
             talk::refuse,
         ));
         let wire_core = core.clone();
         tokio::spawn(accept_loop(
             wire_listener,
-            settings.bounds.max_connections,
+            wire_door,
             shutdown,
             draining,
-            move |stream, shutdown| wire::serve_connection(wire_core.clone(), stream, shutdown),
+            move |accepted, shutdown| {
+                wire::serve_connection(wire_core.clone(), accepted, deadlines, shutdown)
+            },
             wire::refuse,
         ));
 
@@ -201,6 +268,7 @@ impl Server {
             wire = %wire_addr,
             mesh = %mesh_addr.map_or_else(|| "off".to_owned(), |a| a.to_string()),
             store = %settings.sqlite_path.display(),
+            tls = settings.tls.is_some(),
             "meshtalk is serving"
         );
         Ok(Server {

@@ -61,6 +61,12 @@ pub enum Status {
     /// Reserved: the operation needs something this node does not run. No
     /// current server sends it.
     Unsupported = 15,
+    /// A deadline passed: logging in, or finishing a frame once begun; the
+    /// connection is closed.
+    Timeout = 16,
+    /// The session sends far faster than its allowance; the connection is
+    /// closed.
+    Flood = 17,
 }
 
 impl Status {
@@ -83,6 +89,8 @@ impl Status {
             Internal,
             TooLarge,
             Unsupported,
+            Timeout,
+            Flood,
         ]
         .get(v as usize)
         .copied()

@@ -1,17 +1,25 @@
-//! What the socket gateways (line and binary) share: an accept loop with a
-//! cap on concurrent connections, the shutdown signal, and a way to wait for
-//! every connection to finish.
+//! What the client doors share: the gate that admits connections (a cap in
+//! all and per address), TLS, the accept loop, the shutdown signal, a way to
+//! wait for every connection to finish, and reading and writing a socket
+//! with bounded buffers and time limits.
 
+use std::collections::HashMap;
 use std::future::Future;
-use std::sync::Arc;
-use std::time::Duration;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
 
+use crate::config::ConnectionBounds;
 use crate::core::{Closed, Delivery, Encoding, Inbox, Message};
 
 /// Tells connection tasks to say goodbye and stop.
@@ -38,51 +46,403 @@ pub type Draining = mpsc::Sender<()>;
 /// How long a write to one client may block before the client is dropped.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Accepts connections until shutdown. Past `max_connections`, a newcomer is
-/// handed to `refuse` (to say why) and closed.
+/// Refusals being written at once, at most; past it a refused connection is
+/// closed without a word, so a flood at the cap costs no more than that.
+const REFUSALS_AT_ONCE: usize = 64;
+
+/// Why a connection was not admitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// The server holds as many connections as it may.
+    Full,
+    /// The address holds as many connections as one address may.
+    PerAddress,
+}
+
+impl Refusal {
+    pub fn text(self) -> &'static str {
+        match self {
+            Refusal::Full => "too many connections; try again later",
+            Refusal::PerAddress => "too many connections from your address",
+        }
+    }
+}
+
+/// Admits connections: at most `max_connections` in all, every door
+/// together, and `max_connections_per_ip` from one address.
+pub struct Gate {
+    total: Arc<Semaphore>,
+    per_address: Mutex<HashMap<IpAddr, usize>>,
+    max_per_address: usize,
+    refusals: Arc<Semaphore>,
+}
+
+/// An admitted connection's place; gives it back when dropped.
+pub struct Pass {
+    gate: Arc<Gate>,
+    address: IpAddr,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Drop for Pass {
+    fn drop(&mut self) {
+        let mut counts = self.gate.counts();
+        if let Some(n) = counts.get_mut(&self.address) {
+            *n -= 1;
+            if *n == 0 {
+                counts.remove(&self.address);
+            }
+        }
+    }
+}
+
+impl Gate {
+    pub fn new(bounds: &ConnectionBounds) -> Arc<Gate> {
+        Arc::new(Gate {
+            total: Arc::new(Semaphore::new(bounds.max_connections)),
+            per_address: Mutex::new(HashMap::new()),
+            max_per_address: bounds.max_connections_per_ip,
+            refusals: Arc::new(Semaphore::new(REFUSALS_AT_ONCE)),
+        })
+    }
+
+    fn counts(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, usize>> {
+        self.per_address
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    pub fn admit(self: &Arc<Self>, address: IpAddr) -> Result<Pass, Refusal> {
+        let mut counts = self.counts();
+        let n = counts.entry(address).or_insert(0);
+        if *n >= self.max_per_address {
+            return Err(Refusal::PerAddress);
+        }
+        let permit = self
+            .total
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| Refusal::Full)?;
+        *n += 1;
+        drop(counts);
+        Ok(Pass {
+            gate: self.clone(),
+            address,
+            _permit: permit,
+        })
+    }
+
+    /// Connections admitted and not yet closed.
+    pub fn open(&self) -> usize {
+        self.counts().values().sum()
+    }
+}
+
+/// One door's way in: the gate it shares with the other doors, its TLS
+/// acceptor if it speaks TLS, and the time a TLS handshake may take.
+#[derive(Clone)]
+pub struct Door {
+    pub gate: Arc<Gate>,
+    pub tls: Option<TlsAcceptor>,
+    pub handshake_timeout: Duration,
+}
+
+/// A client connection: plain TCP, or TLS over it.
+pub enum Stream {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl Stream {
+    /// The read and write halves; plain TCP keeps tokio's owned halves, whose
+    /// readiness-based reads let an idle connection hold no buffer.
+    pub fn split(self) -> (ReadHalf, WriteHalf) {
+        match self {
+            Stream::Plain(tcp) => {
+                let (r, w) = tcp.into_split();
+                (ReadHalf::Plain(r), WriteHalf::Plain(w))
+            }
+            Stream::Tls(tls) => {
+                let (r, w) = tokio::io::split(*tls);
+                (ReadHalf::Tls(r), WriteHalf::Tls(w))
+            }
+        }
+    }
+
+    fn tcp(&self) -> &TcpStream {
+        match self {
+            Stream::Plain(tcp) => tcp,
+            Stream::Tls(tls) => tls.get_ref().0,
+        }
+    }
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+/// The reading half of a [`Stream`].
+pub enum ReadHalf {
+    Plain(OwnedReadHalf),
+    Tls(tokio::io::ReadHalf<TlsStream<TcpStream>>),
+}
+
+/// The writing half of a [`Stream`].
+pub enum WriteHalf {
+    Plain(OwnedWriteHalf),
+    Tls(tokio::io::WriteHalf<TlsStream<TcpStream>>),
+}
+
+/// A connection past the gate (and its TLS handshake, if any).
+pub struct Accepted {
+    pub stream: Stream,
+    pub peer: SocketAddr,
+    /// Its place at the gate: dropping it lets another connection in.
+    pub pass: Pass,
+}
+
+/// Accepts connections until shutdown, admits them through the door's gate,
+/// completes TLS on a TLS door, and hands each to `handle` on a task of its
+/// own. A connection the gate refuses is handed to `refuse` (to say why)
+/// and closed.
 pub async fn accept_loop<H, HF, R, RF>(
     listener: TcpListener,
-    max_connections: usize,
+    door: Door,
     mut shutdown: Shutdown,
     draining: Draining,
     handle: H,
     refuse: R,
 ) where
-    H: Fn(TcpStream, Shutdown) -> HF,
+    H: Fn(Accepted, Shutdown) -> HF + Send + Sync + 'static,
     HF: Future<Output = ()> + Send + 'static,
-    R: Fn(TcpStream) -> RF,
+    R: Fn(Stream, Refusal) -> RF + Send + Sync + 'static,
     RF: Future<Output = ()> + Send + 'static,
 {
-    let permits = Arc::new(Semaphore::new(max_connections));
+    let handle = Arc::new(handle);
+    let refuse = Arc::new(refuse);
+    let mut backoff = AcceptBackoff::default();
     loop {
         let accepted = tokio::select! {
             _ = shutdown.wait() => return,
             accepted = listener.accept() => accepted,
         };
-        let stream = match accepted {
-            Ok((stream, _)) => stream,
+        let (tcp, peer) = match accepted {
+            Ok(accepted) => {
+                backoff.succeeded();
+                accepted
+            }
             Err(e) => {
-                // Out of file descriptors and the like: back off, keep serving.
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
+                // Out of file descriptors and the like: wait longer each
+                // time, keep serving, and say so once in a while, not per try.
+                let wait = backoff.failed(&e);
+                tokio::select! {
+                    _ = shutdown.wait() => return,
+                    _ = tokio::time::sleep(wait) => continue,
+                }
             }
         };
-        let _ = stream.set_nodelay(true);
-        match permits.clone().try_acquire_owned() {
-            Ok(permit) => {
-                let task = handle(stream, shutdown.clone());
-                let draining = draining.clone();
+        let _ = tcp.set_nodelay(true);
+        let admitted = door.gate.admit(peer.ip());
+        let door = door.clone();
+        match admitted {
+            Ok(pass) => {
+                let (handle, shutdown, draining) =
+                    (handle.clone(), shutdown.clone(), draining.clone());
                 tokio::spawn(async move {
-                    task.await;
-                    drop(permit);
+                    let Some(stream) = open(&door, tcp, peer).await else {
+                        return;
+                    };
+                    handle(Accepted { stream, peer, pass }, shutdown).await;
                     drop(draining);
                 });
             }
-            Err(_) => {
-                tokio::spawn(refuse(stream));
+            Err(refusal) => {
+                // Saying why costs a task and, on a TLS door, a handshake:
+                // only so many at once.
+                let Ok(permit) = door.gate.refusals.clone().try_acquire_owned() else {
+                    continue;
+                };
+                let refuse = refuse.clone();
+                tokio::spawn(async move {
+                    if let Some(stream) = open(&door, tcp, peer).await {
+                        let _ =
+                            tokio::time::timeout(door.handshake_timeout, refuse(stream, refusal))
+                                .await;
+                    }
+                    drop(permit);
+                });
             }
         }
+    }
+}
+
+/// Completes the TLS handshake on a TLS door, within the door's time limit.
+async fn open(door: &Door, tcp: TcpStream, peer: SocketAddr) -> Option<Stream> {
+    let Some(acceptor) = &door.tls else {
+        return Some(Stream::Plain(tcp));
+    };
+    match tokio::time::timeout(door.handshake_timeout, acceptor.accept(tcp)).await {
+        Ok(Ok(tls)) => Some(Stream::Tls(Box::new(tls))),
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+            None
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "TLS handshake not finished in time");
+            None
+        }
+    }
+}
+
+/// How long the accept loop waits after a failed accept: doubling from
+/// 5 ms to 1 s while accepts keep failing, with one log line per second at
+/// most (saying how many failed).
+#[derive(Default)]
+struct AcceptBackoff {
+    wait: Duration,
+    failures: u64,
+    last_said: Option<Instant>,
+}
+
+impl AcceptBackoff {
+    const FIRST: Duration = Duration::from_millis(5);
+    const MOST: Duration = Duration::from_secs(1);
+
+    fn failed(&mut self, e: &std::io::Error) -> Duration {
+        self.failures += 1;
+        self.wait = (self.wait * 2).clamp(Self::FIRST, Self::MOST);
+        if self
+            .last_said
+            .is_none_or(|t| t.elapsed() >= Duration::from_secs(1))
+        {
+            tracing::warn!(error = %e, failures = self.failures, "accept failed; backing off");
+            self.last_said = Some(Instant::now());
+            self.failures = 0;
+        }
+        self.wait
+    }
+
+    fn succeeded(&mut self) {
+        self.wait = Duration::ZERO;
+    }
+}
+
+/// A gRPC connection that came through the gate: tonic serves it, and its
+/// place at the gate is given back when tonic drops it.
+pub struct GrpcConnection {
+    stream: Stream,
+    peer: SocketAddr,
+    _pass: Pass,
+}
+
+impl GrpcConnection {
+    pub fn new(accepted: Accepted) -> GrpcConnection {
+        GrpcConnection {
+            stream: accepted.stream,
+            peer: accepted.peer,
+            _pass: accepted.pass,
+        }
+    }
+}
+
+impl tonic::transport::server::Connected for GrpcConnection {
+    type ConnectInfo = tonic::transport::server::TcpConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        tonic::transport::server::TcpConnectInfo {
+            local_addr: self.stream.tcp().local_addr().ok(),
+            remote_addr: Some(self.peer),
+        }
+    }
+}
+
+impl AsyncRead for GrpcConnection {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for GrpcConnection {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+    }
+}
+
+/// Time limits of a line or binary connection.
+#[derive(Debug, Clone, Copy)]
+pub struct Deadlines {
+    /// To log in, from connecting (or from logging out).
+    pub login: Duration,
+    /// To finish a line or frame once its first byte has arrived.
+    pub read: Duration,
+}
+
+impl Deadlines {
+    pub fn new(bounds: &ConnectionBounds) -> Deadlines {
+        Deadlines {
+            login: bounds.login_timeout,
+            read: bounds.read_timeout,
+        }
+    }
+}
+
+/// Resolves at `deadline`, or never when there is none.
+pub async fn expires(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -97,18 +457,48 @@ thread_local! {
 
 /// Reads what has arrived into `buffer`; `Ok(0)` at the end of input.
 ///
-/// An idle connection holds no read buffer. One that has used everything it
-/// read gives its buffer back before waiting; once the socket is readable,
-/// the bytes are read into the worker thread's scratch space and only as
-/// many as arrived are kept. A large buffer per read would instead leave
-/// the allocator a hole per connection that later allocations fragment.
+/// An idle plain connection holds no read buffer. One that has used
+/// everything it read gives its buffer back before waiting; once the socket
+/// is readable, the bytes are read into the worker thread's scratch space
+/// and only as many as arrived are kept. A large buffer per read would
+/// instead leave the allocator a hole per connection that later allocations
+/// fragment. (A TLS connection reads through rustls, which keeps buffers of
+/// its own anyway.)
+///
+/// `started` is when the unfinished line or frame at the front of `buffer`
+/// began arriving, if one has: it must be complete within `limit` of that,
+/// or the read fails with `TimedOut`, so a client cannot hold a connection
+/// by sending a byte at a time.
 pub async fn read_some(
-    reader: &mut OwnedReadHalf,
+    reader: &mut ReadHalf,
     buffer: &mut BytesMut,
+    started: Option<Instant>,
+    limit: Duration,
 ) -> std::io::Result<usize> {
+    let read = read_now(reader, buffer);
+    match started {
+        None => read.await,
+        Some(started) => match tokio::time::timeout_at((started + limit).into(), read).await {
+            Ok(result) => result,
+            Err(_) => Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("unfinished for over {} s", limit.as_secs()),
+            )),
+        },
+    }
+}
+
+async fn read_now(reader: &mut ReadHalf, buffer: &mut BytesMut) -> std::io::Result<usize> {
     if buffer.is_empty() && buffer.capacity() > 0 {
         *buffer = BytesMut::new();
     }
+    let reader = match reader {
+        ReadHalf::Plain(reader) => reader,
+        ReadHalf::Tls(reader) => {
+            buffer.reserve(TLS_READ_CHUNK);
+            return reader.read_buf(buffer).await;
+        }
+    };
     loop {
         reader.readable().await?;
         let read = SCRATCH.with(|scratch| {
@@ -123,6 +513,15 @@ pub async fn read_some(
             Err(e) => return Err(e),
         }
     }
+}
+
+/// What one read from a TLS connection makes room for.
+const TLS_READ_CHUNK: usize = 4096;
+
+/// Writes a short message to a connection being turned away.
+pub async fn say_and_close(mut stream: Stream, bytes: &[u8]) {
+    let _ = stream.write_all(bytes).await;
+    let _ = stream.shutdown().await;
 }
 
 /// Deliveries written per turn of a connection's loop, at most: enough for
@@ -155,16 +554,29 @@ pub fn push_delivery(
 /// Writes `out` in one go, then gives its memory back, so an idle
 /// connection holds no write buffer either. A client that does not read for
 /// [`WRITE_TIMEOUT`] is given up on rather than holding its task forever.
-pub async fn write_out(writer: &mut OwnedWriteHalf, out: &mut Vec<u8>) -> std::io::Result<()> {
+pub async fn write_out(writer: &mut WriteHalf, out: &mut Vec<u8>) -> std::io::Result<()> {
     let result = write_within_limit(writer, out).await;
     *out = Vec::new();
     result
 }
 
-async fn write_within_limit(writer: &mut OwnedWriteHalf, out: &[u8]) -> std::io::Result<()> {
+async fn write_within_limit(writer: &mut WriteHalf, out: &[u8]) -> std::io::Result<()> {
     if out.is_empty() {
         return Ok(());
     }
+    let writer = match writer {
+        WriteHalf::Plain(writer) => writer,
+        WriteHalf::Tls(writer) => {
+            let write = async {
+                writer.write_all(out).await?;
+                writer.flush().await
+            };
+            return match tokio::time::timeout(WRITE_TIMEOUT, write).await {
+                Ok(result) => result,
+                Err(_) => Err(stopped_reading()),
+            };
+        }
+    };
     // Nearly every batch fits the socket's send buffer: written at once, it
     // needs no timer, which would otherwise be set and cancelled per write
     // on every connection. Only what the socket does not take waits.
@@ -178,11 +590,12 @@ async fn write_within_limit(writer: &mut OwnedWriteHalf, out: &[u8]) -> std::io:
     }
     match tokio::time::timeout(WRITE_TIMEOUT, writer.write_all(&out[written..])).await {
         Ok(result) => result,
-        Err(_) => Err(std::io::Error::new(
-            std::io::ErrorKind::TimedOut,
-            "the client stopped reading",
-        )),
+        Err(_) => Err(stopped_reading()),
     }
+}
+
+fn stopped_reading() -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::TimedOut, "the client stopped reading")
 }
 
 /// The next delivery of a logged-in connection; never resolves before login.

@@ -10,12 +10,11 @@ use bytes::BytesMut;
 use futures::future::BoxFuture;
 use futures::stream::FuturesOrdered;
 use futures::{FutureExt, StreamExt};
-use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::time::Instant;
 
 use super::listener::{
-    self, PUSH_BATCH, Shutdown, WRITE_TIMEOUT, next_delivery, read_some, write_out,
+    self, Accepted, Deadlines, PUSH_BATCH, ReadHalf, Refusal, Shutdown, Stream, WriteHalf, expires,
+    next_delivery, read_some, write_out,
 };
 use crate::codec::line::{Command, HELP, LineDecoder, LineError, ParseError, ServerLine};
 use crate::core::{
@@ -28,33 +27,51 @@ const PIPELINE: usize = 64;
 
 /// A connection: reads lines, writes server lines.
 struct Connection {
-    reader: OwnedReadHalf,
+    reader: ReadHalf,
     /// Unbuffered: `out` already gathers a batch into one write.
-    writer: OwnedWriteHalf,
+    writer: WriteHalf,
     buffer: BytesMut,
     decoder: LineDecoder,
     out: Vec<u8>,
+    /// When the unfinished line in `buffer` began to arrive.
+    started: Option<std::time::Instant>,
+    deadlines: Deadlines,
 }
 
 impl Connection {
-    fn new(stream: TcpStream) -> Connection {
-        let (reader, writer) = stream.into_split();
+    fn new(stream: Stream, deadlines: Deadlines) -> Connection {
+        let (reader, writer) = stream.split();
         Connection {
             reader,
             writer,
             buffer: BytesMut::new(),
             decoder: LineDecoder::new(),
             out: Vec::new(),
+            started: None,
+            deadlines,
         }
     }
 
-    /// The next line; `None` at end of input.
+    /// The next line; `None` at end of input. A line begun but not finished
+    /// within the read deadline fails the read with `TimedOut`.
     async fn read_line(&mut self) -> std::io::Result<Option<Result<String, LineError>>> {
         loop {
             if let Some(line) = self.decoder.decode(&mut self.buffer) {
+                self.started = None;
                 return Ok(Some(line));
             }
-            if read_some(&mut self.reader, &mut self.buffer).await? == 0 {
+            if self.buffer.is_empty() {
+                self.started = None;
+            } else {
+                self.started.get_or_insert_with(std::time::Instant::now);
+            }
+            let read = read_some(
+                &mut self.reader,
+                &mut self.buffer,
+                self.started,
+                self.deadlines.read,
+            );
+            if read.await? == 0 {
                 return Ok(self.decoder.decode_eof(&mut self.buffer));
             }
         }
@@ -146,6 +163,8 @@ struct Session {
     core: Core,
     conn: Connection,
     who: Option<Identity>,
+    /// When a connection that is not logged in is closed.
+    login_by: Option<Instant>,
     room: String,
     inbox: Option<Inbox>,
     /// Speech queued for the store, oldest first. Speech has no reply, so
@@ -159,10 +178,16 @@ enum Flow {
 }
 
 /// Serves one connection until it quits, drops, or the server stops.
-pub async fn serve_connection(core: Core, stream: TcpStream, mut shutdown: Shutdown) {
+pub async fn serve_connection(
+    core: Core,
+    accepted: Accepted,
+    deadlines: Deadlines,
+    mut shutdown: Shutdown,
+) {
     let mut session = Session {
-        conn: Connection::new(stream),
+        conn: Connection::new(accepted.stream, deadlines),
         who: None,
+        login_by: Some(Instant::now() + deadlines.login),
         room: names::LOBBY.into(),
         inbox: None,
         speech: FuturesOrdered::new(),
@@ -178,11 +203,11 @@ pub async fn serve_connection(core: Core, stream: TcpStream, mut shutdown: Shutd
     session.end().await;
 }
 
-/// Tells a connection over the limit why it is being closed.
-pub async fn refuse(mut stream: TcpStream) {
+/// Tells a connection the gate turned away why it is being closed.
+pub async fn refuse(stream: Stream, why: Refusal) {
     let mut out = Vec::new();
-    err("limit", "too many connections; try again later").encode(&mut out);
-    let _ = tokio::time::timeout(WRITE_TIMEOUT, stream.write_all(&out)).await;
+    err("limit", why.text()).encode(&mut out);
+    listener::say_and_close(stream, &out).await;
 }
 
 impl Session {
@@ -191,7 +216,17 @@ impl Session {
             self.conn.flush().await?;
             tokio::select! {
                 line = self.conn.read_line() => {
-                    let flow = match line? {
+                    let line = match line {
+                        Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
+                            self.conn.push(err("timeout", format!(
+                                "a line must end within {} s of its start; closing",
+                                self.conn.deadlines.read.as_secs()
+                            )));
+                            return self.conn.flush().await;
+                        }
+                        line => line?,
+                    };
+                    let flow = match line {
                         None => return Ok(()),
                         // Boxed: a command's state (a login's password check,
                         // a history read) is held only while it runs, not by
@@ -225,6 +260,13 @@ impl Session {
                             return self.conn.flush().await;
                         }
                     }
+                }
+                _ = expires(self.login_by) => {
+                    self.conn.push(err("timeout", format!(
+                        "not logged in within {} s; closing",
+                        self.conn.deadlines.login.as_secs()
+                    )));
+                    return self.conn.flush().await;
                 }
                 _ = shutdown.wait() => {
                     self.conn.push(err("unavailable", "the server is shutting down"));
@@ -345,6 +387,7 @@ impl Session {
         match self.core.attach(&login.identity).await {
             Ok(inbox) => {
                 self.inbox = Some(inbox);
+                self.login_by = None;
                 self.room = names::LOBBY.into();
                 let name = login.identity.name.clone();
                 self.who = Some(login.identity);
@@ -387,6 +430,7 @@ impl Session {
             Command::Logout => {
                 self.inbox = None;
                 self.who = None;
+                self.login_by = Some(Instant::now() + self.conn.deadlines.login);
                 core.logout(who).await?;
                 self.conn.push(ok("logged out"));
             }
@@ -394,6 +438,7 @@ impl Session {
                 core.delete_account(who, &password).await?;
                 self.inbox = None;
                 self.who = None;
+                self.login_by = Some(Instant::now() + self.conn.deadlines.login);
                 self.conn.push(ok("account deleted"));
             }
             Command::Users(pattern) => {

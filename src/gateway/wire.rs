@@ -12,12 +12,11 @@ use bytes::{Buf, Bytes, BytesMut};
 use futures::future::BoxFuture;
 use futures::stream::FuturesOrdered;
 use futures::{FutureExt, StreamExt};
-use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::time::Instant;
 
 use super::listener::{
-    self, PUSH_BATCH, Shutdown, WRITE_TIMEOUT, next_delivery, read_some, write_out,
+    self, Accepted, Deadlines, PUSH_BATCH, ReadHalf, Refusal, Shutdown, Stream, WriteHalf, expires,
+    next_delivery, read_some, write_out,
 };
 use crate::codec::frame::{
     Frame, FrameError, FrameView, HEADER_LEN, Header, MAX_REQUEST, VERSION, arg,
@@ -81,11 +80,14 @@ enum ReadError {
 }
 
 struct Connection {
-    reader: OwnedReadHalf,
+    reader: ReadHalf,
     /// Unbuffered: `out` already gathers a batch into one write.
-    writer: OwnedWriteHalf,
+    writer: WriteHalf,
     buffer: BytesMut,
     out: Vec<u8>,
+    /// When the unfinished frame in `buffer` began to arrive.
+    started: Option<std::time::Instant>,
+    deadlines: Deadlines,
 }
 
 /// A request as read off the socket.
@@ -117,19 +119,28 @@ impl Connection {
                     ids: view.args().map(arg::to_u64).collect(),
                 };
                 self.buffer.advance(total);
+                self.started = None;
                 return Ok(Some(ack));
             }
             // Anything else, malformed ACKs included, is decoded whole.
             if let Some(frame) =
                 Frame::decode(&mut self.buffer, MAX_REQUEST).map_err(ReadError::Frame)?
             {
+                self.started = None;
                 return Ok(Some(Request::Frame(frame)));
             }
-            if read_some(&mut self.reader, &mut self.buffer)
-                .await
-                .map_err(ReadError::Io)?
-                == 0
-            {
+            if self.buffer.is_empty() {
+                self.started = None;
+            } else {
+                self.started.get_or_insert_with(std::time::Instant::now);
+            }
+            let read = read_some(
+                &mut self.reader,
+                &mut self.buffer,
+                self.started,
+                self.deadlines.read,
+            );
+            if read.await.map_err(ReadError::Io)? == 0 {
                 return if self.buffer.is_empty() {
                     Ok(None)
                 } else {
@@ -198,16 +209,18 @@ fn closed_status(why: Closed) -> Status {
     }
 }
 
-/// Tells a connection over the limit why it is being closed.
-pub async fn refuse(mut stream: TcpStream) {
-    let frame = bye(Status::Limit, "too many connections; try again later").to_bytes();
-    let _ = tokio::time::timeout(WRITE_TIMEOUT, stream.write_all(&frame)).await;
+/// Tells a connection the gate turned away why it is being closed.
+pub async fn refuse(stream: Stream, why: Refusal) {
+    let frame = bye(Status::Limit, why.text()).to_bytes();
+    listener::say_and_close(stream, &frame).await;
 }
 
 struct Session {
     core: Core,
     conn: Connection,
     who: Option<Identity>,
+    /// When a connection that is not logged in is closed.
+    login_by: Option<Instant>,
     inbox: Option<Inbox>,
     /// Replies still being worked out, in request order: sends wait for
     /// their commit here while the connection reads on.
@@ -215,8 +228,13 @@ struct Session {
 }
 
 /// Serves one connection until it closes or the server stops.
-pub async fn serve_connection(core: Core, stream: TcpStream, mut shutdown: Shutdown) {
-    let (reader, writer) = stream.into_split();
+pub async fn serve_connection(
+    core: Core,
+    accepted: Accepted,
+    deadlines: Deadlines,
+    mut shutdown: Shutdown,
+) {
+    let (reader, writer) = accepted.stream.split();
     let mut session = Session {
         core,
         conn: Connection {
@@ -224,8 +242,11 @@ pub async fn serve_connection(core: Core, stream: TcpStream, mut shutdown: Shutd
             writer,
             buffer: BytesMut::new(),
             out: Vec::new(),
+            started: None,
+            deadlines,
         },
         who: None,
+        login_by: Some(Instant::now() + deadlines.login),
         inbox: None,
         replies: FuturesOrdered::new(),
     };
@@ -316,6 +337,13 @@ impl Session {
                         tracing::debug!(bytes = n, "connection closed inside a frame");
                         return Ok(None);
                     }
+                    Err(ReadError::Io(e)) if e.kind() == std::io::ErrorKind::TimedOut => {
+                        let text = format!(
+                            "a frame must be complete within {} s of its start; closing",
+                            self.conn.deadlines.read.as_secs()
+                        );
+                        return Ok(Some(bye(Status::Timeout, &text)));
+                    }
                     Err(ReadError::Io(e)) => return Err(e),
                 },
                 Some(answer) = self.replies.next(), if !self.replies.is_empty() => {
@@ -344,6 +372,13 @@ impl Session {
                     }
                     Err(why) => return Ok(Some(bye(closed_status(why), &why.to_string()))),
                 },
+                _ = expires(self.login_by) => {
+                    let text = format!(
+                        "not logged in within {} s; closing",
+                        self.conn.deadlines.login.as_secs()
+                    );
+                    return Ok(Some(bye(Status::Timeout, &text)));
+                }
                 _ = shutdown.wait() => {
                     return Ok(Some(bye(Status::Unavailable, "the server is shutting down")));
                 }
@@ -448,6 +483,7 @@ impl Session {
                 }
                 let name = arg::str(&login.identity.name);
                 self.who = Some(login.identity);
+                self.login_by = None;
                 return Ok(vec![name]);
             }
             opcode if !is_known(opcode) => {
@@ -465,6 +501,7 @@ impl Session {
                 let [] = exact(a)?;
                 self.inbox = None;
                 self.who = None;
+                self.login_by = Some(Instant::now() + self.conn.deadlines.login);
                 core.logout(&who).await?;
                 Ok(vec![])
             }
@@ -473,6 +510,7 @@ impl Session {
                 core.delete_account(&who, text(password)?).await?;
                 self.inbox = None;
                 self.who = None;
+                self.login_by = Some(Instant::now() + self.conn.deadlines.login);
                 Ok(vec![])
             }
             op::LIST_USERS => {
