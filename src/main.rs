@@ -22,6 +22,19 @@ enum Command {
     Chat(ChatArgs),
     /// Drive a server with load and report throughput and latency.
     Bench(meshtalk::bench::BenchArgs),
+    /// Write a local CA and a server certificate it signs, for trying TLS.
+    Cert(CertArgs),
+}
+
+#[derive(clap::Args)]
+struct CertArgs {
+    /// Where to write ca.pem, server.pem and server-key.pem.
+    #[arg(long, default_value = "meshtalk-tls")]
+    dir: std::path::PathBuf,
+    /// A further DNS name or IP address the certificate is for (repeatable);
+    /// localhost, 127.0.0.1 and ::1 are always included.
+    #[arg(long = "name")]
+    names: Vec<String>,
 }
 
 #[tokio::main]
@@ -40,7 +53,22 @@ async fn main() -> anyhow::Result<()> {
             init_logging(LogFormat::Text, "warn");
             meshtalk::bench::run(args).await
         }
+        Command::Cert(args) => cert(args),
     }
+}
+
+fn cert(args: CertArgs) -> anyhow::Result<()> {
+    let made = meshtalk::tls::make_certificates(&args.dir, &args.names)?;
+    println!(
+        "wrote {ca} (the CA clients trust), {cert} and {key}\n\
+         serve:  meshtalk serve --tls-cert {cert} --tls-key {key}\n\
+         chat:   meshtalk chat --server https://localhost:50051 --ca-cert {ca} NAME\n\
+         line:   openssl s_client -quiet -CAfile {ca} -connect 127.0.0.1:8889",
+        ca = made.ca.display(),
+        cert = made.cert.display(),
+        key = made.key.display(),
+    );
+    Ok(())
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {

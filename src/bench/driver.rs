@@ -9,13 +9,13 @@ use bytes::BytesMut;
 use futures::{FutureExt, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
 use tokio::net::TcpSocket;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::oneshot;
 use tonic::Streaming;
 
 use super::{BenchError, PASSWORD, Proto, Target};
 use crate::client::Client;
 use crate::client::line::LineClient;
+use crate::client::transport::{Reader, Writer};
 use crate::client::wire::WireClient;
 use crate::codec::frame::{Frame, FrameView, MAX_REPLY, arg};
 use crate::codec::wire::op;
@@ -106,8 +106,8 @@ enum Incoming {
 
 /// A socket and the bytes read from it but not yet used.
 struct Raw {
-    reader: OwnedReadHalf,
-    writer: OwnedWriteHalf,
+    reader: Reader,
+    writer: Writer,
     buffer: Vec<u8>,
     start: usize,
     end: usize,
@@ -117,7 +117,7 @@ struct Raw {
 const READ_BUFFER: usize = 64 * 1024;
 
 impl Raw {
-    fn new(reader: OwnedReadHalf, writer: OwnedWriteHalf, already: &[u8]) -> Raw {
+    fn new(reader: Reader, writer: Writer, already: &[u8]) -> Raw {
         let mut buffer = vec![0; READ_BUFFER.max(already.len())];
         buffer[..already.len()].copy_from_slice(already);
         Raw {
@@ -243,7 +243,7 @@ impl Receiver {
                 }
                 let (reader, writer) = stream.into_split();
                 Incoming::Wire {
-                    raw: Raw::new(reader, writer, &buffer),
+                    raw: Raw::new(Box::new(reader), Box::new(writer), &buffer),
                     next_request: 3,
                 }
             }
@@ -499,7 +499,7 @@ pub enum Sender {
     /// Speech on the line protocol: written without waiting for replies; what
     /// the server sends back is read and discarded by a drain task.
     LineSpeaker {
-        writer: BufWriter<OwnedWriteHalf>,
+        writer: BufWriter<Writer>,
         drain: tokio::task::JoinHandle<()>,
     },
     /// Direct messages on the line protocol: `/tell` and its `+OK`.

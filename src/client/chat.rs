@@ -27,6 +27,9 @@ pub struct ChatArgs {
         default_value = "http://127.0.0.1:50051"
     )]
     pub server: String,
+    /// A PEM CA certificate to check an https:// server against [default: the system's roots].
+    #[arg(long, env = "MESHTALK_CA_CERT")]
+    pub ca_cert: Option<std::path::PathBuf>,
     /// Create the account first.
     #[arg(long)]
     pub register: bool,
@@ -55,7 +58,16 @@ impl ChatSession {
         password: &str,
         register: bool,
     ) -> Result<ChatSession, ClientError> {
-        let client = Client::connect(url).await?;
+        Self::start_with(Client::connect(url).await?, name, password, register).await
+    }
+
+    /// Registers first if asked, and logs in, over a connected client.
+    pub async fn start_with(
+        client: Client,
+        name: &str,
+        password: &str,
+        register: bool,
+    ) -> Result<ChatSession, ClientError> {
         if register {
             client.register(name, password).await?;
         }
@@ -277,8 +289,13 @@ pub async fn run(args: ChatArgs) -> anyhow::Result<()> {
         Ok(password) => password,
         Err(_) => rpassword::prompt_password(format!("password for {}: ", args.name))?,
     };
-    let mut session =
-        ChatSession::start(&args.server, &args.name, &password, args.register).await?;
+    let mut session = ChatSession::start_with(
+        Client::connect_with(&args.server, args.ca_cert.as_deref()).await?,
+        &args.name,
+        &password,
+        args.register,
+    )
+    .await?;
     let (mut readline, mut out) = Readline::new(session.prompt())?;
     writeln!(
         out,

@@ -6,8 +6,9 @@ use std::io;
 
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpStream, ToSocketAddrs};
+
+use super::transport::{self, ClientTls, Reader, Writer};
 
 use crate::codec::line::{Command, LineDecoder, ServerLine};
 
@@ -33,8 +34,8 @@ impl Reply {
 }
 
 pub struct LineClient {
-    reader: OwnedReadHalf,
-    writer: OwnedWriteHalf,
+    reader: Reader,
+    writer: Writer,
     buffer: BytesMut,
     decoder: LineDecoder,
     /// Room speech and direct messages received while waiting for a reply.
@@ -53,9 +54,20 @@ impl LineClient {
         Self::over(TcpStream::connect(addr).await?).await
     }
 
+    /// Connects over TLS and reads the greeting.
+    pub async fn connect_tls(addr: &str, tls: &ClientTls) -> io::Result<LineClient> {
+        Self::over_tls(TcpStream::connect(addr).await?, Some(tls)).await
+    }
+
     /// Speaks over an already connected stream; reads the greeting.
     pub async fn over(stream: TcpStream) -> io::Result<LineClient> {
-        let (reader, writer) = stream.into_split();
+        Self::over_tls(stream, None).await
+    }
+
+    /// Speaks over an already connected stream, with TLS if `tls` is
+    /// given; reads the greeting.
+    pub async fn over_tls(stream: TcpStream, tls: Option<&ClientTls>) -> io::Result<LineClient> {
+        let (reader, writer) = transport::open(stream, tls).await?;
         let mut client = LineClient {
             reader,
             writer,
@@ -138,7 +150,7 @@ impl LineClient {
 
     /// The connection's halves and any bytes already read, for callers that
     /// take over the stream after logging in.
-    pub fn into_parts(self) -> (OwnedReadHalf, OwnedWriteHalf, BytesMut) {
+    pub fn into_parts(self) -> (Reader, Writer, BytesMut) {
         (self.reader, self.writer, self.buffer)
     }
 

@@ -3,10 +3,13 @@
 
 pub mod chat;
 pub mod line;
+pub mod transport;
 pub mod wire;
 
+use std::path::Path;
 use tonic::metadata::{Ascii, MetadataValue};
-use tonic::transport::{Channel, Endpoint};
+
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 use tonic::{Request, Status, Streaming};
 
 use crate::proto::{
@@ -24,6 +27,36 @@ pub enum ClientError {
     Rpc(#[from] Status),
     #[error("not logged in")]
     NotLoggedIn,
+    #[error("cannot read the CA certificate {path}: {source}")]
+    Ca {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// A channel to `url`; `https://` speaks TLS, trusting `ca` (a PEM file) or
+/// the system's roots.
+pub async fn channel(url: &str, ca: Option<&Path>) -> Result<Channel, ClientError> {
+    let connect_error = |source| ClientError::Connect {
+        url: url.to_owned(),
+        source,
+    };
+    let mut endpoint = Endpoint::from_shared(url.to_owned()).map_err(connect_error)?;
+    if url.starts_with("https://") {
+        let mut tls = ClientTlsConfig::new();
+        tls = match ca {
+            Some(path) => {
+                let pem = std::fs::read(path).map_err(|source| ClientError::Ca {
+                    path: path.to_owned(),
+                    source,
+                })?;
+                tls.ca_certificate(Certificate::from_pem(pem))
+            }
+            None => tls.with_native_roots(),
+        };
+        endpoint = endpoint.tls_config(tls).map_err(connect_error)?;
+    }
+    endpoint.connect().await.map_err(connect_error)
 }
 
 /// A connection to a meshtalk server, with the session token once logged in.
@@ -42,16 +75,13 @@ pub enum To {
 
 impl Client {
     pub async fn connect(url: &str) -> Result<Client, ClientError> {
-        let connect_error = |source| ClientError::Connect {
-            url: url.to_owned(),
-            source,
-        };
-        let channel = Endpoint::from_shared(url.to_owned())
-            .map_err(connect_error)?
-            .connect()
-            .await
-            .map_err(connect_error)?;
-        Ok(Client::new(channel))
+        Self::connect_with(url, None).await
+    }
+
+    /// Connects to `url`; an `https://` URL is checked against `ca` (a PEM
+    /// file), or the system's roots without one.
+    pub async fn connect_with(url: &str, ca: Option<&Path>) -> Result<Client, ClientError> {
+        Ok(Client::new(channel(url, ca).await?))
     }
 
     /// A client over an already configured channel.

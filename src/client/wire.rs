@@ -13,8 +13,9 @@ use std::sync::{Arc, Mutex};
 
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::{TcpStream, ToSocketAddrs};
+
+use super::transport::{self, ClientTls, Writer};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::codec::frame::{Frame, Header, MAX_REPLY, arg};
@@ -64,9 +65,17 @@ pub struct WireClient {
 
 impl WireClient {
     pub async fn connect(addr: impl ToSocketAddrs) -> io::Result<WireClient> {
-        let stream = TcpStream::connect(addr).await?;
-        stream.set_nodelay(true)?;
-        let (mut reader, writer) = stream.into_split();
+        Self::over(TcpStream::connect(addr).await?, None).await
+    }
+
+    /// Connects over TLS.
+    pub async fn connect_tls(addr: &str, tls: &ClientTls) -> io::Result<WireClient> {
+        Self::over(TcpStream::connect(addr).await?, Some(tls)).await
+    }
+
+    /// Speaks over an already connected stream, with TLS if `tls` is given.
+    pub async fn over(stream: TcpStream, tls: Option<&ClientTls>) -> io::Result<WireClient> {
+        let (mut reader, writer) = transport::open(stream, tls).await?;
         let pending: Pending = Arc::new(Mutex::new(Some(HashMap::new())));
         // Unbounded so a caller that reads pushes late never stalls replies.
         let (push_tx, pushes) = mpsc::unbounded_channel();
@@ -327,7 +336,7 @@ fn text_arg(args: &[Bytes], i: usize) -> Result<String, WireError> {
 /// Writes what is queued, in order, gathering what waits into one write.
 /// Ends when every client clone is gone (after writing what they queued)
 /// or the socket fails.
-async fn write_queued(mut writer: OwnedWriteHalf, mut queued: mpsc::UnboundedReceiver<Bytes>) {
+async fn write_queued(mut writer: Writer, mut queued: mpsc::UnboundedReceiver<Bytes>) {
     let mut out = Vec::new();
     while let Some(first) = queued.recv().await {
         out.extend_from_slice(&first);

@@ -15,6 +15,7 @@ mod error;
 pub mod hub;
 mod message;
 pub mod names;
+pub mod pace;
 mod passwords;
 pub mod recent;
 mod remote;

@@ -4,15 +4,19 @@
 //! feeds a small bounded channel and watches `closed()`, so a client that
 //! leaves is noticed even while its stream is idle, and the task exits.
 
+use std::collections::HashMap;
 use std::pin::Pin;
+use std::sync::{Arc, Mutex};
 
 use futures::{Stream, StreamExt};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::core::pace::{Pace, Pacer};
 use crate::core::{Closed, Core, CoreError, ErrorKind, Identity, Inbox, Message, Target};
 use crate::proto::{self, accounts_server::Accounts, admin_server::Admin, chat_server::Chat};
+use crate::store::SessionId;
 
 type RpcStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
@@ -21,15 +25,56 @@ const STREAM_BUFFER: usize = 32;
 /// Sends one bidirectional stream may have in flight at once.
 const PIPELINE: usize = 64;
 
+/// Sending sessions whose allowance is remembered before idle ones are
+/// forgotten.
+const PACERS_KEPT: usize = 1024;
+
 /// The three meshtalk services, sharing one core.
 #[derive(Clone)]
 pub struct GrpcGateway {
     core: Core,
+    /// Each session's sending allowance. A gRPC session has no connection
+    /// of its own to hold it: its calls may come over several.
+    pacers: Arc<Mutex<HashMap<SessionId, Pacer>>>,
 }
 
 impl GrpcGateway {
     pub fn new(core: Core) -> Self {
-        GrpcGateway { core }
+        GrpcGateway {
+            core,
+            pacers: Arc::default(),
+        }
+    }
+
+    /// Waits for the session's turn to send: a call over the allowance
+    /// takes longer, which is the backpressure a fast sender feels. One far
+    /// over it fails with RESOURCE_EXHAUSTED and the time to wait.
+    async fn take_turn(&self, who: &Identity) -> Result<(), Status> {
+        let Some(rate) = self.core.limits().send_rate else {
+            return Ok(());
+        };
+        let now = std::time::Instant::now();
+        let pace = {
+            let mut pacers = self
+                .pacers
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if pacers.len() >= PACERS_KEPT {
+                pacers.retain(|_, pacer| !pacer.is_idle(now));
+            }
+            pacers
+                .entry(who.session)
+                .or_insert_with(|| Pacer::new(rate))
+                .admit(now)
+        };
+        match pace {
+            Pace::Go => Ok(()),
+            Pace::Wait(wait) => {
+                tokio::time::sleep(wait).await;
+                Ok(())
+            }
+            Pace::Flood { retry_after } => Err(flood(retry_after)),
+        }
     }
 
     /// Finds the session of the `authorization: Bearer TOKEN` header.
@@ -59,6 +104,19 @@ impl GrpcGateway {
             Err(status(CoreError::NotOperator))
         }
     }
+}
+
+/// RESOURCE_EXHAUSTED for a session sending far over its allowance, with
+/// the seconds to wait in the message and in `retry-after` metadata.
+fn flood(retry_after: std::time::Duration) -> Status {
+    let secs = retry_after.as_secs().max(1);
+    let mut status = Status::resource_exhausted(format!(
+        "flood: sending far faster than allowed; try again in {secs} s"
+    ));
+    status
+        .metadata_mut()
+        .insert("retry-after", tonic::metadata::MetadataValue::from(secs));
+    status
 }
 
 /// The gRPC form of a core error.
@@ -268,6 +326,7 @@ impl Chat for GrpcGateway {
         request: Request<proto::SendRequest>,
     ) -> Result<Response<proto::SendResponse>, Status> {
         let who = self.identify(&request).await?;
+        self.take_turn(&who).await?;
         do_send(&self.core, &who, request.into_inner())
             .await
             .map(Response::new)
@@ -297,7 +356,22 @@ impl Chat for GrpcGateway {
             kind: Some(proto::server_frame::Kind::Event(event)),
         });
         let core = self.core.clone();
-        let frames = request.into_inner();
+        let gateway = self.clone();
+        let paced_who = who.clone();
+        // Each send waits its turn before the next frame is read.
+        let frames: RpcStream<proto::ClientFrame> =
+            Box::pin(request.into_inner().then(move |frame| {
+                let (gateway, who) = (gateway.clone(), paced_who.clone());
+                let paced: futures::future::BoxFuture<'static, Result<proto::ClientFrame, Status>> =
+                    Box::pin(async move {
+                        let frame = frame?;
+                        if matches!(frame.kind, Some(proto::client_frame::Kind::Send(_))) {
+                            gateway.take_turn(&who).await?;
+                        }
+                        Ok(frame)
+                    });
+                paced
+            }));
         tokio::spawn(async move {
             // Sends run concurrently up to PIPELINE, but their results go out
             // in the order the sends came in. A broken client stream ends the

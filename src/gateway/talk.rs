@@ -17,6 +17,7 @@ use super::listener::{
     next_delivery, read_some, write_out,
 };
 use crate::codec::line::{Command, HELP, LineDecoder, LineError, ParseError, ServerLine};
+use crate::core::pace::{Pace, Pacer};
 use crate::core::{
     Closed, Core, CoreError, Delivery, Encoding, ErrorKind, Identity, Inbox, Message, Sent, Target,
     names,
@@ -165,6 +166,8 @@ struct Session {
     who: Option<Identity>,
     /// When a connection that is not logged in is closed.
     login_by: Option<Instant>,
+    /// The session's sending allowance, if sends are limited.
+    pacer: Option<Pacer>,
     room: String,
     inbox: Option<Inbox>,
     /// Speech queued for the store, oldest first. Speech has no reply, so
@@ -188,6 +191,7 @@ pub async fn serve_connection(
         conn: Connection::new(accepted.stream, deadlines),
         who: None,
         login_by: Some(Instant::now() + deadlines.login),
+        pacer: None,
         room: names::LOBBY.into(),
         inbox: None,
         speech: FuturesOrdered::new(),
@@ -388,6 +392,7 @@ impl Session {
             Ok(inbox) => {
                 self.inbox = Some(inbox);
                 self.login_by = None;
+                self.pacer = self.core.limits().send_rate.map(Pacer::new);
                 self.room = names::LOBBY.into();
                 let name = login.identity.name.clone();
                 self.who = Some(login.identity);
@@ -407,12 +412,44 @@ impl Session {
         self.conn.push(ok("help"));
     }
 
+    /// Waits for the session's turn to send. Input is not read meanwhile:
+    /// that is the backpressure a fast sender feels. A session that floods
+    /// is told why and closed.
+    async fn take_turn(&mut self) -> Flow {
+        let Some(pacer) = &mut self.pacer else {
+            return Flow::Continue;
+        };
+        match pacer.admit(std::time::Instant::now()) {
+            Pace::Go => Flow::Continue,
+            Pace::Wait(wait) => {
+                tokio::time::sleep(wait).await;
+                Flow::Continue
+            }
+            Pace::Flood { retry_after } => {
+                self.settle_speech(0).await;
+                self.conn.push(err(
+                    "flood",
+                    format!(
+                        "sending far faster than allowed; closing. Reconnect in {} s",
+                        retry_after.as_secs().max(1)
+                    ),
+                ));
+                Flow::Quit
+            }
+        }
+    }
+
     async fn handle_logged_in(
         &mut self,
         who: &Identity,
         command: Command,
     ) -> Result<Flow, CoreError> {
         let core = self.core.clone();
+        if matches!(command, Command::Say(_) | Command::Tell { .. })
+            && let Flow::Quit = self.take_turn().await
+        {
+            return Ok(Flow::Quit);
+        }
         match command {
             Command::Say(text) => {
                 // Speech succeeds silently: the speaker gets no echo.

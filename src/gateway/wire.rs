@@ -22,6 +22,7 @@ use crate::codec::frame::{
     Frame, FrameError, FrameView, HEADER_LEN, Header, MAX_REQUEST, VERSION, arg,
 };
 use crate::codec::wire::{Status, encode_message_push, message_args, op};
+use crate::core::pace::{Pace, Pacer};
 use crate::core::{
     Closed, Core, CoreError, Delivery, Encoding, ErrorKind, Identity, Inbox, Target,
 };
@@ -221,6 +222,8 @@ struct Session {
     who: Option<Identity>,
     /// When a connection that is not logged in is closed.
     login_by: Option<Instant>,
+    /// The session's sending allowance, if sends are limited.
+    pacer: Option<Pacer>,
     inbox: Option<Inbox>,
     /// Replies still being worked out, in request order: sends wait for
     /// their commit here while the connection reads on.
@@ -247,6 +250,7 @@ pub async fn serve_connection(
         },
         who: None,
         login_by: Some(Instant::now() + deadlines.login),
+        pacer: None,
         inbox: None,
         replies: FuturesOrdered::new(),
     };
@@ -306,6 +310,11 @@ impl Session {
                             // (A sound ACK is read in place and never comes
                             // this way; this keeps the opcode's meaning whole.)
                             self.settle(PIPELINE - 1).await;
+                            if frame.opcode != op::ACK
+                                && let Some(flood) = self.take_turn().await?
+                            {
+                                return Ok(Some(flood));
+                            }
                             let pending = if frame.opcode == op::ACK {
                                 let ids = frame.args.iter().map(|id| arg::to_u64(id)).collect();
                                 self.queue_ack(frame.request_id, ids)
@@ -382,6 +391,31 @@ impl Session {
                 _ = shutdown.wait() => {
                     return Ok(Some(bye(Status::Unavailable, "the server is shutting down")));
                 }
+            }
+        }
+    }
+
+    /// Waits for the session's turn to send, with what is already answered
+    /// written first; input is not read meanwhile, which is the
+    /// backpressure a fast sender feels. Returns the BYE for a session that
+    /// floods.
+    async fn take_turn(&mut self) -> std::io::Result<Option<Frame>> {
+        let Some(pacer) = &mut self.pacer else {
+            return Ok(None);
+        };
+        match pacer.admit(std::time::Instant::now()) {
+            Pace::Go => Ok(None),
+            Pace::Wait(wait) => {
+                self.conn.flush().await?;
+                tokio::time::sleep(wait).await;
+                Ok(None)
+            }
+            Pace::Flood { retry_after } => {
+                let text = format!(
+                    "sending far faster than allowed; closing. Reconnect in {} s",
+                    retry_after.as_secs().max(1)
+                );
+                Ok(Some(bye(Status::Flood, &text)))
             }
         }
     }
@@ -484,6 +518,7 @@ impl Session {
                 let name = arg::str(&login.identity.name);
                 self.who = Some(login.identity);
                 self.login_by = None;
+                self.pacer = self.core.limits().send_rate.map(Pacer::new);
                 return Ok(vec![name]);
             }
             opcode if !is_known(opcode) => {
