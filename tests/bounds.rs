@@ -1,0 +1,254 @@
+//! The bounds no client can push past, each tried over real sockets: the
+//! time to log in and to finish a line or frame, connections per address
+//! and in all, and the send rate's slow-then-cut.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::TestServer;
+use meshtalk::client::To;
+use meshtalk::client::line::LineClient;
+use meshtalk::client::wire::WireClient;
+use meshtalk::codec::frame::{Frame, arg};
+use meshtalk::codec::line::ServerLine;
+use meshtalk::codec::wire::{Status, op};
+use meshtalk::config::ServeArgs;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Everything the server writes until it closes the connection.
+async fn read_until_closed(stream: &mut TcpStream) -> String {
+    let mut got = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut got))
+        .await
+        .expect("the server closes the connection")
+        .expect("read");
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+/// The BYE frame a binary connection is closed with.
+async fn bye_of(client: &WireClient) -> Frame {
+    loop {
+        let push = tokio::time::timeout(Duration::from_secs(10), client.next_push())
+            .await
+            .expect("a push before the deadline")
+            .expect("a BYE before the connection closes");
+        if push.opcode == op::PUSH_BYE {
+            return push;
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_connection_that_does_not_log_in_is_closed_with_a_reason() {
+    let t = TestServer::start_with(ServeArgs {
+        login_timeout: Some(1),
+        ..Default::default()
+    })
+    .await;
+    let mut idle = TcpStream::connect(t.server.talk_addr()).await.unwrap();
+    let said = read_until_closed(&mut idle).await;
+    assert!(
+        said.contains("-ERR timeout not logged in within 1 s"),
+        "{said}"
+    );
+
+    let idle = WireClient::connect(t.server.wire_addr()).await.unwrap();
+    let bye = bye_of(&idle).await;
+    assert_eq!(Status::from_u8(bye.status), Some(Status::Timeout));
+
+    // A logged-in connection may stay quiet past the login deadline.
+    let mut alice = t.line_user("alice").await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(alice.request("/who").await.unwrap().is_ok());
+}
+
+#[tokio::test]
+async fn a_line_or_frame_left_unfinished_is_cut_off() {
+    let t = TestServer::start_with(ServeArgs {
+        read_timeout: Some(1),
+        ..Default::default()
+    })
+    .await;
+    // One byte a while, never a whole line: the slow loris.
+    let mut loris = TcpStream::connect(t.server.talk_addr()).await.unwrap();
+    let started = Instant::now();
+    for byte in b"/regis" {
+        if loris.write_all(&[*byte]).await.is_err() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let said = read_until_closed(&mut loris).await;
+    assert!(
+        said.contains("-ERR timeout a line must end within 1 s"),
+        "{said}"
+    );
+    assert!(started.elapsed() >= Duration::from_secs(1));
+
+    // Half a binary frame header, then nothing.
+    let partial = WireClient::connect(t.server.wire_addr()).await.unwrap();
+    partial.send_raw(&[0, 0, 0]).await.unwrap();
+    let bye = bye_of(&partial).await;
+    assert_eq!(Status::from_u8(bye.status), Some(Status::Timeout));
+
+    // Whole lines, however slowly they come one after another, are fine.
+    let mut alice = t.line_user("alice").await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(alice.request("/rooms").await.unwrap().is_ok());
+}
+
+#[tokio::test]
+async fn one_address_holds_at_most_its_share_of_connections_across_doors() {
+    let t = TestServer::start_with(ServeArgs {
+        max_connections_per_ip: Some(3),
+        ..Default::default()
+    })
+    .await;
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(LineClient::connect(t.server.talk_addr()).await.unwrap());
+    }
+    // The fourth, on the line door, is told why and closed.
+    let mut fourth = TcpStream::connect(t.server.talk_addr()).await.unwrap();
+    let said = read_until_closed(&mut fourth).await;
+    assert!(
+        said.contains("-ERR limit too many connections from your address"),
+        "{said}"
+    );
+    // The cap counts every door: the binary door refuses too, with a BYE.
+    let binary = WireClient::connect(t.server.wire_addr()).await.unwrap();
+    let bye = bye_of(&binary).await;
+    assert_eq!(Status::from_u8(bye.status), Some(Status::Limit));
+
+    // A connection that leaves makes room.
+    held.pop();
+    let mut again = None;
+    for _ in 0..50 {
+        if let Ok(c) = LineClient::connect(t.server.talk_addr()).await
+            && c.welcome.starts_with("* welcome")
+        {
+            again = Some(c);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(again.is_some(), "no room after a connection left");
+}
+
+#[tokio::test]
+async fn the_total_cap_refuses_clearly() {
+    let t = TestServer::start_with(ServeArgs {
+        max_connections: Some(2),
+        ..Default::default()
+    })
+    .await;
+    let _a = LineClient::connect(t.server.talk_addr()).await.unwrap();
+    let _b = WireClient::connect(t.server.wire_addr()).await.unwrap();
+    let mut third = TcpStream::connect(t.server.talk_addr()).await.unwrap();
+    let said = read_until_closed(&mut third).await;
+    assert!(
+        said.contains("-ERR limit too many connections; try again later"),
+        "{said}"
+    );
+}
+
+fn limited(per_second: f64, burst: u32) -> ServeArgs {
+    ServeArgs {
+        send_rate: Some(per_second),
+        send_burst: Some(burst),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn a_line_speaker_is_slowed_past_its_burst_then_cut_and_nothing_taken_is_lost() {
+    let t = TestServer::start_with(limited(10.0, 2)).await;
+    let mut listener = t.line_user("listener").await;
+    let mut speaker = t.line_user("speaker").await;
+
+    // Within burst and patience: slowed, never refused.
+    let started = Instant::now();
+    for i in 0..4 {
+        speaker.send_line(&format!("paced {i}")).await.unwrap();
+    }
+    for i in 0..4 {
+        assert_eq!(
+            listener.next_delivery().await.unwrap(),
+            ServerLine::Room {
+                room: "lobby".into(),
+                from: "speaker".into(),
+                text: format!("paced {i}")
+            }
+        );
+    }
+    // Two sends over the burst each waited a tenth of a second.
+    assert!(started.elapsed() >= Duration::from_millis(200));
+
+    // Pushing on without a pause: cut off with a reason.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let flood: String = (0..50).map(|i| format!("flood {i}\r\n")).collect();
+    speaker.send_raw(flood.as_bytes()).await.unwrap();
+    let end = loop {
+        match speaker.next_delivery().await {
+            Ok(ServerLine::Err { code, text }) => break (code, text),
+            Ok(_) => continue,
+            Err(e) => panic!("closed without a reason: {e}"),
+        }
+    };
+    assert_eq!(end.0, "flood", "{end:?}");
+    assert!(end.1.contains("Reconnect in"), "{end:?}");
+
+    // What was taken before the cut is all delivered, in order; nothing
+    // after it.
+    let mut got = Vec::new();
+    while let Ok(Ok(line)) =
+        tokio::time::timeout(Duration::from_millis(500), listener.next_delivery()).await
+    {
+        if let ServerLine::Room { text, .. } = line {
+            got.push(text);
+        }
+    }
+    let expected: Vec<String> = (0..got.len()).map(|i| format!("flood {i}")).collect();
+    assert_eq!(got, expected);
+    assert!((2..50).contains(&got.len()), "{got:?}");
+}
+
+#[tokio::test]
+async fn a_binary_flood_ends_with_a_flood_bye() {
+    let t = TestServer::start_with(limited(10.0, 2)).await;
+    let _room = t.line_user("listener").await;
+    let speaker = t.wire_user("speaker").await;
+    let mut frames = Vec::new();
+    for id in 1..=50u32 {
+        let args: Vec<Bytes> = vec![arg::str("lobby"), arg::str("flood"), arg::str("")];
+        Frame::request(op::SEND_ROOM, id, args).encode(&mut frames);
+    }
+    speaker.send_raw(&frames).await.unwrap();
+    let bye = bye_of(&speaker).await;
+    assert_eq!(Status::from_u8(bye.status), Some(Status::Flood));
+}
+
+#[tokio::test]
+async fn grpc_sends_far_over_the_rate_get_resource_exhausted_with_the_wait() {
+    let t = TestServer::start_with(limited(10.0, 2)).await;
+    t.line_user("bob").await;
+    let alice = t.user("alice").await;
+    let sends = (0..40).map(|i| {
+        let alice = alice.clone();
+        async move {
+            alice
+                .send(&To::User("bob".into()), &format!("m{i}"), None)
+                .await
+        }
+    });
+    let results = futures::future::join_all(sends).await;
+    let refused: Vec<_> = results.iter().filter_map(|r| r.as_ref().err()).collect();
+    assert!(!refused.is_empty(), "forty sends at once went through");
+    let said = refused[0].to_string();
+    assert!(said.contains("try again in"), "{said}");
+    // Those let through were slowed, not refused.
+    assert!(results.iter().filter(|r| r.is_ok()).count() >= 2);
+}
