@@ -19,6 +19,15 @@ pub const MAX_ACK_IDS: usize = 10_000;
 pub const MAX_HISTORY: u32 = 1000;
 /// Longest user pattern, in characters.
 pub const MAX_PATTERN: usize = 64;
+/// A history request's limit: 0 asks for the most there is.
+pub(super) fn history_limit(limit: u32) -> u32 {
+    if limit == 0 {
+        MAX_HISTORY
+    } else {
+        limit.min(MAX_HISTORY)
+    }
+}
+
 /// Backlog rows read from the store at a time.
 const BACKLOG_PAGE: u32 = 512;
 
@@ -361,37 +370,39 @@ impl Core {
         limit: u32,
         newest: bool,
     ) -> Result<Vec<Message>, CoreError> {
-        let conversation = match of {
+        let conversation = self.conversation(who, of)?;
+        Ok(self
+            .inner
+            .store
+            .history(conversation, after, history_limit(limit), newest)
+            .await?)
+    }
+
+    /// The stored conversation `of` names, if `who` may read it.
+    pub(super) fn conversation(
+        &self,
+        who: &Identity,
+        of: &Target,
+    ) -> Result<Conversation, CoreError> {
+        match of {
             Target::Room(name) => {
                 let room = self.room(name)?;
                 if !self.is_member(room.id, who.account) {
                     return Err(CoreError::NotMember(room.name));
                 }
-                Conversation::Room(room.id)
+                Ok(Conversation::Room(room.id))
             }
             Target::User(name) => match self.recipient(name)? {
-                Recipient::Local(id, _) => Conversation::Direct(who.account, id),
-                Recipient::Remote(claim) => {
-                    return Err(CoreError::invalid(
-                        "conversation",
-                        format!(
-                            "{} is homed on node {}: this node keeps no history with them",
-                            claim.name, claim.node
-                        ),
-                    ));
-                }
+                Recipient::Local(id, _) => Ok(Conversation::Direct(who.account, id)),
+                Recipient::Remote(claim) => Err(CoreError::invalid(
+                    "conversation",
+                    format!(
+                        "{} is homed on node {}: this node keeps no history with them",
+                        claim.name, claim.node
+                    ),
+                )),
             },
-        };
-        let limit = if limit == 0 {
-            MAX_HISTORY
-        } else {
-            limit.min(MAX_HISTORY)
-        };
-        Ok(self
-            .inner
-            .store
-            .history(conversation, after, limit, newest)
-            .await?)
+        }
     }
 
     /// Joins a room, creating it if needed. Returns its name and whether the

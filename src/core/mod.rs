@@ -12,6 +12,7 @@ mod accounts;
 mod acks;
 mod chat;
 mod error;
+mod history;
 pub mod hub;
 mod message;
 pub mod names;

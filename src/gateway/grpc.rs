@@ -9,7 +9,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 
 use futures::{Stream, StreamExt};
-use tokio::sync::mpsc;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -28,6 +28,11 @@ const PIPELINE: usize = 64;
 /// Sending sessions whose allowance is remembered before idle ones are
 /// forgotten.
 const PACERS_KEPT: usize = 1024;
+/// History replies one session may have being produced at once; more wait
+/// their turn holding nothing. With a page read at a time, a session whose
+/// client reads none of them holds a few pages in all, however many calls
+/// it opens.
+const REPLY_STREAMS_PER_SESSION: usize = 4;
 
 /// The three meshtalk services, sharing one core.
 #[derive(Clone)]
@@ -36,6 +41,8 @@ pub struct GrpcGateway {
     /// Each session's sending allowance. A gRPC session has no connection
     /// of its own to hold it: its calls may come over several.
     pacers: Arc<Mutex<HashMap<SessionId, Pacer>>>,
+    /// Each session's turns at producing history replies.
+    readers: Arc<Mutex<HashMap<SessionId, Arc<Semaphore>>>>,
 }
 
 impl GrpcGateway {
@@ -43,7 +50,31 @@ impl GrpcGateway {
         GrpcGateway {
             core,
             pacers: Arc::default(),
+            readers: Arc::default(),
         }
+    }
+
+    /// Waits for one of the session's turns at producing a history reply;
+    /// the turn is the session's again when the permit is dropped.
+    async fn reader_turn(&self, who: &Identity) -> Result<OwnedSemaphorePermit, Status> {
+        let turns = {
+            let mut readers = self
+                .readers
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if readers.len() >= PACERS_KEPT {
+                // Sessions with no reply in progress have nothing to keep.
+                readers.retain(|_, turns| Arc::strong_count(turns) > 1);
+            }
+            readers
+                .entry(who.session)
+                .or_insert_with(|| Arc::new(Semaphore::new(REPLY_STREAMS_PER_SESSION)))
+                .clone()
+        };
+        turns
+            .acquire_owned()
+            .await
+            .map_err(|_| Status::unavailable("the server is shutting down"))
     }
 
     /// Waits for the session's turn to send: a call over the allowance
@@ -439,14 +470,17 @@ impl Chat for GrpcGateway {
                 ));
             }
         };
+        let turn = self.reader_turn(&who).await?;
         let messages = self
             .core
-            .history(&who, &of, req.after_id, req.limit, req.newest)
+            .history_stream(&who, &of, req.after_id, req.limit, req.newest)
             .await
             .map_err(status)?;
-        Ok(Response::new(stream_of(
-            messages.iter().map(to_proto).collect(),
-        )))
+        // The turn goes with the stream: given back when tonic drops it.
+        Ok(Response::new(Box::pin(messages.map(move |m| {
+            let _turn = &turn;
+            m.map(|m| to_proto(&m)).map_err(status)
+        }))))
     }
 
     async fn join_room(

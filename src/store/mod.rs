@@ -204,6 +204,14 @@ pub trait Store: Send + Sync + 'static {
         limit: u32,
         newest: bool,
     ) -> Result<Vec<Message>, StoreError>;
+    /// The id of the `n`th newest message of a conversation after a
+    /// cursor, if it has that many: where its last `n` begin.
+    async fn nth_newest(
+        &self,
+        conversation: Conversation,
+        after: u64,
+        n: u32,
+    ) -> Result<Option<u64>, StoreError>;
     async fn counts(&self) -> Result<Counts, StoreError>;
     /// Finishes what is in flight and stops accepting work.
     async fn close(&self);

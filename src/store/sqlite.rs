@@ -824,13 +824,7 @@ impl Store for SqliteStore {
         newest: bool,
     ) -> Result<Vec<Message>, StoreError> {
         self.read(move |c| {
-            let (filter, mut args): (&str, Vec<i64>) = match conversation {
-                Conversation::Room(room) => ("room_id = ?1", vec![room]),
-                Conversation::Direct(x, y) => (
-                    "((sender_id = ?1 AND recipient_id = ?2) OR (sender_id = ?2 AND recipient_id = ?1))",
-                    vec![x, y],
-                ),
-            };
+            let (filter, mut args) = conversation_filter(conversation);
             let (after_at, limit_at) = (args.len() + 1, args.len() + 2);
             args.extend([after as i64, i64::from(limit)]);
             let order = if newest { "DESC" } else { "ASC" };
@@ -842,6 +836,31 @@ impl Store for SqliteStore {
             c.prepare_cached(&sql)?
                 .query_map(rusqlite::params_from_iter(args), row_to_message)?
                 .collect()
+        })
+        .await
+    }
+
+    async fn nth_newest(
+        &self,
+        conversation: Conversation,
+        after: u64,
+        n: u32,
+    ) -> Result<Option<u64>, StoreError> {
+        if n == 0 {
+            return Ok(None);
+        }
+        self.read(move |c| {
+            let (filter, mut args) = conversation_filter(conversation);
+            let (after_at, offset_at) = (args.len() + 1, args.len() + 2);
+            args.extend([after as i64, i64::from(n) - 1]);
+            let sql = format!(
+                "SELECT id FROM messages WHERE {filter} AND id > ?{after_at}
+                 ORDER BY id DESC LIMIT 1 OFFSET ?{offset_at}"
+            );
+            c.prepare_cached(&sql)?
+                .query_row(rusqlite::params_from_iter(args), |r| r.get::<_, i64>(0))
+                .optional()
+                .map(|id| id.map(|id| id as u64))
         })
         .await
     }
@@ -951,6 +970,18 @@ fn append_tx(c: &Writer<'_>, m: NewMessage) -> rusqlite::Result<Appended> {
         }),
         duplicate: false,
     })
+}
+
+/// The `WHERE` condition selecting a conversation's messages, and its
+/// arguments (numbered from 1).
+fn conversation_filter(conversation: Conversation) -> (&'static str, Vec<i64>) {
+    match conversation {
+        Conversation::Room(room) => ("room_id = ?1", vec![room]),
+        Conversation::Direct(x, y) => (
+            "((sender_id = ?1 AND recipient_id = ?2) OR (sender_id = ?2 AND recipient_id = ?1))",
+            vec![x, y],
+        ),
+    }
 }
 
 #[cfg(test)]

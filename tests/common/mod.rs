@@ -139,7 +139,13 @@ pub struct ChildServer {
 
 impl ChildServer {
     pub fn start(data_dir: &Path) -> ChildServer {
-        let (child, serving) = spawn_server(data_dir, &[]);
+        Self::start_with(data_dir, &[])
+    }
+
+    /// Starts the server with `extra` on its command line.
+    pub fn start_with(data_dir: &Path, extra: &[&str]) -> ChildServer {
+        let extra: Vec<std::ffi::OsString> = extra.iter().map(Into::into).collect();
+        let (child, serving) = spawn_server(data_dir, &extra);
         let addr = log_field(&serving, "grpc").expect("the gRPC address");
         ChildServer {
             child,
@@ -154,6 +160,18 @@ impl ChildServer {
 
     pub fn pid(&self) -> i32 {
         self.child.id() as i32
+    }
+
+    /// The server's resident memory, in bytes.
+    pub fn resident(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .expect("the server's /proc status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .expect("VmRSS")
+            * 1024
     }
 }
 
