@@ -114,3 +114,50 @@ async fn three_connections_of_unread_history_streams_cost_a_few_megabytes() {
         task.abort();
     }
 }
+
+#[tokio::test]
+async fn a_history_written_in_one_piece_is_capped_and_pages_on() {
+    let t = common::TestServer::start().await;
+    let speaker = t.user("speaker").await;
+    let body = "y".repeat(4000);
+    let sends = (0..200).map(|i| {
+        let (speaker, body) = (speaker.clone(), body.clone());
+        async move {
+            speaker
+                .send(&To::Room("lobby".into()), &body, Some(&i.to_string()))
+                .await
+        }
+    });
+    for sent in futures::future::join_all(sends).await {
+        sent.unwrap();
+    }
+    let reader = t.wire_user("reader").await;
+    let mut seen = 0;
+    let mut after = 0;
+    let mut pages = 0;
+    loop {
+        let page = reader
+            .history_page(true, "lobby", after, 1000, false)
+            .await
+            .unwrap();
+        let Some(last) = page.last() else { break };
+        let bytes: usize = page.iter().map(|m| m.body.len()).sum();
+        assert!(
+            bytes <= meshtalk::core::HISTORY_REPLY_BYTES,
+            "{bytes} bytes in one reply"
+        );
+        after = last.id;
+        seen += page.len();
+        pages += 1;
+    }
+    assert_eq!(seen, 200, "paging by cursor reads everything");
+    assert!(pages >= 4, "{pages} pages");
+
+    // The line protocol's /history keeps the newest that fit.
+    let mut line = t.line_user("liner").await;
+    let reply = line.request("/history 1000").await.unwrap();
+    assert!(reply.is_ok(), "{reply:?}");
+    assert!(reply.lines.is_empty(), "history comes as room lines");
+    let shown = line.take_deliveries();
+    assert!((40..200).contains(&shown.len()), "{} lines", shown.len());
+}

@@ -284,15 +284,29 @@ impl WireClient {
         name: &str,
         limit: u32,
     ) -> Result<Vec<Message>, WireError> {
+        self.history_page(room, name, 0, limit, true).await
+    }
+
+    /// Up to `limit` messages after the id `after`, oldest first (with
+    /// `newest`, the newest of them); a reply holds at most 256 KiB of
+    /// text, so a caller pages on from the last id it got.
+    pub async fn history_page(
+        &self,
+        room: bool,
+        name: &str,
+        after: u64,
+        limit: u32,
+        newest: bool,
+    ) -> Result<Vec<Message>, WireError> {
         let args = self
             .call(
                 op::HISTORY,
                 vec![
                     Bytes::from_static(if room { &[0] } else { &[1] }),
                     arg::str(name),
-                    arg::u64(0),
+                    arg::u64(after),
                     arg::u32(limit),
-                    arg::bool(true),
+                    arg::bool(newest),
                 ],
             )
             .await?;

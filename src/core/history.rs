@@ -14,8 +14,46 @@ use super::{Core, CoreError, Identity, Message, Target};
 
 /// Messages read from the store at a time for a history stream.
 pub const HISTORY_PAGE: u32 = 16;
+/// The most message text a history reply written in one piece (a line
+/// protocol `/history`, a binary HISTORY reply) carries: the reply waits in
+/// memory until the client reads it, so it is kept small, and a client
+/// pages on with the cursor for more.
+pub const HISTORY_REPLY_BYTES: usize = 256 * 1024;
 
 impl Core {
+    /// Like [`Core::history`], but no more messages than fit in
+    /// [`HISTORY_REPLY_BYTES`] of text: the oldest of those asked for, or
+    /// with `newest` the newest. At least one is kept, whatever its size.
+    pub async fn history_reply(
+        &self,
+        who: &Identity,
+        of: &Target,
+        after: u64,
+        limit: u32,
+        newest: bool,
+    ) -> Result<Vec<Message>, CoreError> {
+        let mut messages = self.history(who, of, after, limit, newest).await?;
+        let size = |m: &Message| m.body.len() + m.from.len() + 64;
+        let mut total = 0;
+        let mut fits = |m: &Message| {
+            total += size(m);
+            total <= HISTORY_REPLY_BYTES
+        };
+        let keep = if newest {
+            messages.iter().rev().take_while(|m| fits(m)).count()
+        } else {
+            messages.iter().take_while(|m| fits(m)).count()
+        }
+        .max(1)
+        .min(messages.len());
+        if newest {
+            messages.drain(..messages.len() - keep);
+        } else {
+            messages.truncate(keep);
+        }
+        Ok(messages)
+    }
+
     /// Like [`Core::history`], but as a stream that reads the store one page
     /// at a time, only as fast as it is consumed.
     pub async fn history_stream(

@@ -532,7 +532,7 @@ impl Session {
             }
             Command::History(n) => {
                 let messages = core
-                    .history(who, &Target::Room(self.room.clone()), 0, n, true)
+                    .history_reply(who, &Target::Room(self.room.clone()), 0, n, true)
                     .await?;
                 for m in &messages {
                     self.conn.push(message_line(m));

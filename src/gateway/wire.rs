@@ -573,7 +573,7 @@ impl Session {
                 let limit = arg::to_u32(limit).ok_or_else(|| size("limit", 4))?;
                 let newest = arg::to_bool(newest).ok_or_else(|| size("newest", 1))?;
                 let mut out = vec![];
-                for m in core.history(&who, &of, after, limit, newest).await? {
+                for m in core.history_reply(&who, &of, after, limit, newest).await? {
                     message_args(&m, &mut out);
                 }
                 Ok(out)
