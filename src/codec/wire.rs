@@ -61,6 +61,8 @@ pub enum Status {
     /// Reserved: the operation needs something this node does not run. No
     /// current server sends it.
     Unsupported = 15,
+    /// The server's disk is (nearly) full: new messages are refused.
+    DiskFull = 16,
 }
 
 impl Status {
@@ -83,6 +85,7 @@ impl Status {
             Internal,
             TooLarge,
             Unsupported,
+            DiskFull,
         ]
         .get(v as usize)
         .copied()
@@ -96,6 +99,7 @@ impl Status {
             ErrorKind::PermissionDenied => Status::Perm,
             ErrorKind::NotFound => Status::NotFound,
             ErrorKind::ResourceExhausted => Status::Limit,
+            ErrorKind::DiskFull => Status::DiskFull,
             ErrorKind::Unavailable => Status::Unavailable,
             ErrorKind::Internal => Status::Internal,
         }

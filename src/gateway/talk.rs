@@ -104,6 +104,7 @@ pub fn error_code(kind: ErrorKind) -> &'static str {
         ErrorKind::PermissionDenied => "perm",
         ErrorKind::NotFound => "not-found",
         ErrorKind::ResourceExhausted => "limit",
+        ErrorKind::DiskFull => "full",
         ErrorKind::Unavailable => "unavailable",
         ErrorKind::Internal => "internal",
     }
@@ -320,7 +321,8 @@ impl Session {
                 return Flow::Quit;
             }
             Command::Register { name, password } => {
-                match self.core.register(&name, &password).await {
+                let from = self.conn.reader.peer_addr().ok().map(|a| a.ip());
+                match self.core.register(&name, &password, from).await {
                     Ok(name) => self
                         .conn
                         .push(ok(format!("registered {name}: now /login {name} PASSWORD"))),
@@ -341,7 +343,8 @@ impl Session {
     }
 
     async fn login(&mut self, name: &str, password: &str) -> Result<String, CoreError> {
-        let login = self.core.login(name, password).await?;
+        let from = self.conn.reader.peer_addr().ok().map(|a| a.ip());
+        let login = self.core.login(name, password, from).await?;
         match self.core.attach(&login.identity).await {
             Ok(inbox) => {
                 self.inbox = Some(inbox);

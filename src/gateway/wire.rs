@@ -427,7 +427,11 @@ impl Session {
             op::PING => return Ok(a.clone()),
             op::REGISTER => {
                 let [name, password] = exact(a)?;
-                let name = self.core.register(text(name)?, text(password)?).await?;
+                let from = self.conn.reader.peer_addr().ok().map(|a| a.ip());
+                let name = self
+                    .core
+                    .register(text(name)?, text(password)?, from)
+                    .await?;
                 return Ok(vec![arg::str(&name)]);
             }
             op::LOGIN => {
@@ -438,7 +442,8 @@ impl Session {
                         format!("already logged in as {}: log out first", who.name),
                     ));
                 }
-                let login = self.core.login(text(name)?, text(password)?).await?;
+                let from = self.conn.reader.peer_addr().ok().map(|a| a.ip());
+                let login = self.core.login(text(name)?, text(password)?, from).await?;
                 match self.core.attach(&login.identity).await {
                     Ok(inbox) => self.inbox = Some(inbox),
                     Err(e) => {
