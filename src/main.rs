@@ -22,6 +22,14 @@ enum Command {
     Chat(ChatArgs),
     /// Drive a server with load and report throughput and latency.
     Bench(meshtalk::bench::BenchArgs),
+    /// Make an existing account an operator; its server must be stopped.
+    Operator {
+        /// The account's name.
+        name: String,
+        /// The server's data dir [default: meshtalk-data].
+        #[arg(long, env = "MESHTALK_DATA_DIR")]
+        data_dir: Option<std::path::PathBuf>,
+    },
     /// Write a local CA and a server certificate it signs, for trying TLS.
     Cert(CertArgs),
 }
@@ -54,6 +62,13 @@ async fn main() -> anyhow::Result<()> {
             meshtalk::bench::run(args).await
         }
         Command::Cert(args) => cert(args),
+        Command::Operator { name, data_dir } => {
+            let dir = data_dir.unwrap_or_else(|| meshtalk::config::DEFAULT_DATA_DIR.into());
+            let name =
+                meshtalk::core::grant_operator_offline(&dir.join("meshtalk.db"), &name).await?;
+            println!("{name} is now an operator of {}", dir.display());
+            Ok(())
+        }
     }
 }
 

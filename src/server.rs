@@ -86,6 +86,8 @@ pub struct Server {
     stop_sockets: watch::Sender<bool>,
     /// Ends (yields `None`) once every socket connection task is gone.
     sockets_drained: mpsc::Receiver<()>,
+    /// Held until the server is dropped: one server per data dir.
+    _lock: crate::store::DataDirLock,
 }
 
 async fn bind(addr: &str) -> Result<(TcpListener, SocketAddr), ServerError> {
@@ -106,7 +108,11 @@ const SERVICES: [&str; 3] = [
 
 impl Server {
     pub async fn start(settings: Settings) -> Result<Server, ServerError> {
-        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&settings.sqlite_path)?);
+        let lock = crate::store::DataDirLock::acquire(&settings.sqlite_path)?;
+        let store: Arc<dyn Store> = Arc::new(
+            SqliteStore::open(&settings.sqlite_path)?
+                .keep_free(&settings.sqlite_path, settings.min_free_disk),
+        );
         let core = Core::open(
             store,
             CoreConfig {
@@ -283,6 +289,7 @@ impl Server {
             grpc,
             stop_sockets,
             sockets_drained,
+            _lock: lock,
         })
     }
 

@@ -61,12 +61,14 @@ pub enum Status {
     /// Reserved: the operation needs something this node does not run. No
     /// current server sends it.
     Unsupported = 15,
+    /// The server's disk is (nearly) full: new messages are refused.
+    DiskFull = 16,
     /// A deadline passed: logging in, or finishing a frame once begun; the
     /// connection is closed.
-    Timeout = 16,
+    Timeout = 17,
     /// The session sends far faster than its allowance; the connection is
     /// closed.
-    Flood = 17,
+    Flood = 18,
 }
 
 impl Status {
@@ -89,6 +91,7 @@ impl Status {
             Internal,
             TooLarge,
             Unsupported,
+            DiskFull,
             Timeout,
             Flood,
         ]
@@ -104,6 +107,7 @@ impl Status {
             ErrorKind::PermissionDenied => Status::Perm,
             ErrorKind::NotFound => Status::NotFound,
             ErrorKind::ResourceExhausted => Status::Limit,
+            ErrorKind::DiskFull => Status::DiskFull,
             ErrorKind::Unavailable => Status::Unavailable,
             ErrorKind::Internal => Status::Internal,
         }

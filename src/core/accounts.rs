@@ -6,6 +6,7 @@
 //! Tokens are 256 random bits; only their SHA-256 is stored.
 
 use sha2::{Digest, Sha256};
+use std::net::IpAddr;
 use std::sync::atomic::Ordering;
 
 use super::{Closed, Core, CoreError, Identity, names};
@@ -30,8 +31,14 @@ pub struct Login {
 const TOKEN_BYTES: usize = 32;
 
 impl Core {
-    /// Creates an account and returns its name as registered.
-    pub async fn register(&self, name: &str, password: &str) -> Result<String, CoreError> {
+    /// Creates an account and returns its name as registered. `from`, the
+    /// caller's address, bounds how fast one address may make accounts.
+    pub async fn register(
+        &self,
+        name: &str,
+        password: &str,
+        from: Option<IpAddr>,
+    ) -> Result<String, CoreError> {
         self.check_running()?;
         let key = names::account_key(name)?;
         names::check_password(password)?;
@@ -48,6 +55,7 @@ impl Core {
                 claim.name, claim.node
             )));
         }
+        let turn = self.inner.throttle.register(from).await?;
         let hash = self.inner.passwords.hash(password).await?;
         // Directory and lobby membership change on the commit path, like a join.
         let (core, registered, cached_key) = (self.clone(), name.to_owned(), key.clone());
@@ -74,16 +82,26 @@ impl Core {
                 StoreError::NameTaken => CoreError::NameTaken(name.to_owned()),
                 e => e.into(),
             })?;
+        turn.registered();
         Ok(name.to_owned())
     }
 
-    /// Checks the password and opens a new session.
-    pub async fn login(&self, name: &str, password: &str) -> Result<Login, CoreError> {
+    /// Checks the password and opens a new session. `from`, the caller's
+    /// address, has its failures counted apart from the account's: either
+    /// past a few makes the next try wait (see [`super::throttle`]).
+    pub async fn login(
+        &self,
+        name: &str,
+        password: &str,
+        from: Option<IpAddr>,
+    ) -> Result<Login, CoreError> {
         self.check_running()?;
         let key = names::account_key(name).map_err(|_| CoreError::BadCredentials)?;
+        let turn = self.inner.throttle.login(&key, from).await?;
         let Some(account) = self.inner.store.account_by_key(&key).await? else {
             // An unknown name costs a hash too, so timing does not tell which names exist.
             self.inner.passwords.hash(password).await?;
+            turn.failed();
             return Err(CoreError::BadCredentials);
         };
         if !self
@@ -92,8 +110,11 @@ impl Core {
             .verify(password, &account.password_hash)
             .await?
         {
+            turn.failed();
             return Err(CoreError::BadCredentials);
         }
+        turn.succeeded();
+        drop(turn);
         let token = new_token();
         let token_hash = hash_token(&token);
         let (session, evicted) = self
@@ -178,6 +199,8 @@ impl Core {
             return Err(CoreError::WrongPassword);
         }
         self.inner.store.delete_account(who.account).await?;
+        // Rights belong to the account: a new one under this name has none.
+        self.operators_write().remove(&who.account);
         self.directory_write()
             .remove(&account.name.to_ascii_lowercase());
         self.inner.changed.notify_one();

@@ -13,6 +13,9 @@ pub enum ErrorKind {
     PermissionDenied,
     NotFound,
     ResourceExhausted,
+    /// The server's disk is (nearly) full: new messages are refused, while
+    /// logins and reads go on.
+    DiskFull,
     Unavailable,
     Internal,
 }
@@ -25,6 +28,9 @@ pub enum CoreError {
     NameTaken(String),
     #[error("wrong name or password")]
     BadCredentials,
+    /// Log-ins for this account or from this address wait this many seconds.
+    #[error("too many failed log-ins; try again in {0} s")]
+    LoginDelay(u64),
     /// The session is fine but the password it was asked for is not.
     #[error("wrong password")]
     WrongPassword,
@@ -52,6 +58,9 @@ pub enum CoreError {
         kind: ErrorKind,
         message: String,
     },
+    /// Said as it is: a full disk is news to the user, not an internal fault.
+    #[error("{0}")]
+    Disk(StoreError),
     #[error("storage failure: {0}")]
     Store(StoreError),
 }
@@ -73,12 +82,13 @@ impl CoreError {
             CoreError::NotMember(_) | CoreError::NotOperator | CoreError::WrongPassword => {
                 ErrorKind::PermissionDenied
             }
-            CoreError::Limit(_) => ErrorKind::ResourceExhausted,
+            CoreError::Limit(_) | CoreError::LoginDelay(_) => ErrorKind::ResourceExhausted,
             CoreError::Unreachable(_) => ErrorKind::Unavailable,
             CoreError::FromNode { kind, .. } => *kind,
             CoreError::ShuttingDown | CoreError::Store(StoreError::Closed) => {
                 ErrorKind::Unavailable
             }
+            CoreError::Disk(_) => ErrorKind::DiskFull,
             CoreError::Store(_) => ErrorKind::Internal,
         }
     }
@@ -86,6 +96,9 @@ impl CoreError {
 
 impl From<StoreError> for CoreError {
     fn from(e: StoreError) -> Self {
-        CoreError::Store(e)
+        match e {
+            StoreError::NearlyFull | StoreError::DiskFull => CoreError::Disk(e),
+            e => CoreError::Store(e),
+        }
     }
 }

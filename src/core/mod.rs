@@ -16,10 +16,12 @@ mod history;
 pub mod hub;
 mod message;
 pub mod names;
+mod operators;
 pub mod pace;
 mod passwords;
 pub mod recent;
 mod remote;
+pub mod throttle;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -31,6 +33,7 @@ pub use error::{CoreError, ErrorKind};
 pub use history::{HISTORY_PAGE, HISTORY_REPLY_BYTES};
 pub use hub::{Closed, batch as fan_out_batch};
 pub use message::{Delivery, Encoding, Message, Sent, Target};
+pub use operators::grant_operator_offline;
 pub use remote::{Claim, Gathered, PeerLink, Remote, RemoteDirect, Topology};
 
 use tokio::sync::Notify;
@@ -80,6 +83,8 @@ impl Default for Limits {
 #[derive(Debug, Clone)]
 pub struct CoreConfig {
     pub node: String,
+    /// Names whose accounts, if they exist at start, are operators while
+    /// this server runs. A name without an account grants nothing.
     pub operators: Vec<String>,
     pub limits: Limits,
 }
@@ -106,7 +111,10 @@ struct Inner {
     /// The rooms of the latest room messages, for acknowledgements.
     recent: recent::RecentRooms,
     node: String,
-    operators: HashSet<String>,
+    /// Accounts with operator rights: granted ones, and those named at start.
+    operators: RwLock<HashSet<AccountId>>,
+    /// Delays after failed log-ins, and turns for password checks.
+    throttle: throttle::Throttle,
     limits: Limits,
     started: Instant,
     shutting_down: AtomicBool,
@@ -151,6 +159,7 @@ impl Core {
         for (room, account) in store.memberships().await? {
             rooms.members.entry(room).or_default().insert(account);
         }
+        let operators = operators::resolve(&*store, &directory, &config.operators).await?;
         let changed = Arc::new(Notify::new());
         Ok(Core {
             inner: Arc::new(Inner {
@@ -160,11 +169,8 @@ impl Core {
                 changed,
                 remote: OnceLock::new(),
                 node: config.node,
-                operators: config
-                    .operators
-                    .iter()
-                    .map(|o| o.to_ascii_lowercase())
-                    .collect(),
+                operators: RwLock::new(operators),
+                throttle: throttle::Throttle::default(),
                 limits: config.limits,
                 started: Instant::now(),
                 shutting_down: AtomicBool::new(false),
@@ -188,9 +194,7 @@ impl Core {
     }
 
     pub fn is_operator(&self, who: &Identity) -> bool {
-        self.inner
-            .operators
-            .contains(&who.name.to_ascii_lowercase())
+        self.operators_read().contains(&who.account)
     }
 
     /// Refuses new work and ends every live stream with a goodbye.
@@ -232,6 +236,20 @@ impl Core {
     fn directory_write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, AccountSummary>> {
         self.inner
             .directory
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn operators_read(&self) -> std::sync::RwLockReadGuard<'_, HashSet<AccountId>> {
+        self.inner
+            .operators
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn operators_write(&self) -> std::sync::RwLockWriteGuard<'_, HashSet<AccountId>> {
+        self.inner
+            .operators
             .write()
             .unwrap_or_else(|p| p.into_inner())
     }

@@ -159,7 +159,7 @@ pub fn status(error: CoreError) -> Status {
         ErrorKind::Unauthenticated => Status::unauthenticated(message),
         ErrorKind::PermissionDenied => Status::permission_denied(message),
         ErrorKind::NotFound => Status::not_found(message),
-        ErrorKind::ResourceExhausted => Status::resource_exhausted(message),
+        ErrorKind::ResourceExhausted | ErrorKind::DiskFull => Status::resource_exhausted(message),
         ErrorKind::Unavailable => Status::unavailable(message),
         ErrorKind::Internal => {
             tracing::error!(error = %message, "internal error");
@@ -279,10 +279,11 @@ impl Accounts for GrpcGateway {
         &self,
         request: Request<proto::RegisterRequest>,
     ) -> Result<Response<proto::RegisterResponse>, Status> {
+        let from = request.remote_addr().map(|a| a.ip());
         let req = request.into_inner();
         let name = self
             .core
-            .register(&req.name, &req.password)
+            .register(&req.name, &req.password, from)
             .await
             .map_err(status)?;
         Ok(Response::new(proto::RegisterResponse { name }))
@@ -292,10 +293,11 @@ impl Accounts for GrpcGateway {
         &self,
         request: Request<proto::LoginRequest>,
     ) -> Result<Response<proto::LoginResponse>, Status> {
+        let from = request.remote_addr().map(|a| a.ip());
         let req = request.into_inner();
         let login = self
             .core
-            .login(&req.name, &req.password)
+            .login(&req.name, &req.password, from)
             .await
             .map_err(status)?;
         Ok(Response::new(proto::LoginResponse {

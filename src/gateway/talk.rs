@@ -13,8 +13,8 @@ use futures::{FutureExt, StreamExt};
 use tokio::time::Instant;
 
 use super::listener::{
-    self, Accepted, Deadlines, PUSH_BATCH, ReadHalf, Refusal, Shutdown, Stream, WriteHalf, expires,
-    next_delivery, read_some, write_out,
+    self, Accepted, Deadlines, PUSH_BATCH, Pass, ReadHalf, Refusal, Shutdown, Stream, WriteHalf,
+    expires, next_delivery, read_some, write_out,
 };
 use crate::codec::line::{Command, HELP, LineDecoder, LineError, ParseError, ServerLine};
 use crate::core::pace::{Pace, Pacer};
@@ -34,15 +34,21 @@ struct Connection {
     buffer: BytesMut,
     decoder: LineDecoder,
     out: Vec<u8>,
+    /// The client's address, which password checks are counted by.
+    peer: std::net::IpAddr,
+    /// The connection's place at the gate, held for its life.
+    _pass: Pass,
     /// When the unfinished line in `buffer` began to arrive.
     started: Option<std::time::Instant>,
     deadlines: Deadlines,
 }
 
 impl Connection {
-    fn new(stream: Stream, deadlines: Deadlines) -> Connection {
-        let (reader, writer) = stream.split();
+    fn new(accepted: Accepted, deadlines: Deadlines) -> Connection {
+        let (reader, writer) = accepted.stream.split();
         Connection {
+            peer: accepted.peer.ip(),
+            _pass: accepted.pass,
             reader,
             writer,
             buffer: BytesMut::new(),
@@ -122,6 +128,7 @@ pub fn error_code(kind: ErrorKind) -> &'static str {
         ErrorKind::PermissionDenied => "perm",
         ErrorKind::NotFound => "not-found",
         ErrorKind::ResourceExhausted => "limit",
+        ErrorKind::DiskFull => "full",
         ErrorKind::Unavailable => "unavailable",
         ErrorKind::Internal => "internal",
     }
@@ -188,7 +195,7 @@ pub async fn serve_connection(
     mut shutdown: Shutdown,
 ) {
     let mut session = Session {
-        conn: Connection::new(accepted.stream, deadlines),
+        conn: Connection::new(accepted, deadlines),
         who: None,
         login_by: Some(Instant::now() + deadlines.login),
         pacer: None,
@@ -366,7 +373,8 @@ impl Session {
                 return Flow::Quit;
             }
             Command::Register { name, password } => {
-                match self.core.register(&name, &password).await {
+                let from = Some(self.conn.peer);
+                match self.core.register(&name, &password, from).await {
                     Ok(name) => self
                         .conn
                         .push(ok(format!("registered {name}: now /login {name} PASSWORD"))),
@@ -387,7 +395,8 @@ impl Session {
     }
 
     async fn login(&mut self, name: &str, password: &str) -> Result<String, CoreError> {
-        let login = self.core.login(name, password).await?;
+        let from = Some(self.conn.peer);
+        let login = self.core.login(name, password, from).await?;
         match self.core.attach(&login.identity).await {
             Ok(inbox) => {
                 self.inbox = Some(inbox);

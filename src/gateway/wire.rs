@@ -15,8 +15,8 @@ use futures::{FutureExt, StreamExt};
 use tokio::time::Instant;
 
 use super::listener::{
-    self, Accepted, Deadlines, PUSH_BATCH, ReadHalf, Refusal, Shutdown, Stream, WriteHalf, expires,
-    next_delivery, read_some, write_out,
+    self, Accepted, Deadlines, PUSH_BATCH, Pass, ReadHalf, Refusal, Shutdown, Stream, WriteHalf,
+    expires, next_delivery, read_some, write_out,
 };
 use crate::codec::frame::{
     Frame, FrameError, FrameView, HEADER_LEN, Header, MAX_REQUEST, VERSION, arg,
@@ -86,6 +86,10 @@ struct Connection {
     writer: WriteHalf,
     buffer: BytesMut,
     out: Vec<u8>,
+    /// The client's address, which password checks are counted by.
+    peer: std::net::IpAddr,
+    /// The connection's place at the gate, held for its life.
+    _pass: Pass,
     /// When the unfinished frame in `buffer` began to arrive.
     started: Option<std::time::Instant>,
     deadlines: Deadlines,
@@ -241,6 +245,8 @@ pub async fn serve_connection(
     let mut session = Session {
         core,
         conn: Connection {
+            peer: accepted.peer.ip(),
+            _pass: accepted.pass,
             reader,
             writer,
             buffer: BytesMut::new(),
@@ -496,7 +502,11 @@ impl Session {
             op::PING => return Ok(a.clone()),
             op::REGISTER => {
                 let [name, password] = exact(a)?;
-                let name = self.core.register(text(name)?, text(password)?).await?;
+                let from = Some(self.conn.peer);
+                let name = self
+                    .core
+                    .register(text(name)?, text(password)?, from)
+                    .await?;
                 return Ok(vec![arg::str(&name)]);
             }
             op::LOGIN => {
@@ -507,7 +517,8 @@ impl Session {
                         format!("already logged in as {}: log out first", who.name),
                     ));
                 }
-                let login = self.core.login(text(name)?, text(password)?).await?;
+                let from = Some(self.conn.peer);
+                let login = self.core.login(text(name)?, text(password)?, from).await?;
                 match self.core.attach(&login.identity).await {
                     Ok(inbox) => self.inbox = Some(inbox),
                     Err(e) => {

@@ -684,7 +684,7 @@ fn code_of(kind: ErrorKind) -> &'static str {
         ErrorKind::AlreadyExists => "exists",
         ErrorKind::Unauthenticated | ErrorKind::PermissionDenied => "perm",
         ErrorKind::NotFound => "not_found",
-        ErrorKind::ResourceExhausted => "limit",
+        ErrorKind::ResourceExhausted | ErrorKind::DiskFull => "limit",
         ErrorKind::Unavailable => "unavailable",
         ErrorKind::Internal => "internal",
     }

@@ -5,8 +5,12 @@
 //! is committed; the SQLite backend batches concurrent mutations into one
 //! transaction (group commit) so many sends share one fsync.
 
+mod lock;
+mod reserve;
 mod sqlite;
 
+pub use lock::{DataDirLock, LOCK_FILE};
+pub use reserve::DiskReserve;
 pub use sqlite::SqliteStore;
 
 use async_trait::async_trait;
@@ -23,6 +27,17 @@ pub enum StoreError {
     NameTaken,
     #[error("the store is closed")]
     Closed,
+    /// The data dir is locked by another server.
+    #[error("{0}")]
+    InUse(String),
+    /// Free disk space is under the reserve: new messages are refused,
+    /// while reads and small writes such as logins go on.
+    #[error("disk nearly full: new messages are refused until space is freed")]
+    NearlyFull,
+    /// The database could not grow (SQLITE_FULL): nothing of the failed
+    /// transaction was stored.
+    #[error("disk full: the server could not store this; try again later")]
+    DiskFull,
     #[error("{0}")]
     Backend(String),
 }
@@ -136,6 +151,9 @@ pub trait Store: Send + Sync + 'static {
     async fn delete_account(&self, id: AccountId) -> Result<(), StoreError>;
     /// Every account, sorted by name key.
     async fn accounts(&self) -> Result<Vec<AccountSummary>, StoreError>;
+    /// Accounts granted operator rights; a deleted account's grant goes with it.
+    async fn operators(&self) -> Result<Vec<AccountId>, StoreError>;
+    async fn grant_operator(&self, account: AccountId) -> Result<(), StoreError>;
 
     /// Opens a session; if the account then has more than `keep`, the
     /// oldest go, and their ids are returned with the new one.

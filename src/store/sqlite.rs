@@ -25,8 +25,8 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use super::{
     AccountAcks, AccountHook, AccountId, AccountRecord, AccountSummary, Appended, CommitHook,
-    Conversation, Counts, MembershipHook, NewMessage, PendingAppend, RoomId, RoomRecord, SessionId,
-    SessionRecord, Store, StoreError, message_target,
+    Conversation, Counts, DiskReserve, MembershipHook, NewMessage, PendingAppend, RoomId,
+    RoomRecord, SessionId, SessionRecord, Store, StoreError, message_target,
 };
 use crate::core::{Delivery, Message};
 
@@ -94,6 +94,10 @@ CREATE TABLE IF NOT EXISTS inbox (
     message_id INTEGER NOT NULL,
     PRIMARY KEY (account_id, message_id)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS operators (
+    account_id INTEGER PRIMARY KEY REFERENCES accounts(id) ON DELETE CASCADE,
+    granted_ms INTEGER NOT NULL
+);
 -- Earlier versions wrote a direct message's inbox row from a trigger. A
 -- statement that fires a trigger copies every page it touches into a
 -- statement journal, in case the trigger fails halfway: a tenth of the
@@ -106,7 +110,7 @@ const MESSAGE_COLUMNS: &str =
 
 /// Runs inside the write transaction; returns whether it succeeded and what
 /// to do once the transaction's fate is known.
-type Run = Box<dyn FnOnce(&Writer<'_>) -> (bool, Finish) + Send>;
+type Run = Box<dyn FnOnce(&Writer<'_>) -> (Result<(), StoreError>, Finish) + Send>;
 
 const INSERT_MESSAGE: &str = "INSERT INTO messages (sender_id, sender_name, recipient_id,
     recipient_name, room_id, room_name, body, client_msg_id, sent_ms)
@@ -191,10 +195,19 @@ pub struct SqliteStore {
     writer_thread: Mutex<Option<JoinHandle<()>>>,
     readers: Arc<Mutex<Vec<Connection>>>,
     reader_permits: Arc<Semaphore>,
+    /// Below this much free space, appends are refused.
+    reserve: Option<DiskReserve>,
 }
 
 fn backend(e: rusqlite::Error) -> StoreError {
-    StoreError::Backend(e.to_string())
+    match &e {
+        // A full disk is not a fault of the server's: the user is told so,
+        // and can try again once space is freed.
+        rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::DiskFull => {
+            StoreError::DiskFull
+        }
+        _ => StoreError::Backend(e.to_string()),
+    }
 }
 
 fn now_ms() -> i64 {
@@ -243,7 +256,29 @@ impl SqliteStore {
             writer_thread: Mutex::new(Some(thread)),
             readers: Arc::new(Mutex::new(readers)),
             reader_permits: Arc::new(Semaphore::new(READERS)),
+            reserve: None,
         })
+    }
+
+    /// Refuses new messages while the file system holding the database has
+    /// less than `min_free` bytes free (0: never).
+    pub fn keep_free(mut self, path: &Path, min_free: u64) -> Self {
+        let dir = match path.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => dir,
+            _ => Path::new("."),
+        };
+        self.reserve = Some(DiskReserve::new(dir, min_free));
+        self
+    }
+
+    /// Caps the database at `pages` pages, as a full disk would: past it,
+    /// writes fail with SQLITE_FULL. For tests of what users see then.
+    pub async fn limit_pages(&self, pages: u64) -> Result<(), StoreError> {
+        self.write(move |c| {
+            c.query_row(&format!("PRAGMA max_page_count = {pages}"), [], |_| Ok(()))
+                .map_err(backend)
+        })
+        .await
     }
 
     /// Queues a mutation for the next group commit and waits for the commit.
@@ -276,7 +311,7 @@ impl SqliteStore {
         let (reply, answer) = oneshot::channel();
         let run: Run = Box::new(move |writer| {
             let result = f(writer);
-            let ok = result.is_ok();
+            let outcome = result.as_ref().map(|_| ()).map_err(Clone::clone);
             let finish: Finish = Box::new(move |commit_error| {
                 let _ = reply.send(match commit_error {
                     Some(e) => Err(e.clone()),
@@ -288,7 +323,7 @@ impl SqliteStore {
                     }
                 });
             });
-            (ok, finish)
+            (outcome, finish)
         });
         let job = Job { run, savepoint };
         let queued = match self.writer.lock() {
@@ -377,7 +412,8 @@ fn write_loop(conn: Connection, mut jobs: mpsc::UnboundedReceiver<Job>) {
                         true => savepoint(&conn, "SAVEPOINT job").map(|()| true),
                         false => Ok(false),
                     };
-                    let (ok, finish) = (job.run)(&writer);
+                    let (outcome, finish) = (job.run)(&writer);
+                    let ok = outcome.is_ok();
                     finishes.push(finish);
                     let ended = match opened {
                         Ok(true) if ok => savepoint(&conn, "RELEASE job"),
@@ -390,9 +426,13 @@ fn write_loop(conn: Connection, mut jobs: mpsc::UnboundedReceiver<Job>) {
                     // transaction back by itself: nothing in it may be
                     // reported as stored, and no later job may run outside it.
                     if ended.is_err() || conn.is_autocommit() {
-                        aborted = Some(match ended {
-                            Err(e) => backend(e),
-                            Ok(()) => StoreError::Backend("the transaction was rolled back".into()),
+                        aborted = Some(match (ended, outcome) {
+                            (Err(e), _) => backend(e),
+                            // The job's own error says why SQLite gave up.
+                            (Ok(()), Err(StoreError::DiskFull)) => StoreError::DiskFull,
+                            (Ok(()), _) => {
+                                StoreError::Backend("the transaction was rolled back".into())
+                            }
                         });
                         break;
                     }
@@ -565,6 +605,27 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn operators(&self) -> Result<Vec<AccountId>, StoreError> {
+        self.read(|c| {
+            c.prepare_cached("SELECT account_id FROM operators ORDER BY account_id")?
+                .query_map([], |row| row.get(0))?
+                .collect()
+        })
+        .await
+    }
+
+    async fn grant_operator(&self, account: AccountId) -> Result<(), StoreError> {
+        self.write(move |c| {
+            c.execute(
+                "INSERT OR IGNORE INTO operators (account_id, granted_ms) VALUES (?1, ?2)",
+                params![account, now_ms()],
+            )
+            .map(drop)
+            .map_err(backend)
+        })
+        .await
+    }
+
     async fn create_session(
         &self,
         token_hash: [u8; 32],
@@ -707,6 +768,13 @@ impl Store for SqliteStore {
     }
 
     fn append(&self, m: NewMessage, on_commit: CommitHook) -> PendingAppend {
+        if self
+            .reserve
+            .as_ref()
+            .is_some_and(DiskReserve::is_nearly_full)
+        {
+            return Box::pin(std::future::ready(Err(StoreError::NearlyFull)));
+        }
         Box::pin(self.queue(move |c| append_tx(c, m).map_err(backend), on_commit, false))
     }
 

@@ -18,6 +18,11 @@ use tonic::Streaming;
 
 pub const PASSWORD: &str = "correct-horse-battery-staple";
 
+/// The harness's operator: registered through a helper below, it is granted
+/// operator rights through the API, as `meshtalk operator root` would.
+/// Rights belong to accounts, so naming it at start would grant nothing.
+pub const OPERATOR: &str = "root";
+
 pub struct TestServer {
     pub server: Server,
     pub url: String,
@@ -42,9 +47,6 @@ impl TestServer {
         args.node_name.get_or_insert_with(|| "test-node".into());
         // Tests send as fast as they can; the ones about the rate limit set it.
         args.send_rate.get_or_insert(0.0);
-        if args.operator.is_empty() {
-            args.operator = vec!["root".into()];
-        }
         let server = Server::start(args.resolve().expect("settings"))
             .await
             .expect("server starts");
@@ -62,6 +64,7 @@ impl TestServer {
             .await
             .unwrap();
         assert!(reply.is_ok(), "{reply:?}");
+        self.registered(name).await;
         let reply = c
             .request(&format!("/login {name} {PASSWORD}"))
             .await
@@ -70,12 +73,24 @@ impl TestServer {
         c
     }
 
+    /// Grants the harness's operator its rights once it is registered.
+    async fn registered(&self, name: &str) {
+        if name.eq_ignore_ascii_case(OPERATOR) {
+            self.server
+                .core()
+                .grant_operator(name)
+                .await
+                .expect("grant operator");
+        }
+    }
+
     /// A binary-protocol client, logged in as a newly registered NAME.
     pub async fn wire_user(&self, name: &str) -> WireClient {
         let c = WireClient::connect(self.server.wire_addr())
             .await
             .expect("connect");
         c.register(name, PASSWORD).await.expect("register");
+        self.registered(name).await;
         c.login(name, PASSWORD).await.expect("login");
         c
     }
@@ -88,6 +103,7 @@ impl TestServer {
     pub async fn user(&self, name: &str) -> Client {
         let client = self.client().await;
         client.register(name, PASSWORD).await.expect("register");
+        self.registered(name).await;
         client.login(name, PASSWORD).await.expect("login").0
     }
 
@@ -188,6 +204,41 @@ pub fn data_dir() -> (TempDir, PathBuf) {
     (dir, path)
 }
 
+/// Registers NAME in the database under `data_dir` (unless it is there
+/// already) and grants it operator rights, as `meshtalk operator NAME` would
+/// for an account made earlier: rights belong to accounts that exist.
+pub fn make_operator(data_dir: &Path, name: &str) {
+    use meshtalk::core::{Core, CoreConfig, CoreError, Limits};
+    use meshtalk::store::SqliteStore;
+    let (data_dir, name) = (data_dir.to_owned(), name.to_owned());
+    // A thread of its own: callers may be inside a runtime already.
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        runtime.block_on(async {
+            let store = SqliteStore::open(&data_dir.join("meshtalk.db")).expect("store");
+            let config = CoreConfig {
+                node: "setup".into(),
+                operators: vec![],
+                limits: Limits::default(),
+            };
+            let core = Core::open(std::sync::Arc::new(store), config)
+                .await
+                .expect("core");
+            match core.register(&name, PASSWORD, None).await {
+                Ok(_) | Err(CoreError::NameTaken(_)) => {}
+                Err(e) => panic!("register {name}: {e}"),
+            }
+            core.grant_operator(&name).await.expect("grant operator");
+            core.close_store().await;
+        });
+    })
+    .join()
+    .expect("operator set up");
+}
+
 /// One node of a test mesh: the server binary as a child process with its
 /// mesh listener on a free loopback port, and `op-NAME` as its operator.
 pub struct MeshNode {
@@ -218,6 +269,7 @@ impl MeshNode {
             secret.into(),
         ];
         args.extend(extra.iter().map(Into::into));
+        make_operator(data_dir, &format!("op-{name}"));
         let (child, serving) = spawn_server(data_dir, &args);
         let addr = |key| {
             log_field(&serving, key)
