@@ -2,7 +2,8 @@
 //! them.
 //!
 //! - [`frame`]: the peer messages and their framing.
-//! - [`handshake`]: the challenge–response on the mesh secret.
+//! - [`handshake`]: the Noise handshake keyed by the mesh secret, and the
+//!   encrypted transport every frame travels in.
 //! - [`state`]: every node's published state, the graph, routes and the
 //!   flood seen-set.
 //! - [`link`]: one live link: handshake, reader, writer, keepalive; dialling
