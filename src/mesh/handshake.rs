@@ -259,6 +259,19 @@ mod tests {
         tokio::join!(initiate(&mut x, a), respond(&mut y, b))
     }
 
+    /// The test vector of `docs/mesh.md`.
+    #[test]
+    fn the_documented_psk_holds() {
+        let hex: String = psk(b"a shared secret of the test mesh")
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert_eq!(
+            hex,
+            "ad0bd69268c04bda1f9310ade9f2ae0d1b91dd42fbcd95c61569b46adda20cda"
+        );
+    }
+
     #[test]
     fn the_psk_depends_on_every_byte_of_the_secret() {
         assert_eq!(psk(b"0123456789abcdef"), psk(b"0123456789abcdef"));
