@@ -585,8 +585,9 @@ async fn a_name_claimed_on_both_sides_of_a_partition_goes_to_the_earlier_claim()
     let mut ann = mesh.node("a").login("ann", true).await;
     mesh.link("a", "b").await;
     mesh.converged(2, 1).await;
+    // The later claim is listed with its node.
     until(&mut ann, "/users sam", "both claims are known", |r| {
-        r.lines == ["Sam online a", "sam online b"]
+        r.lines == ["sam online b", "Sam@a online a"]
     })
     .await;
 
@@ -603,6 +604,64 @@ async fn a_name_claimed_on_both_sides_of_a_partition_goes_to_the_earlier_claim()
     // A name nobody holds on a node is not found there.
     let reply = request(&mut ann, "/tell ann@b hello").await;
     assert_eq!(reply.error_code(), Some("not-found"), "{reply:?}");
+}
+
+#[tokio::test]
+async fn the_later_of_two_accounts_sharing_a_name_is_shown_with_its_node() {
+    let mesh = Mesh::start(&["b", "c"]);
+    // Apart, both nodes take the name zed: b's claim comes first.
+    let mut zed_b = mesh.node("b").login("zed", true).await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let mut zed_c = mesh.node("c").login("zed", true).await;
+    let mut ann = mesh.node("b").login("ann", true).await;
+    let mut cal = mesh.node("c").login("cal", true).await;
+    mesh.link("b", "c").await;
+    mesh.converged(2, 1).await;
+    for viewer in [&mut ann, &mut cal] {
+        until(viewer, "/users z*", "both claims are listed apart", |r| {
+            r.lines == ["zed online b", "zed@c online c"]
+        })
+        .await;
+    }
+
+    // The later claimant's speech carries its node on every node, its own
+    // included; the earlier one keeps the bare name.
+    say(&mut zed_c, "i am zed too").await;
+    for listener in [&mut ann, &mut cal, &mut zed_b] {
+        assert_eq!(next(listener).await, room("zed@c", "i am zed too"));
+    }
+    say(&mut zed_b, "the first zed").await;
+    for listener in [&mut ann, &mut cal, &mut zed_c] {
+        assert_eq!(next(listener).await, room("zed", "the first zed"));
+    }
+
+    // Direct messages likewise, across the link and within a node.
+    for (from_c, to, shown) in [
+        (true, "ann", "zed@c"),
+        (true, "cal", "zed@c"),
+        (false, "ann", "zed"),
+        (false, "cal", "zed"),
+    ] {
+        let text = format!("to {to} from {shown}");
+        let sender = if from_c { &mut zed_c } else { &mut zed_b };
+        let reply = request(sender, &format!("/tell {to} {text}")).await;
+        assert!(reply.is_ok(), "{reply:?}");
+        let receiver = if to == "ann" { &mut ann } else { &mut cal };
+        assert_eq!(next(receiver).await, direct(shown, &text));
+    }
+    // The name shown is the one that reaches that account.
+    let reply = request(&mut ann, "/tell zed@c got it").await;
+    assert!(reply.is_ok(), "{reply:?}");
+    assert_eq!(next(&mut zed_c).await, direct("ann", "got it"));
+
+    // Who is online, gathered from both nodes, as either side sees it.
+    for viewer in [&mut ann, &mut cal] {
+        let who = request(viewer, "/who").await;
+        assert_eq!(who.lines, ["ann b", "cal c", "zed b", "zed@c c"], "{who:?}");
+    }
+    for c in [&mut ann, &mut cal, &mut zed_b, &mut zed_c] {
+        quiet(c).await;
+    }
 }
 
 #[tokio::test]

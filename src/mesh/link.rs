@@ -490,6 +490,7 @@ fn handle(
                 format!("{}/{}/{}", speech.origin, speech.instance, speech.seq),
                 &speech.room,
                 &speech.from,
+                &speech.origin,
                 &speech.body,
                 speech.sent_ms,
             );
