@@ -548,9 +548,13 @@ async fn strangers_and_garbage_are_refused_and_the_node_keeps_serving() {
         "{refusal}"
     );
     other.closes().await;
-    // Silence: a connection that never says hello is dropped.
+    // Silence: a connection that never starts the handshake is dropped, and
+    // so is one that holds the secret but never says hello.
     let mut silent = TcpStream::connect(a_mesh).await.unwrap();
     closes(&mut silent).await;
+    let mut mute = FakePeer::dial(a_mesh, &secret_of(&mesh)).await;
+    assert!(mute.recv().await.is_some_and(|h| h.contains("hello")));
+    mute.closes().await;
 
     // Through all that, a kept its link and its users.
     mesh.converged(2, 1).await;

@@ -135,7 +135,7 @@ async fn refuse(writer: &mut Writer, reason: String) -> LinkError {
 
 /// Runs the exchange of hellos over the encrypted link; returns the peer's
 /// node name. The Noise handshake has already proven the secret.
-async fn handshake(
+async fn exchange_hellos(
     mesh: &Mesh,
     reader: &mut Reader,
     writer: &mut Writer,
@@ -227,7 +227,7 @@ async fn open(
             transport,
             out: BytesMut::with_capacity(1024),
         };
-        let peer = handshake(mesh, &mut reader, &mut writer, outbound).await?;
+        let peer = exchange_hellos(mesh, &mut reader, &mut writer, outbound).await?;
         Ok::<_, LinkError>((reader, writer, peer))
     };
     let (mut reader, writer, peer) = tokio::time::timeout(HANDSHAKE_TIMEOUT, opening)
