@@ -754,6 +754,22 @@ async fn operators_link_nodes_over_grpc_admin() {
         assert!(tokio::time::Instant::now() < deadline, "{who:?}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // root was registered on both nodes before they linked, a's first: over
+    // gRPC too, b's account is listed with its node.
+    let roots: Vec<(String, String)> = root_a
+        .users("root")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|u| (u.name, u.node))
+        .collect();
+    assert_eq!(
+        roots,
+        [
+            ("root".to_owned(), "a".to_owned()),
+            ("root@b".to_owned(), "b".to_owned())
+        ]
+    );
     let topology = root_b
         .admin()
         .topology(root_b.request(proto::TopologyRequest {}))

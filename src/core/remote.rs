@@ -154,7 +154,7 @@ impl Core {
     }
 
     /// How the account `name` homed on `node` is shown to users: the bare
-    /// name when `node` holds the earliest claim on it (or the only one),
+    /// name when `node` holds the earliest claim on it, or nobody claims it;
     /// else `name@node`. So after a partition heals, the later of two
     /// accounts sharing a name can never pass as the earlier: its speech,
     /// its direct messages and its line in a listing all carry its node.
@@ -162,11 +162,15 @@ impl Core {
         let Ok(key) = super::names::account_key(name) else {
             return name.to_owned();
         };
+        let remote = self.remote().map(|r| r.claims(&key)).unwrap_or_default();
+        // Every local send asks: with no other claim, a local name is bare.
+        if remote.is_empty() && node == self.node() {
+            return name.to_owned();
+        }
         let local = self
             .directory_read()
             .get(&key)
             .map(|a| (a.created_ms, self.node().to_owned()));
-        let remote = self.remote().map(|r| r.claims(&key)).unwrap_or_default();
         // The same order as [`Core::recipient`]'s: (created_ms, node).
         let earliest = remote
             .into_iter()
