@@ -238,14 +238,13 @@ proptest! {
 fn peer_message() -> impl Strategy<Value = PeerMessage> {
     use meshtalk::mesh::frame::{Facts, NodeState, Routed, RoutedBody, Speech};
     prop_oneof![
-        (word(), any::<u64>(), any::<u32>(), "[0-9a-f]{64}").prop_map(
-            |(node, instance, version, nonce)| PeerMessage::Hello {
+        (word(), any::<u64>(), any::<u32>()).prop_map(|(node, instance, version)| {
+            PeerMessage::Hello {
                 node,
                 instance,
                 version,
-                nonce
             }
-        ),
+        }),
         Just(PeerMessage::Ping),
         (
             word(),

@@ -3,15 +3,20 @@
 
 mod common;
 
-use std::path::PathBuf;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use bytes::BytesMut;
 use common::MeshNode;
 use meshtalk::client::line::{LineClient, Reply};
 use meshtalk::codec::line::ServerLine;
+use meshtalk::mesh::handshake::{self, Transport};
 use tempfile::TempDir;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::net::{TcpListener, TcpStream};
 
 struct Mesh {
     dir: TempDir,
@@ -359,15 +364,7 @@ async fn five_nodes_with_two_paths_between_every_pair() {
     assert_eq!(who.end, ServerLine::Ok("5 online".into()), "{who:?}");
 }
 
-/// Reads one mesh frame: its JSON text.
-async fn read_frame(stream: &mut TcpStream) -> Option<String> {
-    let mut len = [0u8; 4];
-    stream.read_exact(&mut len).await.ok()?;
-    let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
-    stream.read_exact(&mut body).await.ok()?;
-    String::from_utf8(body).ok()
-}
-
+/// Writes one frame in clear, as a node of protocol version 1 did.
 async fn write_frame(stream: &mut TcpStream, json: &str) {
     let mut frame = (json.len() as u32).to_be_bytes().to_vec();
     frame.extend_from_slice(json.as_bytes());
@@ -379,6 +376,90 @@ async fn closes(stream: &mut TcpStream) {
     let mut sink = Vec::new();
     let read = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut sink)).await;
     assert!(read.is_ok(), "the node kept a bad peer's connection open");
+}
+
+/// A hand-driven peer that holds the secret: it runs the Noise handshake
+/// and then says whatever the test wants, in encrypted frames.
+struct FakePeer {
+    stream: TcpStream,
+    transport: Transport,
+    wire: BytesMut,
+    plain: BytesMut,
+}
+
+impl FakePeer {
+    async fn dial(addr: SocketAddr, secret: &[u8]) -> FakePeer {
+        let mut stream = TcpStream::connect(addr).await.expect("connect");
+        let transport = handshake::initiate(&mut stream, secret)
+            .await
+            .expect("the Noise handshake");
+        FakePeer {
+            stream,
+            transport,
+            wire: BytesMut::new(),
+            plain: BytesMut::new(),
+        }
+    }
+
+    /// Dials and completes the hellos as node `name`.
+    async fn link(addr: SocketAddr, secret: &[u8], name: &str) -> FakePeer {
+        let mut peer = FakePeer::dial(addr, secret).await;
+        let hello = peer.recv().await.expect("hello");
+        assert!(hello.contains(r#""type":"hello""#), "{hello}");
+        peer.send(&format!(
+            r#"{{"type":"hello","node":"{name}","instance":1,"version":2}}"#
+        ))
+        .await;
+        assert_eq!(peer.recv().await.as_deref(), Some(r#"{"type":"ready"}"#));
+        peer.send(r#"{"type":"ready"}"#).await;
+        peer
+    }
+
+    /// Sends one frame.
+    async fn send(&mut self, json: &str) {
+        let mut plain = (json.len() as u32).to_be_bytes().to_vec();
+        plain.extend_from_slice(json.as_bytes());
+        let mut out = BytesMut::new();
+        self.transport.seal(&plain, &mut out).expect("seal");
+        self.stream.write_all(&out).await.expect("write");
+    }
+
+    /// The next frame's JSON text; `None` once the node closes or sends
+    /// something that does not open.
+    async fn recv(&mut self) -> Option<String> {
+        loop {
+            if self.plain.len() >= 4 {
+                let len = u32::from_be_bytes(self.plain[..4].try_into().ok()?) as usize;
+                if self.plain.len() >= 4 + len {
+                    let frame = self.plain.split_to(4 + len);
+                    return String::from_utf8(frame[4..].to_vec()).ok();
+                }
+            }
+            match self.transport.open(&mut self.wire, &mut self.plain) {
+                Ok(true) => continue,
+                Ok(false) => {}
+                Err(_) => return None,
+            }
+            let read = tokio::time::timeout(
+                Duration::from_secs(10),
+                self.stream.read_buf(&mut self.wire),
+            )
+            .await;
+            match read {
+                Ok(Ok(n)) if n > 0 => {}
+                _ => return None,
+            }
+        }
+    }
+
+    async fn closes(&mut self) {
+        closes(&mut self.stream).await;
+    }
+}
+
+fn secret_of(mesh: &Mesh) -> Vec<u8> {
+    let secret = std::fs::read_to_string(&mesh.secret).unwrap();
+    secret.trim().as_bytes().to_vec()
 }
 
 #[tokio::test]
@@ -443,27 +524,37 @@ async fn strangers_and_garbage_are_refused_and_the_node_keeps_serving() {
     let mut garbage = TcpStream::connect(a_mesh).await.unwrap();
     write_frame(&mut garbage, "{not json").await;
     closes(&mut garbage).await;
-    // Another protocol version: refused with the reason.
+    // A node of protocol version 1 (a hello in clear) gets nowhere.
     let mut old = TcpStream::connect(a_mesh).await.unwrap();
-    let hello = read_frame(&mut old).await.expect("a's hello");
+    write_frame(
+        &mut old,
+        r#"{"type":"hello","node":"old","instance":1,"version":1,"nonce":"00"}"#,
+    )
+    .await;
+    closes(&mut old).await;
+    // Another protocol version past the handshake: refused with the reason.
+    let mut other = FakePeer::dial(a_mesh, &secret_of(&mesh)).await;
+    let hello = other.recv().await.expect("a's hello");
     assert!(
         hello.contains(r#""type":"hello""#) && hello.contains(r#""node":"a""#),
         "{hello}"
     );
-    write_frame(
-        &mut old,
-        r#"{"type":"hello","node":"old","instance":1,"version":99,"nonce":"00"}"#,
-    )
-    .await;
-    let refusal = read_frame(&mut old).await.expect("a refusal");
+    other
+        .send(r#"{"type":"hello","node":"other","instance":1,"version":99}"#)
+        .await;
+    let refusal = other.recv().await.expect("a refusal");
     assert!(
         refusal.contains(r#""type":"refuse""#) && refusal.contains("version 99"),
         "{refusal}"
     );
-    closes(&mut old).await;
-    // Silence: a connection that never says hello is dropped.
+    other.closes().await;
+    // Silence: a connection that never starts the handshake is dropped, and
+    // so is one that holds the secret but never says hello.
     let mut silent = TcpStream::connect(a_mesh).await.unwrap();
     closes(&mut silent).await;
+    let mut mute = FakePeer::dial(a_mesh, &secret_of(&mesh)).await;
+    assert!(mute.recv().await.is_some_and(|h| h.contains("hello")));
+    mute.closes().await;
 
     // Through all that, a kept its link and its users.
     mesh.converged(2, 1).await;
@@ -498,8 +589,9 @@ async fn a_name_claimed_on_both_sides_of_a_partition_goes_to_the_earlier_claim()
     let mut ann = mesh.node("a").login("ann", true).await;
     mesh.link("a", "b").await;
     mesh.converged(2, 1).await;
+    // The later claim is listed with its node.
     until(&mut ann, "/users sam", "both claims are known", |r| {
-        r.lines == ["Sam online a", "sam online b"]
+        r.lines == ["sam online b", "Sam@a online a"]
     })
     .await;
 
@@ -519,10 +611,67 @@ async fn a_name_claimed_on_both_sides_of_a_partition_goes_to_the_earlier_claim()
 }
 
 #[tokio::test]
+async fn the_later_of_two_accounts_sharing_a_name_is_shown_with_its_node() {
+    let mesh = Mesh::start(&["b", "c"]);
+    // Apart, both nodes take the name zed: b's claim comes first.
+    let mut zed_b = mesh.node("b").login("zed", true).await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let mut zed_c = mesh.node("c").login("zed", true).await;
+    let mut ann = mesh.node("b").login("ann", true).await;
+    let mut cal = mesh.node("c").login("cal", true).await;
+    mesh.link("b", "c").await;
+    mesh.converged(2, 1).await;
+    for viewer in [&mut ann, &mut cal] {
+        until(viewer, "/users z*", "both claims are listed apart", |r| {
+            r.lines == ["zed online b", "zed@c online c"]
+        })
+        .await;
+    }
+
+    // The later claimant's speech carries its node on every node, its own
+    // included; the earlier one keeps the bare name.
+    say(&mut zed_c, "i am zed too").await;
+    for listener in [&mut ann, &mut cal, &mut zed_b] {
+        assert_eq!(next(listener).await, room("zed@c", "i am zed too"));
+    }
+    say(&mut zed_b, "the first zed").await;
+    for listener in [&mut ann, &mut cal, &mut zed_c] {
+        assert_eq!(next(listener).await, room("zed", "the first zed"));
+    }
+
+    // Direct messages likewise, across the link and within a node.
+    for (from_c, to, shown) in [
+        (true, "ann", "zed@c"),
+        (true, "cal", "zed@c"),
+        (false, "ann", "zed"),
+        (false, "cal", "zed"),
+    ] {
+        let text = format!("to {to} from {shown}");
+        let sender = if from_c { &mut zed_c } else { &mut zed_b };
+        let reply = request(sender, &format!("/tell {to} {text}")).await;
+        assert!(reply.is_ok(), "{reply:?}");
+        let receiver = if to == "ann" { &mut ann } else { &mut cal };
+        assert_eq!(next(receiver).await, direct(shown, &text));
+    }
+    // The name shown is the one that reaches that account.
+    let reply = request(&mut ann, "/tell zed@c got it").await;
+    assert!(reply.is_ok(), "{reply:?}");
+    assert_eq!(next(&mut zed_c).await, direct("ann", "got it"));
+
+    // Who is online, gathered from both nodes, as either side sees it.
+    for viewer in [&mut ann, &mut cal] {
+        let who = request(viewer, "/who").await;
+        assert_eq!(who.lines, ["ann b", "cal c", "zed b", "zed@c c"], "{who:?}");
+    }
+    for c in [&mut ann, &mut cal, &mut zed_b, &mut zed_c] {
+        quiet(c).await;
+    }
+}
+
+#[tokio::test]
 async fn a_peer_with_the_secret_that_sends_bad_names_is_cut_off() {
     let mesh = Mesh::start(&["a"]);
-    let secret = std::fs::read_to_string(&mesh.secret).unwrap();
-    let secret = secret.trim().as_bytes();
+    let secret = secret_of(&mesh);
     let mut op = mesh.node("a").operator().await;
     for bad in [
         // A record whose account name would forge a line on the line protocol.
@@ -530,33 +679,13 @@ async fn a_peer_with_the_secret_that_sends_bad_names_is_cut_off() {
         // Speech from a name no node would accept.
         r#"{"type":"speech","origin":"fake","instance":1,"seq":1,"room":"lobby","from":"a b","body":"hi","sent_ms":1}"#,
     ] {
-        let mut peer = TcpStream::connect(mesh.node("a").mesh).await.unwrap();
-        let hello: serde_json::Value =
-            serde_json::from_str(&read_frame(&mut peer).await.expect("hello")).unwrap();
-        let their_nonce = hello["nonce"].as_str().unwrap().to_owned();
-        let nonce = meshtalk::mesh::handshake::nonce();
-        write_frame(
-            &mut peer,
-            &format!(
-                r#"{{"type":"hello","node":"fake","instance":1,"version":1,"nonce":"{nonce}"}}"#
-            ),
-        )
-        .await;
-        let proof = read_frame(&mut peer).await.expect("a's proof");
-        assert!(proof.contains(r#""type":"proof""#), "{proof}");
-        let mac = meshtalk::mesh::handshake::prove(secret, &their_nonce, &nonce, "fake");
-        write_frame(&mut peer, &format!(r#"{{"type":"proof","mac":"{mac}"}}"#)).await;
-        assert_eq!(
-            read_frame(&mut peer).await.as_deref(),
-            Some(r#"{"type":"ready"}"#)
-        );
-        write_frame(&mut peer, r#"{"type":"ready"}"#).await;
+        let mut peer = FakePeer::link(mesh.node("a").mesh, &secret, "fake").await;
         until(&mut op, "/peers", "fake is linked", |r| {
             r.end == ServerLine::Ok("1 peers".into())
         })
         .await;
-        write_frame(&mut peer, bad).await;
-        closes(&mut peer).await;
+        peer.send(bad).await;
+        peer.closes().await;
         until(&mut op, "/peers", "fake is cut off", |r| {
             r.end == ServerLine::Ok("0 peers".into())
         })
@@ -625,6 +754,22 @@ async fn operators_link_nodes_over_grpc_admin() {
         assert!(tokio::time::Instant::now() < deadline, "{who:?}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // root was registered on both nodes before they linked, a's first: over
+    // gRPC too, b's account is listed with its node.
+    let roots: Vec<(String, String)> = root_a
+        .users("root")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|u| (u.name, u.node))
+        .collect();
+    assert_eq!(
+        roots,
+        [
+            ("root".to_owned(), "a".to_owned()),
+            ("root@b".to_owned(), "b".to_owned())
+        ]
+    );
     let topology = root_b
         .admin()
         .topology(root_b.request(proto::TopologyRequest {}))
@@ -666,4 +811,387 @@ async fn operators_link_nodes_over_grpc_admin() {
         .into_inner()
         .peers;
     assert!(peers.is_empty(), "{peers:?}");
+}
+
+/// A node whose log the test reads, for what must be reported there.
+struct LoggedNode {
+    talk: SocketAddr,
+    mesh: SocketAddr,
+    name: String,
+    child: std::process::Child,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+/// The value of `"key":"value"` in a JSON log line.
+fn log_field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+    line.split(&format!("\"{key}\":\""))
+        .nth(1)?
+        .split('"')
+        .next()
+}
+
+impl LoggedNode {
+    fn start(name: &str, dir: &Path, secret: &Path) -> LoggedNode {
+        use std::io::BufRead;
+        use std::process::{Command, Stdio};
+        let mut child = Command::new(env!("CARGO_BIN_EXE_meshtalk"))
+            .args(["serve", "--log-format", "json"])
+            .args(["--grpc-addr", "127.0.0.1:0", "--talk-addr", "127.0.0.1:0"])
+            .args(["--wire-addr", "127.0.0.1:0", "--mesh-addr", "127.0.0.1:0"])
+            .args(["--node-name", name, "--operator", &format!("op-{name}")])
+            .arg("--mesh-secret-file")
+            .arg(secret)
+            .arg("--data-dir")
+            .arg(dir.join(name))
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn meshtalk");
+        let stderr = child.stderr.take().expect("stderr");
+        let mut lines = std::io::BufReader::new(stderr).lines();
+        let serving = loop {
+            match lines.next() {
+                Some(Ok(line)) if log_field(&line, "grpc").is_some() => break line,
+                Some(Ok(_)) => {}
+                _ => panic!("node {name} stopped before serving"),
+            }
+        };
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let keep = log.clone();
+        std::thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                keep.lock().unwrap().push(line);
+            }
+        });
+        let addr = |key| {
+            log_field(&serving, key)
+                .and_then(|a| a.parse().ok())
+                .unwrap_or_else(|| panic!("no {key} address in {serving}"))
+        };
+        LoggedNode {
+            talk: addr("talk"),
+            mesh: addr("mesh"),
+            name: name.to_owned(),
+            child,
+            log,
+        }
+    }
+
+    async fn operator(&self) -> LineClient {
+        let name = format!("op-{}", self.name);
+        let mut c = LineClient::connect(self.talk).await.expect("connect");
+        let _ = request(&mut c, &format!("/register {name} {}", common::PASSWORD)).await;
+        let reply = request(&mut c, &format!("/login {name} {}", common::PASSWORD)).await;
+        assert!(reply.is_ok(), "{reply:?}");
+        c
+    }
+
+    fn log_len(&self) -> usize {
+        self.log.lock().unwrap().len()
+    }
+
+    /// Waits up to 15 s for a log line after the first `since` that holds
+    /// every one of `words`.
+    async fn logged(&self, since: usize, words: &[&str]) -> String {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            let found = self.log.lock().unwrap()[since..]
+                .iter()
+                .find(|l| words.iter().all(|w| l.contains(w)))
+                .cloned();
+            if let Some(line) = found {
+                return line;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "node {} never logged {words:?}: {:#?}",
+                self.name,
+                self.log.lock().unwrap()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for LoggedNode {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One connection through a relay: (dialler to node, node to dialler).
+type Recording = (Vec<u8>, Vec<u8>);
+
+/// A TCP relay in front of a node's mesh port. It records what crosses it,
+/// both ways, per connection, and when told flips one byte of the next
+/// Noise message the dialler sends after its first (handshake) message.
+struct Relay {
+    addr: SocketAddr,
+    recorded: Arc<Mutex<Vec<Recording>>>,
+    tamper: Arc<AtomicBool>,
+    tampered: Arc<AtomicUsize>,
+}
+
+impl Relay {
+    async fn start(to: SocketAddr) -> Relay {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let relay = Relay {
+            addr: listener.local_addr().unwrap(),
+            recorded: Arc::default(),
+            tamper: Arc::default(),
+            tampered: Arc::default(),
+        };
+        let (recorded, tamper, tampered) = (
+            relay.recorded.clone(),
+            relay.tamper.clone(),
+            relay.tampered.clone(),
+        );
+        tokio::spawn(async move {
+            while let Ok((dialler, _)) = listener.accept().await {
+                let Ok(node) = TcpStream::connect(to).await else {
+                    continue;
+                };
+                let index = {
+                    let mut recorded = recorded.lock().unwrap();
+                    recorded.push((Vec::new(), Vec::new()));
+                    recorded.len() - 1
+                };
+                let (mut from_dialler, mut to_dialler) = dialler.into_split();
+                let (mut from_node, mut to_node) = node.into_split();
+                let (rec, tamper, tampered) = (recorded.clone(), tamper.clone(), tampered.clone());
+                tokio::spawn(async move {
+                    // Message by message: a 2-byte length, then the message.
+                    let mut first = true;
+                    loop {
+                        let mut len = [0u8; 2];
+                        if from_dialler.read_exact(&mut len).await.is_err() {
+                            break;
+                        }
+                        let mut body = vec![0u8; u16::from_be_bytes(len) as usize];
+                        if from_dialler.read_exact(&mut body).await.is_err() {
+                            break;
+                        }
+                        if !first && !body.is_empty() && tamper.swap(false, Ordering::SeqCst) {
+                            let middle = body.len() / 2;
+                            body[middle] ^= 0x01;
+                            tampered.fetch_add(1, Ordering::SeqCst);
+                        }
+                        first = false;
+                        let mut message = len.to_vec();
+                        message.extend_from_slice(&body);
+                        rec.lock().unwrap()[index].0.extend_from_slice(&message);
+                        if to_node.write_all(&message).await.is_err() {
+                            break;
+                        }
+                    }
+                    let _ = to_node.shutdown().await;
+                });
+                let rec = recorded.clone();
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 16 * 1024];
+                    loop {
+                        match from_node.read(&mut buf).await {
+                            Ok(n) if n > 0 => {
+                                rec.lock().unwrap()[index].1.extend_from_slice(&buf[..n]);
+                                if to_dialler.write_all(&buf[..n]).await.is_err() {
+                                    break;
+                                }
+                            }
+                            _ => break,
+                        }
+                    }
+                    let _ = to_dialler.shutdown().await;
+                });
+            }
+        });
+        relay
+    }
+
+    fn recorded(&self, connection: usize) -> Recording {
+        self.recorded.lock().unwrap()[connection].clone()
+    }
+
+    fn connections(&self) -> usize {
+        self.recorded.lock().unwrap().len()
+    }
+}
+
+fn holds(haystack: &[u8], needle: &str) -> bool {
+    haystack
+        .windows(needle.len())
+        .any(|w| w == needle.as_bytes())
+}
+
+#[tokio::test]
+async fn a_node_without_the_secret_is_refused_and_the_refusal_is_logged() {
+    let mesh = Mesh::start(&[]);
+    let a = LoggedNode::start("a", mesh.dir.path(), &mesh.secret);
+    let other_secret = mesh.dir.path().join("other-secret");
+    std::fs::write(&other_secret, "not the secret of this mesh").unwrap();
+    let x = MeshNode::start(
+        "x",
+        &mesh.dir.path().join("x"),
+        &other_secret,
+        "127.0.0.1:0",
+        &[],
+    );
+    let mut op_x = x.operator().await;
+    let since = a.log_len();
+    let refused = request(
+        &mut op_x,
+        &format!("/peer-connect 127.0.0.1 {}", a.mesh.port()),
+    )
+    .await;
+    assert_eq!(refused.error_code(), Some("unavailable"), "{refused:?}");
+    let ServerLine::Err { text, .. } = &refused.end else {
+        unreachable!()
+    };
+    assert!(
+        text.contains("refused the handshake") && text.contains("mesh secret"),
+        "{text}"
+    );
+    a.logged(since, &["does not hold this mesh's secret"]).await;
+    let mut op_a = a.operator().await;
+    assert_eq!(
+        request(&mut op_a, "/peers").await.end,
+        ServerLine::Ok("0 peers".into())
+    );
+}
+
+#[tokio::test]
+async fn nothing_crosses_a_link_in_clear_and_a_recorded_link_replayed_gets_nowhere() {
+    let mesh = Mesh::start(&["a"]);
+    let b = LoggedNode::start("b", mesh.dir.path(), &mesh.secret);
+    let relay = Relay::start(b.mesh).await;
+    let mut op_a = mesh.node("a").operator().await;
+    let mut op_b = b.operator().await;
+    let mut ann = mesh.node("a").login("ann", true).await;
+    let reply = request(
+        &mut op_a,
+        &format!("/peer-connect 127.0.0.1 {}", relay.addr.port()),
+    )
+    .await;
+    assert_eq!(reply.end, ServerLine::Ok("linked to b".into()), "{reply:?}");
+    knows(&mut op_b, &["ann"]).await;
+    say(&mut ann, "a secret plan").await;
+    assert_eq!(next(&mut op_b).await, room("ann", "a secret plan"));
+
+    // Frames, names and words: none of them readable on the wire.
+    let (sent, received) = relay.recorded(0);
+    for clear in [
+        "\"type\":\"",
+        "\"hello\"",
+        "op-a",
+        "op-b",
+        "a secret plan",
+        "lobby",
+    ] {
+        assert!(!holds(&sent, clear), "{clear} in clear from a");
+        assert!(!holds(&received, clear), "{clear} in clear from b");
+    }
+
+    // a lets go; everything it sent, replayed on a new connection, is not a
+    // link: the handshake's first message is accepted again, but the keys
+    // are new, so the first replayed frame fails its check.
+    let reply = request(&mut op_a, "/peer-kill b").await;
+    assert_eq!(reply.end, ServerLine::Ok("dropped b".into()));
+    until(&mut op_b, "/peers", "b sees a gone", |r| {
+        r.end == ServerLine::Ok("0 peers".into())
+    })
+    .await;
+    let since = b.log_len();
+    let mut replayer = TcpStream::connect(b.mesh).await.unwrap();
+    let _ = replayer.write_all(&sent).await;
+    let mut back = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), replayer.read_to_end(&mut back)).await;
+    assert!(read.is_ok(), "b kept the replayer's connection open");
+    b.logged(since, &["integrity failure"]).await;
+    assert!(
+        !holds(&back, "\"type\":\""),
+        "b answered a replayer in clear"
+    );
+    assert_eq!(
+        request(&mut op_b, "/peers").await.end,
+        ServerLine::Ok("0 peers".into())
+    );
+    let users = request(&mut op_b, "/users").await;
+    assert!(
+        users.lines.iter().all(|l| !l.contains(" online a")),
+        "{users:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_frame_altered_in_flight_ends_the_link_and_a_clean_redial_restores_it() {
+    let mesh = Mesh::start(&["a"]);
+    let b = LoggedNode::start("b", mesh.dir.path(), &mesh.secret);
+    let relay = Relay::start(b.mesh).await;
+    let mut op_a = mesh.node("a").operator().await;
+    let mut op_b = b.operator().await;
+    let reply = request(
+        &mut op_a,
+        &format!("/peer-connect 127.0.0.1 {}", relay.addr.port()),
+    )
+    .await;
+    assert_eq!(reply.end, ServerLine::Ok("linked to b".into()), "{reply:?}");
+    until(&mut op_b, "/peers", "b lists a", |r| {
+        r.end == ServerLine::Ok("1 peers".into())
+    })
+    .await;
+
+    // a's next message, its record of the account registered here, is
+    // altered on the way.
+    let since = b.log_len();
+    relay.tamper.store(true, Ordering::SeqCst);
+    let _ann = mesh.node("a").login("ann", true).await;
+    let line = b
+        .logged(since, &["integrity failure", "link to a ended"])
+        .await;
+    assert_eq!(relay.tampered.load(Ordering::SeqCst), 1, "{line}");
+
+    // a redials through the same relay, untouched now: the link is back and
+    // carries a's records again.
+    knows(&mut op_b, &["ann"]).await;
+    until(&mut op_b, "/peers", "b lists a again", |r| {
+        r.end == ServerLine::Ok("1 peers".into())
+    })
+    .await;
+    assert!(relay.connections() >= 2);
+}
+
+#[tokio::test]
+async fn frames_larger_than_a_noise_message_cross_in_several() {
+    let mesh = Mesh::start(&["a"]);
+    let secret = secret_of(&mesh);
+    let a = mesh.node("a").mesh;
+    let mut big = FakePeer::link(a, &secret, "big").await;
+    // About 100 KB: more than one Noise message holds.
+    let accounts: Vec<String> = (0..5000)
+        .map(|i| format!(r#"["user-{i:05}",{i}]"#))
+        .collect();
+    let record = format!(
+        r#"{{"type":"state","node":"big","instance":1,"version":9,"kind":"accounts","accounts":[{}]}}"#,
+        accounts.join(",")
+    );
+    assert!(record.len() > handshake::MAX_MESSAGE);
+    big.send(&record).await;
+    let mut op = mesh.node("a").operator().await;
+    until(&mut op, "/users user-04999", "a took the record", |r| {
+        r.lines == ["user-04999 offline big"]
+    })
+    .await;
+
+    // a passes it on to a newcomer, whole.
+    let mut other = FakePeer::link(a, &secret, "other").await;
+    let expected: serde_json::Value = serde_json::from_str(&record).unwrap();
+    loop {
+        let frame = other.recv().await.expect("a's records");
+        if frame.contains(r#""node":"big""#) {
+            let got: serde_json::Value = serde_json::from_str(&frame).unwrap();
+            assert_eq!(got, expected);
+            break;
+        }
+    }
 }

@@ -212,6 +212,7 @@ impl Core {
                 Some(room.id)
             }
         };
+        message.sender_name = self.shown_name(&who.name, self.node());
         let recipient = message.recipient.as_ref().map(|(id, _)| *id);
         // Fan-out runs on the commit path: in commit order (so a receiver
         // sees ids ascending and a room ack never skips an earlier message),
@@ -524,6 +525,7 @@ impl Core {
                     .filter(|u| glob.matches(&u.name)),
             );
         }
+        self.show_names(&mut users);
         users.sort_by(by_name_then_node);
         Ok(users)
     }
@@ -554,6 +556,7 @@ impl Core {
             None => Gathered::default(),
         };
         gathered.answers.extend(self.who_here());
+        self.show_names(&mut gathered.answers);
         gathered.answers.sort_by(by_name_then_node);
         gathered
     }

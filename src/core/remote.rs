@@ -153,6 +153,43 @@ impl Core {
         }
     }
 
+    /// How the account `name` homed on `node` is shown to users: the bare
+    /// name when `node` holds the earliest claim on it, or nobody claims it;
+    /// else `name@node`. So after a partition heals, the later of two
+    /// accounts sharing a name can never pass as the earlier: its speech,
+    /// its direct messages and its line in a listing all carry its node.
+    pub(super) fn shown_name(&self, name: &str, node: &str) -> String {
+        let Ok(key) = super::names::account_key(name) else {
+            return name.to_owned();
+        };
+        let remote = self.remote().map(|r| r.claims(&key)).unwrap_or_default();
+        // Every local send asks: with no other claim, a local name is bare.
+        if remote.is_empty() && node == self.node() {
+            return name.to_owned();
+        }
+        let local = self
+            .directory_read()
+            .get(&key)
+            .map(|a| (a.created_ms, self.node().to_owned()));
+        // The same order as [`Core::recipient`]'s: (created_ms, node).
+        let earliest = remote
+            .into_iter()
+            .map(|c| (c.created_ms, c.node))
+            .chain(local)
+            .min();
+        match earliest {
+            Some((_, holder)) if !holder.eq_ignore_ascii_case(node) => format!("{name}@{node}"),
+            _ => name.to_owned(),
+        }
+    }
+
+    /// Names in a listing as users see them, by [`Core::shown_name`].
+    pub(super) fn show_names(&self, users: &mut [UserInfo]) {
+        for user in users {
+            user.name = self.shown_name(&user.name, &user.node);
+        }
+    }
+
     /// Names of the accounts online on this node.
     pub fn local_online(&self) -> Vec<String> {
         self.who_here().into_iter().map(|u| u.name).collect()
@@ -175,7 +212,8 @@ impl Core {
     }
 
     /// Stores room speech from another node and delivers it to this node's
-    /// members; resolves once it is stored. `key` identifies the message
+    /// members, from `from` as [`Core::shown_name`] shows the account of
+    /// that name on `origin`; resolves once it is stored. `key` identifies the message
     /// mesh-wide, so a replay is stored once. Speech for a room this node
     /// does not hold has nobody to reach here and is dropped, as is speech
     /// this node would not accept from a local user.
@@ -184,6 +222,7 @@ impl Core {
         key: String,
         room: &str,
         from: &str,
+        origin: &str,
         body: &str,
         sent_ms: i64,
     ) -> impl Future<Output = ()> + Send + use<> {
@@ -194,7 +233,7 @@ impl Core {
         let pending = record.filter(|_| acceptable).map(|record| {
             let message = NewMessage {
                 sender: REMOTE_SENDER,
-                sender_name: from.to_owned(),
+                sender_name: self.shown_name(from, origin),
                 recipient: None,
                 room: Some((record.id, record.name)),
                 body: body.to_owned(),
@@ -223,7 +262,8 @@ impl Core {
     }
 
     /// Stores a direct message from another node for an account homed here
-    /// and delivers it to that account's live sessions. Queued before it
+    /// and delivers it to that account's live sessions, from `from` as
+    /// [`Core::shown_name`] shows the account of that name on `from_node`. Queued before it
     /// returns, so messages handed over in order are stored in order.
     pub fn deliver_remote_direct(
         &self,
@@ -255,7 +295,7 @@ impl Core {
                 .ok_or_else(|| CoreError::NoSuchUser(to.to_owned()))?;
             let message = NewMessage {
                 sender: REMOTE_SENDER,
-                sender_name: from.to_owned(),
+                sender_name: self.shown_name(from, from_node),
                 recipient: Some((account.id, account.name)),
                 room: None,
                 body: body.to_owned(),

@@ -2,15 +2,19 @@
 //!
 //! Every frame is a 4-byte big-endian length followed by that many bytes of
 //! one JSON object, whose `"type"` names the message. JSON keeps the peer
-//! protocol easy to implement and to read in a packet capture; the length
-//! prefix keeps framing trivial and bounded. `docs/mesh.md` is the spec.
+//! protocol easy to implement and to debug; the length prefix keeps framing
+//! trivial and bounded. On a link the frames form one byte stream that
+//! travels inside Noise transport messages ([`super::handshake`]), never in
+//! clear. `docs/mesh.md` is the spec.
 
 use bytes::{Buf, BufMut, BytesMut};
 use serde::{Deserialize, Serialize};
 
 /// The peer protocol version this node speaks.
-pub const VERSION: u32 = 1;
-/// Largest frame body a node accepts or sends.
+pub const VERSION: u32 = 2;
+/// Largest frame body a node accepts or sends. Above a Noise message's
+/// 65,535 bytes, since an accounts record of a busy node is larger: a frame
+/// spans as many transport messages as it needs.
 pub const MAX_FRAME: usize = 1024 * 1024;
 /// Most hops a routed message travels before it is dropped.
 pub const MAX_HOPS: u8 = 32;
@@ -19,19 +23,16 @@ pub const MAX_HOPS: u8 = 32;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum PeerMessage {
-    /// First frame on a link, from each side.
+    /// First frame on a link, from each side, once the Noise handshake
+    /// has proven the secret.
     Hello {
         node: String,
         /// Start time of the sending process (ms since the epoch): a restart
         /// gets a higher one, so its records supersede the old ones.
         instance: u64,
         version: u32,
-        /// 32 random bytes, hex; the other side proves the secret over it.
-        nonce: String,
     },
-    /// HMAC-SHA256 proof of the mesh secret, hex.
-    Proof { mac: String },
-    /// The sender accepted the other side's proof.
+    /// The sender accepted the other side's hello.
     Ready,
     /// The sender will not link, and why; it closes next.
     Refuse { reason: String },
@@ -198,8 +199,8 @@ pub fn decode(buf: &mut BytesMut) -> Result<Option<PeerMessage>, FrameError> {
     decode_within(buf, MAX_FRAME)
 }
 
-/// As [`decode`], with frames bounded by `max` bytes: before a peer has
-/// proven the secret it gets no more than a handshake needs.
+/// As [`decode`], with frames bounded by `max` bytes: until a link is
+/// accepted the peer gets no more than a hello needs.
 pub fn decode_within(buf: &mut BytesMut, max: usize) -> Result<Option<PeerMessage>, FrameError> {
     if buf.len() < 4 {
         return Ok(None);

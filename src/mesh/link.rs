@@ -13,13 +13,15 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{Notify, Semaphore, mpsc, oneshot};
 
 use super::frame::{self, Facts, FrameError, PeerMessage, VERSION};
+use super::handshake::{self, NoiseError, Transport};
 use super::state::Offer;
-use super::{Mesh, PEER_QUEUE, Peer, clean, encode, handshake, lock};
+use super::{Mesh, PEER_QUEUE, Peer, clean, encode, lock};
 use crate::core::names::{account_key, room_key};
 
-/// Largest frame during the handshake: a hello or a proof is far smaller.
+/// Largest frame before a link is accepted: a hello is far smaller.
 const HANDSHAKE_FRAME: usize = 4096;
-/// How long the whole handshake may take.
+/// How long the whole handshake may take: the Noise messages, the hellos
+/// and the readies.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// A link quiet for this long is sent a ping.
 const PING_EVERY: Duration = Duration::from_secs(5);
@@ -28,6 +30,9 @@ const IDLE_LIMIT: Duration = Duration::from_secs(15);
 /// Messages from one peer being stored at once; more waits, which stops
 /// reading from that peer.
 const IN_FLIGHT: usize = 1024;
+/// Queued frame bytes sealed and written at once, at most (give or take a
+/// frame).
+const WRITE_BATCH: usize = 256 * 1024;
 const BACKOFF_MIN: Duration = Duration::from_millis(200);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
 /// Longest node name.
@@ -41,6 +46,8 @@ pub enum LinkError {
     Closed,
     #[error("the peer sent a bad frame: {0}")]
     Frame(#[from] FrameError),
+    #[error("{0}")]
+    Noise(#[from] NoiseError),
     #[error("the peer refused the link: {0}")]
     Refused(String),
     #[error("refused the peer: {0}")]
@@ -62,72 +69,91 @@ pub fn valid_node_name(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
 }
 
+/// The reading half of a link: Noise messages in, frames out.
 struct Reader {
     half: OwnedReadHalf,
-    buf: BytesMut,
-    /// Largest frame taken: small until the peer has proven the secret.
+    transport: Transport,
+    /// Ciphertext not yet opened: at most one partial message beyond what
+    /// one read brought.
+    wire: BytesMut,
+    /// The frame stream, opened.
+    plain: BytesMut,
+    /// Largest frame taken: small until the link is accepted.
     max: usize,
 }
 
 impl Reader {
     async fn read(&mut self) -> Result<PeerMessage, LinkError> {
         loop {
-            if let Some(message) = frame::decode_within(&mut self.buf, self.max)? {
+            if let Some(message) = frame::decode_within(&mut self.plain, self.max)? {
                 return Ok(message);
             }
-            if self.half.read_buf(&mut self.buf).await? == 0 {
+            if self.transport.open(&mut self.wire, &mut self.plain)? {
+                continue;
+            }
+            if self.half.read_buf(&mut self.wire).await? == 0 {
                 return Err(LinkError::Closed);
             }
         }
     }
 }
 
-async fn write(half: &mut OwnedWriteHalf, message: &PeerMessage) -> Result<(), LinkError> {
-    let mut buf = BytesMut::new();
-    frame::encode(message, &mut buf)?;
-    half.write_all(&buf).await?;
-    Ok(())
+/// The writing half of a link: frames in, Noise messages out.
+struct Writer {
+    half: OwnedWriteHalf,
+    transport: Transport,
+    /// Reused for each write's ciphertext.
+    out: BytesMut,
+}
+
+impl Writer {
+    /// Seals a run of encoded frames and writes it.
+    async fn write_plain(&mut self, plain: &[u8]) -> Result<(), LinkError> {
+        self.out.clear();
+        self.transport.seal(plain, &mut self.out)?;
+        self.half.write_all(&self.out).await?;
+        Ok(())
+    }
+
+    async fn write(&mut self, message: &PeerMessage) -> Result<(), LinkError> {
+        let mut plain = BytesMut::new();
+        frame::encode(message, &mut plain)?;
+        self.write_plain(&plain).await
+    }
 }
 
 /// Refuses the peer with a reason it will log, and logs it here too.
-async fn refuse(half: &mut OwnedWriteHalf, reason: String) -> LinkError {
+async fn refuse(writer: &mut Writer, reason: String) -> LinkError {
     tracing::warn!("refusing a peer: {reason}");
-    let _ = write(
-        half,
-        &PeerMessage::Refuse {
+    let _ = writer
+        .write(&PeerMessage::Refuse {
             reason: reason.clone(),
-        },
-    )
-    .await;
+        })
+        .await;
     LinkError::Refusing(reason)
 }
 
-/// Runs the handshake; returns the peer's node name.
-async fn handshake(
+/// Runs the exchange of hellos over the encrypted link; returns the peer's
+/// node name. The Noise handshake has already proven the secret.
+async fn exchange_hellos(
     mesh: &Mesh,
     reader: &mut Reader,
-    writer: &mut OwnedWriteHalf,
+    writer: &mut Writer,
     outbound: bool,
 ) -> Result<String, LinkError> {
-    let secret = mesh.inner.secret.clone().unwrap_or_default();
     let me = mesh.inner.me.clone();
-    let nonce = handshake::nonce();
-    write(
-        writer,
-        &PeerMessage::Hello {
+    writer
+        .write(&PeerMessage::Hello {
             node: me.clone(),
             instance: mesh.inner.instance,
             version: VERSION,
-            nonce: nonce.clone(),
-        },
-    )
-    .await?;
-    let (peer, instance, their_nonce) = match reader.read().await? {
+        })
+        .await?;
+    let (peer, instance) = match reader.read().await? {
         PeerMessage::Hello {
             node,
             instance,
             version,
-            nonce,
         } => {
             if version != VERSION {
                 return Err(refuse(
@@ -136,7 +162,7 @@ async fn handshake(
                 )
                 .await);
             }
-            (node, instance, nonce)
+            (node, instance)
         }
         PeerMessage::Refuse { reason } => return Err(LinkError::Refused(clean(&reason))),
         _ => return Err(refuse(writer, "the first frame must be hello".into()).await),
@@ -144,23 +170,6 @@ async fn handshake(
     if !valid_node_name(&peer) {
         return Err(refuse(writer, "invalid node name".into()).await);
     }
-    write(
-        writer,
-        &PeerMessage::Proof {
-            mac: handshake::prove(&secret, &their_nonce, &nonce, &me),
-        },
-    )
-    .await?;
-    match reader.read().await? {
-        PeerMessage::Proof { mac } => {
-            if !handshake::verify(&secret, &nonce, &their_nonce, &peer, &mac) {
-                return Err(refuse(writer, format!("{peer} does not know the mesh secret")).await);
-            }
-        }
-        PeerMessage::Refuse { reason } => return Err(LinkError::Refused(clean(&reason))),
-        _ => return Err(refuse(writer, "expected proof".into()).await),
-    }
-    // Only a proven member of the mesh learns anything about it.
     if peer == me {
         return Err(refuse(writer, format!("{peer} is this node's own name")).await);
     }
@@ -182,7 +191,7 @@ async fn handshake(
         )
         .await);
     }
-    write(writer, &PeerMessage::Ready).await?;
+    writer.write(&PeerMessage::Ready).await?;
     match reader.read().await? {
         PeerMessage::Ready => Ok(peer),
         PeerMessage::Refuse { reason } => Err(LinkError::Refused(clean(&reason))),
@@ -190,26 +199,40 @@ async fn handshake(
     }
 }
 
-/// Handshakes on a fresh connection; on success returns the halves and the
-/// peer's name.
+/// Runs the Noise handshake and the hellos on a fresh connection, within
+/// [`HANDSHAKE_TIMEOUT`]; on success returns the halves and the peer's name.
 async fn open(
     mesh: &Mesh,
-    stream: TcpStream,
+    mut stream: TcpStream,
     outbound: bool,
-) -> Result<(Reader, OwnedWriteHalf, String), LinkError> {
+) -> Result<(Reader, Writer, String), LinkError> {
     let _ = stream.set_nodelay(true);
-    let (read, mut writer) = stream.into_split();
-    let mut reader = Reader {
-        half: read,
-        buf: BytesMut::with_capacity(1024),
-        max: HANDSHAKE_FRAME,
+    let secret = mesh.inner.secret.clone().unwrap_or_default();
+    let opening = async {
+        let transport = if outbound {
+            handshake::initiate(&mut stream, &secret).await?
+        } else {
+            handshake::respond(&mut stream, &secret).await?
+        };
+        let (read, write) = stream.into_split();
+        let mut reader = Reader {
+            half: read,
+            transport: transport.clone(),
+            wire: BytesMut::with_capacity(1024),
+            plain: BytesMut::with_capacity(1024),
+            max: HANDSHAKE_FRAME,
+        };
+        let mut writer = Writer {
+            half: write,
+            transport,
+            out: BytesMut::with_capacity(1024),
+        };
+        let peer = exchange_hellos(mesh, &mut reader, &mut writer, outbound).await?;
+        Ok::<_, LinkError>((reader, writer, peer))
     };
-    let peer = tokio::time::timeout(
-        HANDSHAKE_TIMEOUT,
-        handshake(mesh, &mut reader, &mut writer, outbound),
-    )
-    .await
-    .map_err(|_| LinkError::HandshakeTimeout)??;
+    let (mut reader, writer, peer) = tokio::time::timeout(HANDSHAKE_TIMEOUT, opening)
+        .await
+        .map_err(|_| LinkError::HandshakeTimeout)??;
     reader.max = frame::MAX_FRAME;
     Ok((reader, writer, peer))
 }
@@ -294,7 +317,7 @@ pub(super) async fn dial(
 async fn serve(
     mesh: Mesh,
     mut reader: Reader,
-    mut writer: OwnedWriteHalf,
+    mut writer: Writer,
     peer: String,
     address: String,
     outbound: bool,
@@ -336,17 +359,31 @@ async fn serve(
     drop(tx);
     mesh.publish_links();
 
+    let cut_writer = cut.clone();
+    let writer_peer = peer.clone();
     let writing = tokio::spawn(async move {
+        let mut plain = BytesMut::new();
         loop {
             let next = tokio::time::timeout(PING_EVERY, rx.recv()).await;
             let result = match next {
-                Ok(Some(bytes)) => writer.write_all(&bytes).await,
+                Ok(Some(bytes)) => {
+                    // What else is queued goes out in the same messages: a
+                    // burst of small frames costs one seal and one write.
+                    plain.clear();
+                    plain.extend_from_slice(&bytes);
+                    while plain.len() < WRITE_BATCH
+                        && let Ok(more) = rx.try_recv()
+                    {
+                        plain.extend_from_slice(&more);
+                    }
+                    writer.write_plain(&plain).await
+                }
                 Ok(None) => return,
-                Err(_) => write(&mut writer, &PeerMessage::Ping)
-                    .await
-                    .map_err(|e| std::io::Error::other(e.to_string())),
+                Err(_) => writer.write(&PeerMessage::Ping).await,
             };
-            if result.is_err() {
+            if let Err(e) = result {
+                tracing::warn!(peer = %writer_peer, "writing to {writer_peer} failed: {e}");
+                cut_writer.notify_one();
                 return;
             }
         }
@@ -453,6 +490,7 @@ fn handle(
                 format!("{}/{}/{}", speech.origin, speech.instance, speech.seq),
                 &speech.room,
                 &speech.from,
+                &speech.origin,
                 &speech.body,
                 speech.sent_ms,
             );
@@ -470,10 +508,7 @@ fn handle(
             }
         }
         PeerMessage::Ping => {}
-        PeerMessage::Hello { .. }
-        | PeerMessage::Proof { .. }
-        | PeerMessage::Ready
-        | PeerMessage::Refuse { .. } => {
+        PeerMessage::Hello { .. } | PeerMessage::Ready | PeerMessage::Refuse { .. } => {
             return Err(LinkError::Protocol(
                 "handshake message on an established link".into(),
             ));

@@ -2,7 +2,8 @@
 //! them.
 //!
 //! - [`frame`]: the peer messages and their framing.
-//! - [`handshake`]: the challenge–response on the mesh secret.
+//! - [`handshake`]: the Noise handshake keyed by the mesh secret, and the
+//!   encrypted transport every frame travels in.
 //! - [`state`]: every node's published state, the graph, routes and the
 //!   flood seen-set.
 //! - [`link`]: one live link: handshake, reader, writer, keepalive; dialling
@@ -759,7 +760,13 @@ impl Remote for Mesh {
             instance: self.inner.instance,
             seq: self.inner.speech_seq.fetch_add(1, Ordering::Relaxed) + 1,
             room: room.clone(),
-            from: message.from.clone(),
+            // Peers get the account's name: each shows it as its own view
+            // of the claims on that name says.
+            from: message
+                .from
+                .split_once('@')
+                .map_or(message.from.as_str(), |(name, _)| name)
+                .to_owned(),
             body: message.body.clone(),
             sent_ms: message.sent_at_ms,
         };
