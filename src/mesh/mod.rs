@@ -685,7 +685,8 @@ fn code_of(kind: ErrorKind) -> &'static str {
         ErrorKind::AlreadyExists => "exists",
         ErrorKind::Unauthenticated | ErrorKind::PermissionDenied => "perm",
         ErrorKind::NotFound => "not_found",
-        ErrorKind::ResourceExhausted | ErrorKind::DiskFull => "limit",
+        ErrorKind::ResourceExhausted => "limit",
+        ErrorKind::DiskFull => "full",
         ErrorKind::Unavailable => "unavailable",
         ErrorKind::Internal => "internal",
     }
@@ -698,6 +699,7 @@ fn kind_of(code: &str) -> ErrorKind {
         "perm" => ErrorKind::PermissionDenied,
         "not_found" => ErrorKind::NotFound,
         "limit" => ErrorKind::ResourceExhausted,
+        "full" => ErrorKind::DiskFull,
         "unavailable" => ErrorKind::Unavailable,
         _ => ErrorKind::Internal,
     }
