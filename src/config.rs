@@ -119,6 +119,9 @@ pub struct ServeArgs {
     /// Messages one session may send at once before the rate applies [default: 60].
     #[arg(long, env = "MESHTALK_SEND_BURST")]
     pub send_burst: Option<u32>,
+    /// Accounts one IP address may register before each further one waits longer; 0 turns the limit off [default: 32].
+    #[arg(long, env = "MESHTALK_REGISTRATIONS_PER_IP")]
+    pub registrations_per_ip: Option<u32>,
     /// Free space the data dir keeps; below it new messages are refused (bytes, or with K, M, G) [default: 64M].
     #[arg(long, env = "MESHTALK_MIN_FREE_DISK", value_parser = parse_size)]
     #[serde(default, deserialize_with = "deserialize_size")]
@@ -247,6 +250,11 @@ impl ServeArgs {
                     ));
                 }
                 (per_second > 0.0).then_some(SendRate { per_second, burst })
+            },
+            registrations_per_ip: match self.registrations_per_ip.or(file.registrations_per_ip) {
+                Some(0) => None,
+                Some(n) => Some(n),
+                None => defaults.registrations_per_ip,
             },
             ..defaults
         };
@@ -377,6 +385,7 @@ impl Settings {
     pub fn without_client_limits(mut self) -> Settings {
         self.bounds.max_connections_per_ip = self.bounds.max_connections;
         self.limits.send_rate = None;
+        self.limits.registrations_per_ip = None;
         self
     }
 }

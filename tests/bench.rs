@@ -13,6 +13,8 @@ fn target_args(t: &TestServer) -> TargetArgs {
         talk: t.server.talk_addr().to_string(),
         wire: t.server.wire_addr().to_string(),
         pid: Some(std::process::id()),
+        tls: false,
+        ca_cert: None,
     }
 }
 
@@ -125,5 +127,50 @@ async fn mesh_delivers_to_every_hop_once_in_a_line_and_a_ring() {
             mesh::Shape::Ring => assert_eq!(hops, [1, 2]),
         }
         assert!(report.by_hops.iter().all(|h| h.received >= 50));
+    }
+}
+
+#[tokio::test]
+async fn dm_and_fanout_run_over_tls_on_every_protocol() {
+    let certs = tempfile::tempdir().unwrap();
+    let made = meshtalk::tls::make_certificates(certs.path(), &[]).unwrap();
+    let t = TestServer::start_with(meshtalk::config::ServeArgs {
+        tls_cert: Some(made.cert.clone()),
+        tls_key: Some(made.key.clone()),
+        ..Default::default()
+    })
+    .await;
+    let tls_args = || TargetArgs {
+        grpc: format!("https://127.0.0.1:{}", t.server.grpc_addr().port()),
+        tls: true,
+        ca_cert: Some(made.ca.clone()),
+        ..target_args(&t)
+    };
+    let target = Target::open(&tls_args()).await.unwrap();
+    for proto in PROTOS {
+        let args = dm::DmArgs {
+            target: tls_args(),
+            proto,
+            clients: 2,
+            messages: 10,
+            bytes: 64,
+            pipeline: 4,
+            idle_timeout: 5,
+        };
+        let report = dm::run(&target, &args).await.unwrap();
+        assert_eq!((report.acked, report.received), (20, 20), "{proto:?}");
+        let args = fanout::FanoutArgs {
+            target: tls_args(),
+            proto,
+            subscribers: 3,
+            publishers: 2,
+            messages: 5,
+            bytes: 64,
+            rate: None,
+            pipeline: 4,
+            idle_timeout: 5,
+        };
+        let report = fanout::run(&target, &args).await.unwrap();
+        assert_eq!(report.received, 30, "{proto:?}");
     }
 }

@@ -15,7 +15,7 @@ use tonic::Streaming;
 use super::{BenchError, PASSWORD, Proto, Target};
 use crate::client::Client;
 use crate::client::line::LineClient;
-use crate::client::transport::{Reader, Writer};
+use crate::client::transport::{self, Reader, Writer};
 use crate::client::wire::WireClient;
 use crate::codec::frame::{Frame, FrameView, MAX_REPLY, arg};
 use crate::codec::wire::op;
@@ -49,7 +49,8 @@ async fn line_login(
     room: Option<&str>,
     source: Option<IpAddr>,
 ) -> Result<LineClient, BenchError> {
-    let mut c = LineClient::over(connect_from(&target.talk, source).await?)
+    let tls = target.tls_for(&target.talk)?;
+    let mut c = LineClient::over_tls(connect_from(&target.talk, source).await?, tls.as_ref())
         .await
         .map_err(BenchError::setup)?;
     let mut commands = vec![format!("/login {name} {PASSWORD}")];
@@ -68,7 +69,9 @@ async fn wire_login(
     name: &str,
     room: Option<&str>,
 ) -> Result<WireClient, BenchError> {
-    let c = WireClient::connect(&target.wire)
+    let tls = target.tls_for(&target.wire)?;
+    let stream = connect_from(&target.wire, None).await?;
+    let c = WireClient::over(stream, tls.as_ref())
         .await
         .map_err(BenchError::setup)?;
     c.login(name, PASSWORD).await.map_err(BenchError::setup)?;
@@ -173,13 +176,13 @@ pub enum Ended {
 
 /// Runs one binary-protocol request during set-up and checks its reply.
 async fn wire_request(
-    stream: &mut tokio::net::TcpStream,
+    (reader, writer): (&mut Reader, &mut Writer),
     buffer: &mut BytesMut,
     request: Frame,
 ) -> Result<(), BenchError> {
     let mut out = Vec::new();
     request.encode(&mut out);
-    stream.write_all(&out).await.map_err(BenchError::setup)?;
+    writer.write_all(&out).await.map_err(BenchError::setup)?;
     loop {
         match Frame::decode(buffer, MAX_REPLY).map_err(BenchError::setup)? {
             // A fresh bench account has nothing waiting, so no push comes
@@ -202,7 +205,7 @@ async fn wire_request(
             }
             Some(_) => continue,
             None => {
-                if stream.read_buf(buffer).await.map_err(BenchError::setup)? == 0 {
+                if reader.read_buf(buffer).await.map_err(BenchError::setup)? == 0 {
                     return Err(BenchError::Setup("the server closed the connection".into()));
                 }
             }
@@ -228,38 +231,37 @@ impl Receiver {
                 Incoming::Line(Raw::new(reader, writer, &buffer))
             }
             Proto::Wire => {
-                let mut stream = connect_from(&target.wire, source).await?;
+                let stream = connect_from(&target.wire, source).await?;
+                let tls = target.tls_for(&target.wire)?;
+                let (mut reader, mut writer) = transport::open(stream, tls.as_ref())
+                    .await
+                    .map_err(BenchError::setup)?;
                 let mut buffer = BytesMut::new();
                 let login = vec![arg::str(name), arg::str(PASSWORD)];
                 wire_request(
-                    &mut stream,
+                    (&mut reader, &mut writer),
                     &mut buffer,
                     Frame::request(op::LOGIN, 1, login),
                 )
                 .await?;
                 if let Some(room) = room {
                     let join = Frame::request(op::JOIN, 2, vec![arg::str(room)]);
-                    wire_request(&mut stream, &mut buffer, join).await?;
+                    wire_request((&mut reader, &mut writer), &mut buffer, join).await?;
                 }
-                let (reader, writer) = stream.into_split();
                 Incoming::Wire {
-                    raw: Raw::new(Box::new(reader), Box::new(writer), &buffer),
+                    raw: Raw::new(reader, writer, &buffer),
                     next_request: 3,
                 }
             }
             Proto::Grpc => {
                 let client = match token {
                     Some(logged_in) => {
-                        let endpoint = tonic::transport::Endpoint::from_shared(target.grpc.clone())
-                            .map_err(BenchError::setup)?
-                            .local_address(source);
+                        let endpoint = target.grpc_endpoint()?.local_address(source);
                         let channel = endpoint.connect().await.map_err(BenchError::setup)?;
                         logged_in.on_channel(channel)
                     }
                     None => {
-                        let c = Client::connect(&target.grpc)
-                            .await
-                            .map_err(BenchError::setup)?;
+                        let c = target.admin().await?;
                         c.login(name, PASSWORD).await.map_err(BenchError::setup)?.0
                     }
                 };
@@ -629,9 +631,7 @@ impl Sender {
                 Sender::Wire { client, drain }
             }
             Proto::Grpc => {
-                let c = Client::connect(&target.grpc)
-                    .await
-                    .map_err(BenchError::setup)?;
+                let c = target.admin().await?;
                 let c = c.login(name, PASSWORD).await.map_err(BenchError::setup)?.0;
                 if let Some(room) = room {
                     c.join(room).await.map_err(BenchError::setup)?;

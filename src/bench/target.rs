@@ -2,12 +2,14 @@
 //! fresh server spawned in a temporary directory for the run.
 
 use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 
 use clap::Args;
 
 use super::BenchError;
 use crate::client::Client;
+use crate::client::transport::ClientTls;
 
 #[derive(Debug, Clone, Args)]
 pub struct TargetArgs {
@@ -26,6 +28,14 @@ pub struct TargetArgs {
     /// The server's process id, for memory figures (known with --spawn).
     #[arg(long)]
     pub pid: Option<u32>,
+    /// Speak TLS on every protocol (with --spawn, the server gets a fresh
+    /// certificate); the gRPC URL then starts with https://.
+    #[arg(long)]
+    pub tls: bool,
+    /// The CA certificate (PEM) to check the server's against with --tls
+    /// [default: the system's roots].
+    #[arg(long)]
+    pub ca_cert: Option<PathBuf>,
 }
 
 /// A server under load.
@@ -34,6 +44,8 @@ pub struct Target {
     pub talk: String,
     pub wire: String,
     pub pid: Option<u32>,
+    /// With --tls: the CA to trust, if not the system's roots.
+    tls: Option<Option<PathBuf>>,
     spawned: Option<(Child, tempfile::TempDir)>,
 }
 
@@ -45,17 +57,33 @@ impl Target {
                 talk: args.talk.clone(),
                 wire: args.wire.clone(),
                 pid: args.pid,
+                tls: args.tls.then(|| args.ca_cert.clone()),
                 spawned: None,
             });
         }
         let dir = tempfile::tempdir().map_err(|e| BenchError::Spawn(e.to_string()))?;
         let exe = std::env::current_exe().map_err(|e| BenchError::Spawn(e.to_string()))?;
-        let mut child = Command::new(exe)
-            .args(["serve", "--log-format", "json", "--node-name", "bench"])
+        let mut command = Command::new(exe);
+        command.args(["serve", "--log-format", "json", "--node-name", "bench"]);
+        let tls = match args.tls {
+            false => None,
+            true => {
+                let made = crate::tls::make_certificates(&dir.path().join("tls"), &[])
+                    .map_err(|e| BenchError::Spawn(e.to_string()))?;
+                command
+                    .arg("--tls-cert")
+                    .arg(&made.cert)
+                    .arg("--tls-key")
+                    .arg(&made.key);
+                Some(Some(made.ca))
+            }
+        };
+        let mut child = command
             .args(["--grpc-addr", "127.0.0.1:0", "--talk-addr", "127.0.0.1:0"])
             .args(["--wire-addr", "127.0.0.1:0"])
             // The load comes from one address, as fast as it can: no per-client limits.
             .args(["--send-rate", "0", "--max-connections-per-ip", "1000000"])
+            .args(["--registrations-per-ip", "0"])
             .arg("--data-dir")
             .arg(dir.path())
             .env("RUST_LOG", "warn,meshtalk::server=info")
@@ -88,18 +116,42 @@ impl Target {
         let fields = fields.ok_or_else(|| BenchError::Spawn("the server did not start".into()))?;
         let field = |name: &str| fields[name].as_str().unwrap_or_default().to_owned();
         let pid = child.id();
+        let scheme = if tls.is_some() { "https" } else { "http" };
         Ok(Target {
-            grpc: format!("http://{}", field("grpc")),
+            grpc: format!("{scheme}://{}", field("grpc")),
             talk: field("talk"),
             wire: field("wire"),
             pid: Some(pid),
+            tls,
             spawned: Some((child, dir)),
         })
     }
 
-    /// A gRPC client for setting up accounts and rooms.
+    /// A gRPC client, for setting up accounts and rooms and for gRPC load.
     pub async fn admin(&self) -> Result<Client, BenchError> {
-        Client::connect(&self.grpc).await.map_err(BenchError::setup)
+        Client::connect_with(&self.grpc, self.ca())
+            .await
+            .map_err(BenchError::setup)
+    }
+
+    fn ca(&self) -> Option<&std::path::Path> {
+        self.tls.as_ref().and_then(|ca| ca.as_deref())
+    }
+
+    /// A gRPC endpoint to the server, with TLS when the run speaks it.
+    pub fn grpc_endpoint(&self) -> Result<tonic::transport::Endpoint, BenchError> {
+        crate::client::endpoint(&self.grpc, self.ca()).map_err(BenchError::setup)
+    }
+
+    /// TLS settings for a line or binary connection to `addr`, when the
+    /// run speaks TLS.
+    pub fn tls_for(&self, addr: &str) -> Result<Option<ClientTls>, BenchError> {
+        match &self.tls {
+            None => Ok(None),
+            Some(ca) => ClientTls::new(addr, ca.as_deref())
+                .map(Some)
+                .map_err(BenchError::setup),
+        }
     }
 
     /// The server's resident memory in KiB, if its pid is known.

@@ -37,6 +37,17 @@ pub enum ClientError {
 /// A channel to `url`; `https://` speaks TLS, trusting `ca` (a PEM file) or
 /// the system's roots.
 pub async fn channel(url: &str, ca: Option<&Path>) -> Result<Channel, ClientError> {
+    endpoint(url, ca)?
+        .connect()
+        .await
+        .map_err(|source| ClientError::Connect {
+            url: url.to_owned(),
+            source,
+        })
+}
+
+/// An endpoint for `url`, set up as [`channel`] connects it.
+pub fn endpoint(url: &str, ca: Option<&Path>) -> Result<Endpoint, ClientError> {
     let connect_error = |source| ClientError::Connect {
         url: url.to_owned(),
         source,
@@ -56,7 +67,7 @@ pub async fn channel(url: &str, ca: Option<&Path>) -> Result<Channel, ClientErro
         };
         endpoint = endpoint.tls_config(tls).map_err(connect_error)?;
     }
-    endpoint.connect().await.map_err(connect_error)
+    Ok(endpoint)
 }
 
 /// A connection to a meshtalk server, with the session token once logged in.

@@ -35,6 +35,7 @@ pub use hub::{Closed, batch as fan_out_batch};
 pub use message::{Delivery, Encoding, Message, Sent, Target};
 pub use operators::grant_operator_offline;
 pub use remote::{Claim, Gathered, PeerLink, Remote, RemoteDirect, Topology};
+pub use throttle::REFUSAL_PAUSE;
 
 use tokio::sync::Notify;
 
@@ -56,6 +57,9 @@ pub struct Limits {
     pub max_sessions_per_account: usize,
     /// How fast one session may send; `None` for no limit.
     pub send_rate: Option<SendRate>,
+    /// Accounts one address may register before each further one waits
+    /// longer; `None` for no limit.
+    pub registrations_per_ip: Option<u32>,
 }
 
 /// A session's sending allowance: `burst` messages at once, then
@@ -75,6 +79,7 @@ impl Default for Limits {
             max_rooms: 100_000,
             max_sessions_per_account: 64,
             send_rate: None,
+            registrations_per_ip: Some(throttle::FREE_REGISTRATIONS),
         }
     }
 }
@@ -170,7 +175,7 @@ impl Core {
                 remote: OnceLock::new(),
                 node: config.node,
                 operators: RwLock::new(operators),
-                throttle: throttle::Throttle::default(),
+                throttle: throttle::Throttle::new(config.limits.registrations_per_ip),
                 limits: config.limits,
                 started: Instant::now(),
                 shutting_down: AtomicBool::new(false),

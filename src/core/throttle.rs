@@ -39,10 +39,12 @@ pub const FORGET_AFTER: Duration = Duration::from_secs(15 * 60);
 pub const MAX_ENTRIES: usize = 100_000;
 /// Password checks one account, or one address, may have running at once.
 pub const CHECKS_AT_ONCE: usize = 2;
+/// How long a try made during a delay waits for its refusal.
+pub const REFUSAL_PAUSE: Duration = Duration::from_millis(250);
 
 /// The wait after `failures` failures when `free` of them cost nothing.
 pub fn delay(failures: u32, free: u32) -> Duration {
-    match failures.checked_sub(free + 1) {
+    match failures.checked_sub(free.saturating_add(1)) {
         None => Duration::ZERO,
         Some(doublings) => FIRST_DELAY
             .checked_mul(1u32.checked_shl(doublings).unwrap_or(u32::MAX))
@@ -199,10 +201,18 @@ impl Drop for Turn<'_> {
 
 impl Default for Throttle {
     fn default() -> Self {
+        Throttle::new(Some(FREE_REGISTRATIONS))
+    }
+}
+
+impl Throttle {
+    /// A throttle letting one address register `registrations` accounts
+    /// before delays begin (`None`: no limit).
+    pub fn new(registrations: Option<u32>) -> Throttle {
         Throttle {
             accounts: Table::new(FREE_ACCOUNT_FAILURES),
             addresses: Table::new(FREE_ADDRESS_FAILURES),
-            registrations: Table::new(FREE_REGISTRATIONS),
+            registrations: Table::new(registrations.unwrap_or(u32::MAX)),
         }
     }
 }
@@ -213,7 +223,6 @@ impl Throttle {
     pub async fn login(&self, key: &str, from: Option<IpAddr>) -> Result<Turn<'_>, CoreError> {
         let from = from.map(address_key);
         let key = key.to_owned();
-        self.refuse_if_waiting(&key, from)?;
         let mut turn = Turn {
             throttle: self,
             account: Some(key.clone()),
@@ -226,12 +235,27 @@ impl Throttle {
             turn._permits
                 .push(slots.acquire_owned().await.map_err(|_| busy())?);
         }
+        self.pause_if_waiting(&key, from).await?;
         let slots = self.accounts.checks(&key)?;
         turn._permits
             .push(slots.acquire_owned().await.map_err(|_| busy())?);
         // Failures counted while this one waited count for it too.
         self.refuse_if_waiting(&key, from)?;
         Ok(turn)
+    }
+
+    /// Refuses a try made during a delay, but only after a short pause,
+    /// holding the address's check slot: answered at once, a guesser would
+    /// ask again at once, and a refusal loop costs the server as much as
+    /// any other request loop. Paused, one address gets a few refusals a
+    /// second however many connections it opens.
+    async fn pause_if_waiting(&self, key: &String, from: Option<IpAddr>) -> Result<(), CoreError> {
+        if let Err(refused) = self.refuse_if_waiting(key, from) {
+            tokio::time::sleep(REFUSAL_PAUSE).await;
+            // A delay that ran out during the pause lets the try go on.
+            self.refuse_if_waiting(key, from).map_err(|_| refused)?;
+        }
+        Ok(())
     }
 
     fn refuse_if_waiting(&self, key: &String, from: Option<IpAddr>) -> Result<(), CoreError> {
@@ -264,10 +288,6 @@ impl Throttle {
                 wait.as_secs() + u64::from(wait.subsec_nanos() > 0)
             ))
         };
-        let wait = self.registrations.wait_left(&address);
-        if !wait.is_zero() {
-            return Err(refuse(wait));
-        }
         // Registrations share the address's check slots with its log-ins.
         let slots = self.addresses.checks(&address)?;
         turn._permits
@@ -275,6 +295,8 @@ impl Throttle {
         self.registrations.checks(&address)?;
         let wait = self.registrations.wait_left(&address);
         if !wait.is_zero() {
+            // Paused for the reason log-in refusals are.
+            tokio::time::sleep(REFUSAL_PAUSE).await;
             return Err(refuse(wait));
         }
         Ok(turn)
@@ -323,6 +345,7 @@ mod tests {
         assert_eq!(delay(12, 3), Duration::from_secs(256));
         assert_eq!(delay(13, 3), MAX_DELAY);
         assert_eq!(delay(u32::MAX, 3), MAX_DELAY);
+        assert_eq!(delay(u32::MAX, u32::MAX), Duration::ZERO);
     }
 
     #[test]

@@ -47,6 +47,7 @@ impl TestServer {
         args.node_name.get_or_insert_with(|| "test-node".into());
         // Tests send as fast as they can; the ones about the rate limit set it.
         args.send_rate.get_or_insert(0.0);
+        args.registrations_per_ip.get_or_insert(0);
         let server = Server::start(args.resolve().expect("settings"))
             .await
             .expect("server starts");
@@ -342,6 +343,9 @@ fn spawn_server(data_dir: &Path, extra: &[std::ffi::OsString]) -> (Child, String
         .arg("--data-dir")
         .arg(data_dir)
         .args(extra)
+        // Tests send and register as fast as they can; flags in `extra` win.
+        .env("MESHTALK_SEND_RATE", "0")
+        .env("MESHTALK_REGISTRATIONS_PER_IP", "0")
         .env("RUST_LOG", "info")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
