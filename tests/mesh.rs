@@ -834,6 +834,7 @@ impl LoggedNode {
     fn start(name: &str, dir: &Path, secret: &Path) -> LoggedNode {
         use std::io::BufRead;
         use std::process::{Command, Stdio};
+        common::make_operator(&dir.join(name), &format!("op-{name}"));
         let mut child = Command::new(env!("CARGO_BIN_EXE_meshtalk"))
             .args(["serve", "--log-format", "json"])
             .args(["--grpc-addr", "127.0.0.1:0", "--talk-addr", "127.0.0.1:0"])
