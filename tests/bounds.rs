@@ -252,3 +252,43 @@ async fn grpc_sends_far_over_the_rate_get_resource_exhausted_with_the_wait() {
     // Those let through were slowed, not refused.
     assert!(results.iter().filter(|r| r.is_ok()).count() >= 2);
 }
+
+#[tokio::test]
+async fn the_total_cap_stays_under_the_open_file_limit() {
+    let (_dir, data) = common::data_dir();
+    // 128 files: the server keeps 64 for itself, so it admits 64 clients and
+    // refuses the rest clearly instead of failing to accept them.
+    let server = common::ChildServer::start_limited(&data, &[], Some(128));
+    let mut held = Vec::new();
+    let (mut welcomed, mut refused) = (0, 0);
+    for i in 0..100u8 {
+        // Several source addresses, so the per-address cap plays no part.
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket
+            .bind(std::net::SocketAddr::from(([127, 0, 1, i % 4 + 1], 0)))
+            .unwrap();
+        let mut stream = socket.connect(server.talk).await.unwrap();
+        let mut first = vec![0; 256];
+        let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut first))
+            .await
+            .expect("every connection is answered, none left hanging")
+            .unwrap();
+        let said = String::from_utf8_lossy(&first[..n]).into_owned();
+        if said.starts_with("* welcome") {
+            welcomed += 1;
+            held.push(stream);
+        } else {
+            assert!(
+                said.contains("-ERR limit too many connections; try again later"),
+                "{said:?}"
+            );
+            refused += 1;
+        }
+    }
+    assert_eq!((welcomed, refused), (64, 36));
+    let log = server.log.lock().unwrap();
+    assert!(
+        !log.iter().any(|line| line.contains("accept failed")),
+        "accepts failed: {log:#?}"
+    );
+}

@@ -152,6 +152,9 @@ pub fn room_of(m: &proto::Message) -> Option<&str> {
 pub struct ChildServer {
     pub child: Child,
     pub url: String,
+    pub talk: std::net::SocketAddr,
+    /// What it has logged since it started serving.
+    pub log: Log,
 }
 
 impl ChildServer {
@@ -161,12 +164,23 @@ impl ChildServer {
 
     /// Starts the server with `extra` on its command line.
     pub fn start_with(data_dir: &Path, extra: &[&str]) -> ChildServer {
+        Self::start_limited(data_dir, extra, None)
+    }
+
+    /// Starts the server with `extra` on its command line and, with
+    /// `files`, that many open files allowed.
+    pub fn start_limited(data_dir: &Path, extra: &[&str], files: Option<u64>) -> ChildServer {
         let extra: Vec<std::ffi::OsString> = extra.iter().map(Into::into).collect();
-        let (child, serving) = spawn_server(data_dir, &extra);
+        let (child, serving, log) = spawn_server_with(data_dir, &extra, files);
         let addr = log_field(&serving, "grpc").expect("the gRPC address");
+        let talk = log_field(&serving, "talk")
+            .and_then(|a| a.parse().ok())
+            .expect("the line protocol's address");
         ChildServer {
             child,
             url: format!("http://{addr}"),
+            talk,
+            log,
         }
     }
 
@@ -334,8 +348,41 @@ impl Drop for MeshNode {
 
 /// Starts the server binary on free loopback ports with `extra` flags; waits
 /// for the line saying it is serving and returns it.
+/// What a child server logs after it starts serving.
+pub type Log = std::sync::Arc<std::sync::Mutex<Vec<String>>>;
+
 fn spawn_server(data_dir: &Path, extra: &[std::ffi::OsString]) -> (Child, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_meshtalk"))
+    let (child, serving, _) = spawn_server_with(data_dir, extra, None);
+    (child, serving)
+}
+
+/// Starts the server binary; with `files`, its open-file limit (soft and
+/// hard) is set to that many first.
+fn spawn_server_with(
+    data_dir: &Path,
+    extra: &[std::ffi::OsString],
+    files: Option<u64>,
+) -> (Child, String, Log) {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_meshtalk"));
+    if let Some(files) = files {
+        use std::os::unix::process::CommandExt;
+        // SAFETY: setrlimit is async-signal-safe and touches only this
+        // child's limits, between fork and exec.
+        unsafe {
+            command.pre_exec(move || {
+                let limit = libc::rlimit {
+                    rlim_cur: files,
+                    rlim_max: files,
+                };
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
+                    Ok(())
+                } else {
+                    Err(std::io::Error::last_os_error())
+                }
+            });
+        }
+    }
+    let mut child = command
         .args(["serve", "--log-format", "json"])
         .args(["--grpc-addr", "127.0.0.1:0"])
         .args(["--talk-addr", "127.0.0.1:0"])
@@ -363,9 +410,17 @@ fn spawn_server(data_dir: &Path, extra: &[std::ffi::OsString]) -> (Child, String
         }
         seen.push(line);
     };
-    // Keep draining the log so the child never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
-    (child, serving)
+    // Keep reading the log so the child never blocks on a full pipe.
+    let log = Log::default();
+    let keep = log.clone();
+    std::thread::spawn(move || {
+        for line in lines.map_while(Result::ok) {
+            if let Ok(mut log) = keep.lock() {
+                log.push(line);
+            }
+        }
+    });
+    (child, serving, log)
 }
 
 /// The value of `"key":"value"` in a JSON log line.
