@@ -182,6 +182,7 @@ impl Server {
         let (grpc_door, talk_door, wire_door) =
             (door(&[crate::tls::ALPN_H2])?, door(&[])?, door(&[])?);
         let deadlines = Deadlines::new(&settings.bounds);
+        let read_timeout = settings.bounds.read_timeout;
 
         let (health, health_service) = tonic_health::server::health_reporter();
         for service in SERVICES {
@@ -212,7 +213,8 @@ impl Server {
             move |accepted, _| {
                 let admitted = admitted.clone();
                 async move {
-                    if let Err(accepted) = admitted.send(GrpcConnection::new(accepted)).await {
+                    let connection = GrpcConnection::new(accepted, read_timeout);
+                    if let Err(accepted) = admitted.send(connection).await {
                         drop(accepted);
                     }
                 }

@@ -94,10 +94,25 @@ async fn a_line_or_frame_left_unfinished_is_cut_off() {
     let bye = bye_of(&partial).await;
     assert_eq!(Status::from_u8(bye.status), Some(Status::Timeout));
 
-    // Whole lines, however slowly they come one after another, are fine.
+    // The gRPC door: an HTTP/2 preface a byte at a time.
+    let mut loris = TcpStream::connect(t.server.grpc_addr()).await.unwrap();
+    let started = Instant::now();
+    for byte in b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" {
+        if loris.write_all(&[*byte]).await.is_err() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    read_until_closed(&mut loris).await;
+    // Closed before the 24-byte preface could even be sent whole (7 s).
+    assert!(started.elapsed() < Duration::from_secs(7));
+
+    // Whole lines and frames, however long the pauses between them, are fine.
     let mut alice = t.line_user("alice").await;
+    let grpc = t.user("gina").await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert!(alice.request("/rooms").await.unwrap().is_ok());
+    grpc.rooms().await.unwrap();
 }
 
 #[tokio::test]

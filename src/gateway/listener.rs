@@ -365,19 +365,112 @@ impl AcceptBackoff {
 
 /// A gRPC connection that came through the gate: tonic serves it, and its
 /// place at the gate is given back when tonic drops it.
+///
+/// HTTP/2 has no deadline of its own for a frame begun and never finished,
+/// nor for the connection preface: a client sending a byte at a time would
+/// hold its connection for ever. So the connection watches the frames go
+/// by (their 9-byte headers give their lengths) and fails a read once a
+/// frame, or the preface, has been arriving for longer than the read
+/// deadline. A connection quiet between frames is HTTP/2 keepalive's
+/// business.
 pub struct GrpcConnection {
     stream: Stream,
     peer: SocketAddr,
     _pass: Pass,
+    frames: FrameClock,
 }
 
 impl GrpcConnection {
-    pub fn new(accepted: Accepted) -> GrpcConnection {
+    pub fn new(accepted: Accepted, read_timeout: Duration) -> GrpcConnection {
         GrpcConnection {
             stream: accepted.stream,
             peer: accepted.peer,
             _pass: accepted.pass,
+            frames: FrameClock::new(read_timeout),
         }
+    }
+}
+
+/// The HTTP/2 client connection preface, which a client sends first.
+const H2_PREFACE_LEN: usize = 24;
+/// An HTTP/2 frame header: a 24-bit length, type, flags, stream id.
+const H2_HEADER_LEN: usize = 9;
+
+/// Where an HTTP/2 byte stream is between frames, and since when the frame
+/// under way has been arriving.
+struct FrameClock {
+    limit: Duration,
+    /// Bytes of the preface still to come.
+    preface: usize,
+    header: [u8; H2_HEADER_LEN],
+    header_have: usize,
+    /// Payload bytes of the current frame still to come.
+    payload: usize,
+    /// When the unfinished frame's time is up; heeded only while `armed`.
+    /// Kept and reset rather than made anew, as frames end and begin.
+    deadline: Pin<Box<tokio::time::Sleep>>,
+    armed: bool,
+}
+
+impl FrameClock {
+    fn new(limit: Duration) -> FrameClock {
+        FrameClock {
+            limit,
+            preface: H2_PREFACE_LEN,
+            header: [0; H2_HEADER_LEN],
+            header_have: 0,
+            payload: 0,
+            // The preface is due from the start.
+            deadline: Box::pin(tokio::time::sleep(limit)),
+            armed: true,
+        }
+    }
+
+    fn mid_frame(&self) -> bool {
+        self.preface > 0 || self.header_have > 0 || self.payload > 0
+    }
+
+    /// Follows `bytes` through the frame structure.
+    fn saw(&mut self, mut bytes: &[u8]) {
+        while !bytes.is_empty() {
+            if self.preface > 0 {
+                let n = self.preface.min(bytes.len());
+                self.preface -= n;
+                bytes = &bytes[n..];
+            } else if self.payload > 0 {
+                let n = self.payload.min(bytes.len());
+                self.payload -= n;
+                bytes = &bytes[n..];
+            } else {
+                let n = (H2_HEADER_LEN - self.header_have).min(bytes.len());
+                self.header[self.header_have..self.header_have + n].copy_from_slice(&bytes[..n]);
+                self.header_have += n;
+                bytes = &bytes[n..];
+                if self.header_have == H2_HEADER_LEN {
+                    let h = self.header;
+                    self.payload =
+                        usize::from(h[0]) << 16 | usize::from(h[1]) << 8 | usize::from(h[2]);
+                    self.header_have = 0;
+                }
+            }
+        }
+        let mid_frame = self.mid_frame();
+        if mid_frame && !self.armed {
+            let at = tokio::time::Instant::now() + self.limit;
+            self.deadline.as_mut().reset(at);
+        }
+        self.armed = mid_frame;
+    }
+
+    /// Whether the unfinished frame's time is up; registers for a wake-up
+    /// when it will be.
+    fn expired(&mut self, cx: &mut Context<'_>) -> bool {
+        self.armed && self.deadline.as_mut().poll(cx).is_ready()
+    }
+
+    /// Whether the unfinished frame's time is up, without waiting for it.
+    fn overdue(&self) -> bool {
+        self.armed && self.deadline.deadline() <= tokio::time::Instant::now()
     }
 }
 
@@ -398,7 +491,25 @@ impl AsyncRead for GrpcConnection {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_read(cx, buf)
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        match Pin::new(&mut this.stream).poll_read(cx, buf) {
+            // A frame trickling in a byte at a time is as late as one that
+            // stopped: both are checked against the same deadline.
+            Poll::Ready(Ok(())) if !this.frames.overdue() => {
+                this.frames.saw(&buf.filled()[before..]);
+                Poll::Ready(Ok(()))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending if !this.frames.expired(cx) => Poll::Pending,
+            _ => {
+                tracing::debug!(peer = %this.peer, "HTTP/2 frame unfinished past the read deadline");
+                Poll::Ready(Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "an HTTP/2 frame was left unfinished",
+                )))
+            }
+        }
     }
 }
 
@@ -603,5 +714,49 @@ pub async fn next_delivery(inbox: &mut Option<Inbox>) -> Result<Delivery, Closed
     match inbox {
         Some(inbox) => inbox.next().await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn h2_bytes(payloads: &[usize]) -> Vec<u8> {
+        let mut bytes = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+        for &len in payloads {
+            bytes.extend_from_slice(&[(len >> 16) as u8, (len >> 8) as u8, len as u8, 0, 0]);
+            bytes.extend_from_slice(&[0, 0, 0, 1]);
+            bytes.extend(std::iter::repeat_n(7u8, len));
+        }
+        bytes
+    }
+
+    proptest! {
+        // However the bytes are cut into reads, the clock is between frames
+        // exactly when every frame is complete.
+        #[test]
+        fn the_frame_clock_follows_frames_however_they_are_cut(
+            payloads in proptest::collection::vec(0usize..3000, 0..8),
+            cuts in proptest::collection::vec(1usize..700, 1..40),
+            short in 0usize..2,
+        ) {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+            let _entered = runtime.enter();
+            let mut bytes = h2_bytes(&payloads);
+            bytes.truncate(bytes.len() - short.min(bytes.len()));
+            let mut clock = FrameClock::new(Duration::from_secs(10));
+            let mut rest = &bytes[..];
+            for cut in cuts.iter().cycle() {
+                if rest.is_empty() {
+                    break;
+                }
+                let n = (*cut).min(rest.len());
+                clock.saw(&rest[..n]);
+                rest = &rest[n..];
+            }
+            prop_assert_eq!(clock.mid_frame(), short > 0);
+            prop_assert_eq!(clock.armed, short > 0);
+        }
     }
 }
