@@ -9,26 +9,15 @@
 
 mod common;
 
-use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{PASSWORD, TestServer};
-use meshtalk::client::line::LineClient;
+use common::{PASSWORD, TestServer, line_from};
+
 use meshtalk::codec::line::ServerLine;
-use tokio::net::TcpSocket;
 
 const ATTACKERS: usize = 50;
-
-/// A line client connected from a chosen loopback address.
-async fn line_from(server: SocketAddr, from: &str) -> LineClient {
-    let socket = TcpSocket::new_v4().expect("socket");
-    let from: IpAddr = from.parse().expect("address");
-    socket.bind(SocketAddr::new(from, 0)).expect("bind");
-    let stream = socket.connect(server).await.expect("connect");
-    LineClient::over(stream).await.expect("greeting")
-}
 
 fn resident_kib() -> u64 {
     std::fs::read_to_string("/proc/self/status")

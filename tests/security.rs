@@ -5,12 +5,12 @@
 
 mod common;
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{PASSWORD, TestServer};
+use common::{PASSWORD, TestServer, line_from};
 use meshtalk::client::line::{LineClient, Reply};
 use meshtalk::client::wire::WireClient;
 use meshtalk::client::{ClientError, To};
@@ -23,17 +23,8 @@ use meshtalk::gateway::talk;
 use meshtalk::proto;
 use meshtalk::server::Server;
 use meshtalk::store::SqliteStore;
-use tokio::net::{TcpListener, TcpSocket};
+use tokio::net::TcpListener;
 use tonic::Code;
-
-/// A line client connected from a chosen loopback address.
-async fn line_from(server: SocketAddr, from: &str) -> LineClient {
-    let socket = TcpSocket::new_v4().expect("socket");
-    let from: IpAddr = from.parse().expect("address");
-    socket.bind(SocketAddr::new(from, 0)).expect("bind");
-    let stream = socket.connect(server).await.expect("connect");
-    LineClient::over(stream).await.expect("greeting")
-}
 
 fn err(reply: &Reply) -> (&str, &str) {
     match &reply.end {

@@ -576,18 +576,25 @@ thread_local! {
 /// fragment. (A TLS connection reads through rustls, which keeps buffers of
 /// its own anyway.)
 ///
-/// `started` is when the unfinished line or frame at the front of `buffer`
-/// began arriving, if one has: it must be complete within `limit` of that,
-/// or the read fails with `TimedOut`, so a client cannot hold a connection
-/// by sending a byte at a time.
-pub async fn read_some(
+/// `buffer` holds what is left of earlier reads: nothing, or the start of a
+/// line or frame. `started` is kept with it: when that unfinished line or
+/// frame began arriving. It must be complete within `limit` of that, or the
+/// read fails with `TimedOut`, so a client cannot hold a connection by
+/// sending a byte at a time. (The caller sets `started` back to `None` as it
+/// takes each whole line or frame.)
+pub async fn read_more(
     reader: &mut ReadHalf,
     buffer: &mut BytesMut,
-    started: Option<Instant>,
+    started: &mut Option<Instant>,
     limit: Duration,
 ) -> std::io::Result<usize> {
+    if buffer.is_empty() {
+        *started = None;
+    } else {
+        started.get_or_insert_with(Instant::now);
+    }
     let read = read_now(reader, buffer);
-    match started {
+    match *started {
         None => read.await,
         Some(started) => match tokio::time::timeout_at((started + limit).into(), read).await {
             Ok(result) => result,

@@ -14,7 +14,7 @@ use tokio::time::Instant;
 
 use super::listener::{
     self, Accepted, Deadlines, PUSH_BATCH, Pass, ReadHalf, Refusal, Shutdown, Stream, WriteHalf,
-    expires, next_delivery, read_some, write_out,
+    expires, next_delivery, read_more, write_out,
 };
 use crate::codec::line::{Command, HELP, LineDecoder, LineError, ParseError, ServerLine};
 use crate::core::pace::{Pace, Pacer};
@@ -67,15 +67,10 @@ impl Connection {
                 self.started = None;
                 return Ok(Some(line));
             }
-            if self.buffer.is_empty() {
-                self.started = None;
-            } else {
-                self.started.get_or_insert_with(std::time::Instant::now);
-            }
-            let read = read_some(
+            let read = read_more(
                 &mut self.reader,
                 &mut self.buffer,
-                self.started,
+                &mut self.started,
                 self.deadlines.read,
             );
             if read.await? == 0 {

@@ -18,6 +18,18 @@ use tonic::Streaming;
 
 pub const PASSWORD: &str = "correct-horse-battery-staple";
 
+/// A line client connected from a chosen loopback address (`127.x.y.z`),
+/// so a test can be several clients' addresses at once.
+pub async fn line_from(server: std::net::SocketAddr, from: &str) -> LineClient {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    let from: std::net::IpAddr = from.parse().expect("address");
+    socket
+        .bind(std::net::SocketAddr::new(from, 0))
+        .expect("bind");
+    let stream = socket.connect(server).await.expect("connect");
+    LineClient::over(stream).await.expect("greeting")
+}
+
 /// The harness's operator: registered through a helper below, it is granted
 /// operator rights through the API, as `meshtalk operator root` would.
 /// Rights belong to accounts, so naming it at start would grant nothing.
