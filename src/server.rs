@@ -213,10 +213,11 @@ impl Server {
             move |accepted, _| {
                 let admitted = admitted.clone();
                 async move {
-                    let connection = GrpcConnection::new(accepted, read_timeout);
-                    if let Err(accepted) = admitted.send(connection).await {
-                        drop(accepted);
-                    }
+                    // Refused only once tonic has stopped: the connection
+                    // then closes as it is dropped.
+                    let _ = admitted
+                        .send(GrpcConnection::new(accepted, read_timeout))
+                        .await;
                 }
             },
             // An HTTP/2 client cannot read a sentence: it is only closed.
