@@ -511,3 +511,23 @@ async fn a_full_disk_reaches_the_user_as_disk_full_and_the_server_serves_on() {
     let reply = bob.request("/help").await.unwrap();
     assert!(reply.is_ok(), "{reply:?}");
 }
+
+#[tokio::test]
+async fn guesses_at_the_password_to_delete_an_account_are_throttled_too() {
+    let t = TestServer::start().await;
+    let mut holder = t.line_user("stolen").await;
+    for guess in 0..4 {
+        let reply = holder
+            .request(&format!("/delete-account guess{guess}"))
+            .await
+            .unwrap();
+        assert_eq!(err(&reply).0, "perm", "the first guesses are checked");
+    }
+    // Past the free failures, even the right password does not delete it.
+    let reply = holder
+        .request(&format!("/delete-account {PASSWORD}"))
+        .await
+        .unwrap();
+    assert_eq!(err(&reply).0, "limit", "{reply:?}");
+    assert!(holder.request("/who").await.unwrap().is_ok());
+}

@@ -190,14 +190,21 @@ impl Core {
             .account_by_id(who.account)
             .await?
             .ok_or(CoreError::Unauthenticated("this account no longer exists"))?;
+        // The password is asked for again here, so guesses at it count
+        // against the account as failed log-ins do: a stolen token is no
+        // way around the delays.
+        let key = names::account_key(&account.name)?;
+        let turn = self.inner.throttle.login(&key, None).await?;
         if !self
             .inner
             .passwords
             .verify(password, &account.password_hash)
             .await?
         {
+            turn.failed();
             return Err(CoreError::WrongPassword);
         }
+        drop(turn);
         self.inner.store.delete_account(who.account).await?;
         // Rights belong to the account: a new one under this name has none.
         self.operators_write().remove(&who.account);
