@@ -819,54 +819,25 @@ struct LoggedNode {
     mesh: SocketAddr,
     name: String,
     child: std::process::Child,
-    log: Arc<Mutex<Vec<String>>>,
-}
-
-/// The value of `"key":"value"` in a JSON log line.
-fn log_field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
-    line.split(&format!("\"{key}\":\""))
-        .nth(1)?
-        .split('"')
-        .next()
+    log: common::Log,
 }
 
 impl LoggedNode {
     fn start(name: &str, dir: &Path, secret: &Path) -> LoggedNode {
-        use std::io::BufRead;
-        use std::process::{Command, Stdio};
         common::make_operator(&dir.join(name), &format!("op-{name}"));
-        let mut child = Command::new(env!("CARGO_BIN_EXE_meshtalk"))
-            .args(["serve", "--log-format", "json"])
-            .args(["--grpc-addr", "127.0.0.1:0", "--talk-addr", "127.0.0.1:0"])
-            .args(["--wire-addr", "127.0.0.1:0", "--mesh-addr", "127.0.0.1:0"])
-            .args(["--node-name", name, "--operator", &format!("op-{name}")])
-            .arg("--mesh-secret-file")
-            .arg(secret)
-            .arg("--data-dir")
-            .arg(dir.join(name))
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn meshtalk");
-        let stderr = child.stderr.take().expect("stderr");
-        let mut lines = std::io::BufReader::new(stderr).lines();
-        let serving = loop {
-            match lines.next() {
-                Some(Ok(line)) if log_field(&line, "grpc").is_some() => break line,
-                Some(Ok(_)) => {}
-                _ => panic!("node {name} stopped before serving"),
-            }
-        };
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let keep = log.clone();
-        std::thread::spawn(move || {
-            for line in lines.map_while(Result::ok) {
-                keep.lock().unwrap().push(line);
-            }
-        });
+        let extra: Vec<std::ffi::OsString> = vec![
+            "--mesh-addr".into(),
+            "127.0.0.1:0".into(),
+            "--node-name".into(),
+            name.into(),
+            "--operator".into(),
+            format!("op-{name}").into(),
+            "--mesh-secret-file".into(),
+            secret.into(),
+        ];
+        let (child, serving, log) = common::spawn_server_with(&dir.join(name), &extra, None);
         let addr = |key| {
-            log_field(&serving, key)
+            common::log_field(&serving, key)
                 .and_then(|a| a.parse().ok())
                 .unwrap_or_else(|| panic!("no {key} address in {serving}"))
         };

@@ -370,7 +370,7 @@ fn spawn_server(data_dir: &Path, extra: &[std::ffi::OsString]) -> (Child, String
 
 /// Starts the server binary; with `files`, its open-file limit (soft and
 /// hard) is set to that many first.
-fn spawn_server_with(
+pub fn spawn_server_with(
     data_dir: &Path,
     extra: &[std::ffi::OsString],
     files: Option<u64>,
@@ -436,7 +436,7 @@ fn spawn_server_with(
 }
 
 /// The value of `"key":"value"` in a JSON log line.
-fn log_field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+pub fn log_field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
     line.split(&format!("\"{key}\":\""))
         .nth(1)?
         .split('"')
