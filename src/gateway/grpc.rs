@@ -28,10 +28,10 @@ const PIPELINE: usize = 64;
 /// Sending sessions whose allowance is remembered before idle ones are
 /// forgotten.
 const PACERS_KEPT: usize = 1024;
-/// History replies one session may have being produced at once; more wait
-/// their turn holding nothing. With a page read at a time, a session whose
-/// client reads none of them holds a few pages in all, however many calls
-/// it opens.
+/// History replies and user listings one session may have in progress at
+/// once; more wait their turn holding nothing. With history read a page at
+/// a time, a session whose client reads none of them holds a few pages and
+/// listings in all, however many calls it opens.
 const REPLY_STREAMS_PER_SESSION: usize = 4;
 
 /// The three meshtalk services, sharing one core.
@@ -41,7 +41,7 @@ pub struct GrpcGateway {
     /// Each session's sending allowance. A gRPC session has no connection
     /// of its own to hold it: its calls may come over several.
     pacers: Arc<Mutex<HashMap<SessionId, Pacer>>>,
-    /// Each session's turns at producing history replies.
+    /// Each session's turns at producing history replies and listings.
     readers: Arc<Mutex<HashMap<SessionId, Arc<Semaphore>>>>,
 }
 
@@ -269,10 +269,6 @@ fn deliveries(inbox: Inbox) -> RpcStream<proto::Event> {
     }))
 }
 
-fn stream_of<T: Send + 'static>(items: Vec<T>) -> RpcStream<T> {
-    Box::pin(futures::stream::iter(items.into_iter().map(Ok)))
-}
-
 #[tonic::async_trait]
 impl Accounts for GrpcGateway {
     async fn register(
@@ -333,14 +329,20 @@ impl Accounts for GrpcGateway {
         &self,
         request: Request<proto::ListUsersRequest>,
     ) -> Result<Response<Self::ListUsersStream>, Status> {
-        self.identify(&request).await?;
+        let who = self.identify(&request).await?;
+        // A listing is held whole until the client reads it: it takes one of
+        // the session's turns, as a history reply does.
+        let turn = self.reader_turn(&who).await?;
         let users = self
             .core
             .list_users(&request.into_inner().pattern)
             .map_err(status)?;
-        Ok(Response::new(stream_of(
-            users.into_iter().map(user).collect(),
-        )))
+        Ok(Response::new(Box::pin(futures::stream::iter(
+            users.into_iter().map(move |u| {
+                let _turn = &turn;
+                Ok(user(u))
+            }),
+        ))))
     }
 }
 
