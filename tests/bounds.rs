@@ -307,3 +307,31 @@ async fn the_total_cap_stays_under_the_open_file_limit() {
         "accepts failed: {log:#?}"
     );
 }
+
+#[tokio::test]
+async fn logging_in_again_earns_no_new_burst() {
+    let t = TestServer::start_with(limited(10.0, 2)).await;
+    let _listener = t.line_user("listener").await;
+    let mut speaker = t.line_user("speaker").await;
+    // Three sends a login would each fit a fresh burst and its patience;
+    // the allowance is the connection's, so the third login's sends flood.
+    let mut cycle = String::new();
+    for round in 0..3 {
+        for i in 0..3 {
+            cycle.push_str(&format!("round {round} line {i}\r\n"));
+        }
+        cycle.push_str(&format!(
+            "/logout\r\n/login speaker {}\r\n",
+            common::PASSWORD
+        ));
+    }
+    speaker.send_raw(cycle.as_bytes()).await.unwrap();
+    let end = loop {
+        match tokio::time::timeout(Duration::from_secs(10), speaker.next_delivery()).await {
+            Ok(Ok(ServerLine::Err { code, .. })) => break code,
+            Ok(Ok(_)) => continue,
+            other => panic!("no flood: {other:?}"),
+        }
+    };
+    assert_eq!(end, "flood");
+}

@@ -168,7 +168,7 @@ struct Session {
     who: Option<Identity>,
     /// When a connection that is not logged in is closed.
     login_by: Option<Instant>,
-    /// The session's sending allowance, if sends are limited.
+    /// The connection's sending allowance, if sends are limited.
     pacer: Option<Pacer>,
     room: String,
     inbox: Option<Inbox>,
@@ -193,7 +193,8 @@ pub async fn serve_connection(
         conn: Connection::new(accepted, deadlines),
         who: None,
         login_by: Some(Instant::now() + deadlines.login),
-        pacer: None,
+        // The connection's, not the login's: logging in again earns no new burst.
+        pacer: core.limits().send_rate.map(Pacer::new),
         room: names::LOBBY.into(),
         inbox: None,
         speech: FuturesOrdered::new(),
@@ -396,7 +397,6 @@ impl Session {
             Ok(inbox) => {
                 self.inbox = Some(inbox);
                 self.login_by = None;
-                self.pacer = self.core.limits().send_rate.map(Pacer::new);
                 self.room = names::LOBBY.into();
                 let name = login.identity.name.clone();
                 self.who = Some(login.identity);

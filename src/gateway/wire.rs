@@ -221,7 +221,7 @@ struct Session {
     who: Option<Identity>,
     /// When a connection that is not logged in is closed.
     login_by: Option<Instant>,
-    /// The session's sending allowance, if sends are limited.
+    /// The connection's sending allowance, if sends are limited.
     pacer: Option<Pacer>,
     inbox: Option<Inbox>,
     /// Replies still being worked out, in request order: sends wait for
@@ -238,6 +238,8 @@ pub async fn serve_connection(
 ) {
     let (reader, writer) = accepted.stream.split();
     let mut session = Session {
+        // The connection's, not the login's: logging in again earns no new burst.
+        pacer: core.limits().send_rate.map(Pacer::new),
         core,
         conn: Connection {
             peer: accepted.peer.ip(),
@@ -251,7 +253,6 @@ pub async fn serve_connection(
         },
         who: None,
         login_by: Some(Instant::now() + deadlines.login),
-        pacer: None,
         inbox: None,
         replies: FuturesOrdered::new(),
     };
@@ -524,7 +525,6 @@ impl Session {
                 let name = arg::str(&login.identity.name);
                 self.who = Some(login.identity);
                 self.login_by = None;
-                self.pacer = self.core.limits().send_rate.map(Pacer::new);
                 return Ok(vec![name]);
             }
             opcode if !is_known(opcode) => {
