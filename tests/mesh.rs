@@ -824,18 +824,9 @@ struct LoggedNode {
 
 impl LoggedNode {
     fn start(name: &str, dir: &Path, secret: &Path) -> LoggedNode {
-        common::make_operator(&dir.join(name), &format!("op-{name}"));
-        let extra: Vec<std::ffi::OsString> = vec![
-            "--mesh-addr".into(),
-            "127.0.0.1:0".into(),
-            "--node-name".into(),
-            name.into(),
-            "--operator".into(),
-            format!("op-{name}").into(),
-            "--mesh-secret-file".into(),
-            secret.into(),
-        ];
-        let (child, serving, log) = common::spawn_server_with(&dir.join(name), &extra, None);
+        let data_dir = dir.join(name);
+        let args = common::mesh_node_args(name, &data_dir, secret, "127.0.0.1:0");
+        let (child, serving, log) = common::spawn_server_with(&data_dir, &args, None);
         let addr = |key| {
             common::log_field(&serving, key)
                 .and_then(|a| a.parse().ok())

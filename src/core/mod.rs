@@ -30,7 +30,7 @@ use std::time::Instant;
 
 pub use chat::{Inbox, RoomInfo, Stats, UserInfo};
 pub use error::{CoreError, ErrorKind};
-pub use history::{HISTORY_PAGE, HISTORY_REPLY_BYTES};
+pub use history::HISTORY_REPLY_BYTES;
 pub use hub::{Closed, batch as fan_out_batch};
 pub use message::{Delivery, Encoding, Message, Sent, Target};
 pub use operators::grant_operator_offline;

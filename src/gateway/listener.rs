@@ -131,11 +131,6 @@ impl Gate {
             _permit: permit,
         })
     }
-
-    /// Connections admitted and not yet closed.
-    pub fn open(&self) -> usize {
-        self.counts().values().sum()
-    }
 }
 
 /// One door's way in: the gate it shares with the other doors, its TLS

@@ -234,6 +234,27 @@ pub fn data_dir() -> (TempDir, PathBuf) {
 /// Registers NAME in the database under `data_dir` (unless it is there
 /// already) and grants it operator rights, as `meshtalk operator NAME` would
 /// for an account made earlier: rights belong to accounts that exist.
+/// The command line of mesh node `name` listening on `mesh_addr`, with
+/// `op-NAME` made its operator in `data_dir` first.
+pub fn mesh_node_args(
+    name: &str,
+    data_dir: &Path,
+    secret: &Path,
+    mesh_addr: &str,
+) -> Vec<std::ffi::OsString> {
+    make_operator(data_dir, &format!("op-{name}"));
+    vec![
+        "--mesh-addr".into(),
+        mesh_addr.into(),
+        "--node-name".into(),
+        name.into(),
+        "--operator".into(),
+        format!("op-{name}").into(),
+        "--mesh-secret-file".into(),
+        secret.into(),
+    ]
+}
+
 pub fn make_operator(data_dir: &Path, name: &str) {
     use meshtalk::core::{Core, CoreConfig, CoreError, Limits};
     use meshtalk::store::SqliteStore;
@@ -285,18 +306,8 @@ impl MeshNode {
         mesh_addr: &str,
         extra: &[String],
     ) -> MeshNode {
-        let mut args: Vec<std::ffi::OsString> = vec![
-            "--mesh-addr".into(),
-            mesh_addr.into(),
-            "--node-name".into(),
-            name.into(),
-            "--operator".into(),
-            format!("op-{name}").into(),
-            "--mesh-secret-file".into(),
-            secret.into(),
-        ];
+        let mut args = mesh_node_args(name, data_dir, secret, mesh_addr);
         args.extend(extra.iter().map(Into::into));
-        make_operator(data_dir, &format!("op-{name}"));
         let (child, serving) = spawn_server(data_dir, &args);
         let addr = |key| {
             log_field(&serving, key)
