@@ -106,7 +106,7 @@ impl Status {
             ErrorKind::Unauthenticated => Status::Auth,
             ErrorKind::PermissionDenied => Status::Perm,
             ErrorKind::NotFound => Status::NotFound,
-            ErrorKind::ResourceExhausted => Status::Limit,
+            ErrorKind::ResourceExhausted | ErrorKind::Overflow => Status::Limit,
             ErrorKind::DiskFull => Status::DiskFull,
             ErrorKind::Unavailable => Status::Unavailable,
             ErrorKind::Internal => Status::Internal,

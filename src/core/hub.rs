@@ -37,6 +37,18 @@ pub enum Closed {
     StoreFailed,
 }
 
+impl Closed {
+    /// What a client can do about it, for each protocol's own form.
+    pub fn kind(self) -> super::ErrorKind {
+        use super::ErrorKind;
+        match self {
+            Closed::Overflow => ErrorKind::Overflow,
+            Closed::LoggedOut | Closed::AccountDeleted => ErrorKind::Unauthenticated,
+            Closed::ShuttingDown | Closed::StoreFailed => ErrorKind::Unavailable,
+        }
+    }
+}
+
 impl fmt::Display for Closed {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {

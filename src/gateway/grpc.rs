@@ -152,14 +152,20 @@ fn flood(retry_after: std::time::Duration) -> Status {
 
 /// The gRPC form of a core error.
 pub fn status(error: CoreError) -> Status {
-    let message = error.to_string();
-    match error.kind() {
+    status_of(error.kind(), error.to_string())
+}
+
+/// The gRPC form of each kind of error: the protocol's one code table.
+fn status_of(kind: ErrorKind, message: String) -> Status {
+    match kind {
         ErrorKind::InvalidArgument => Status::invalid_argument(message),
         ErrorKind::AlreadyExists => Status::already_exists(message),
         ErrorKind::Unauthenticated => Status::unauthenticated(message),
         ErrorKind::PermissionDenied => Status::permission_denied(message),
         ErrorKind::NotFound => Status::not_found(message),
-        ErrorKind::ResourceExhausted | ErrorKind::DiskFull => Status::resource_exhausted(message),
+        ErrorKind::ResourceExhausted | ErrorKind::DiskFull | ErrorKind::Overflow => {
+            Status::resource_exhausted(message)
+        }
         ErrorKind::Unavailable => Status::unavailable(message),
         ErrorKind::Internal => {
             tracing::error!(error = %message, "internal error");
@@ -169,12 +175,7 @@ pub fn status(error: CoreError) -> Status {
 }
 
 fn closed_status(why: Closed) -> Status {
-    let message = why.to_string();
-    match why {
-        Closed::Overflow => Status::resource_exhausted(message),
-        Closed::LoggedOut | Closed::AccountDeleted => Status::unauthenticated(message),
-        Closed::ShuttingDown | Closed::StoreFailed => Status::unavailable(message),
-    }
+    status_of(why.kind(), why.to_string())
 }
 
 fn to_proto(m: &Message) -> proto::Message {

@@ -115,35 +115,16 @@ fn notice(text: impl Into<String>) -> ServerLine {
 }
 
 /// The one-word code of a core error.
-pub fn error_code(kind: ErrorKind) -> &'static str {
-    match kind {
-        ErrorKind::InvalidArgument => "invalid",
-        ErrorKind::AlreadyExists => "exists",
-        ErrorKind::Unauthenticated => "auth",
-        ErrorKind::PermissionDenied => "perm",
-        ErrorKind::NotFound => "not-found",
-        ErrorKind::ResourceExhausted => "limit",
-        ErrorKind::DiskFull => "full",
-        ErrorKind::Unavailable => "unavailable",
-        ErrorKind::Internal => "internal",
-    }
-}
-
 fn core_error(e: CoreError) -> ServerLine {
     if e.kind() == ErrorKind::Internal {
         tracing::error!(error = %e, "internal error");
         return err("internal", "internal error; the server log has details");
     }
-    err(error_code(e.kind()), e.to_string())
+    err(e.kind().code(), e.to_string())
 }
 
 fn closed_line(why: Closed) -> ServerLine {
-    let code = match why {
-        Closed::Overflow => "overflow",
-        Closed::LoggedOut | Closed::AccountDeleted => "auth",
-        Closed::ShuttingDown | Closed::StoreFailed => "unavailable",
-    };
-    err(code, why.to_string())
+    err(why.kind().code(), why.to_string())
 }
 
 /// A delivered message as a line.

@@ -23,9 +23,7 @@ use crate::codec::frame::{
 };
 use crate::codec::wire::{Status, encode_message_push, message_args, op};
 use crate::core::pace::{Pace, Pacer};
-use crate::core::{
-    Closed, Core, CoreError, Delivery, Encoding, ErrorKind, Identity, Inbox, Target,
-};
+use crate::core::{Core, CoreError, Delivery, Encoding, ErrorKind, Identity, Inbox, Target};
 
 /// Why a request failed: a status and a sentence for a person.
 struct Reject {
@@ -201,14 +199,6 @@ pub fn bye(status: Status, text: &str) -> Frame {
     }
 }
 
-fn closed_status(why: Closed) -> Status {
-    match why {
-        Closed::Overflow => Status::Limit,
-        Closed::LoggedOut | Closed::AccountDeleted => Status::Auth,
-        Closed::ShuttingDown | Closed::StoreFailed => Status::Unavailable,
-    }
-}
-
 /// Tells a connection the gate turned away why it is being closed.
 pub async fn refuse(stream: Stream, why: Refusal) {
     let frame = bye(Status::Limit, why.text()).to_bytes();
@@ -381,7 +371,7 @@ impl Session {
                             }
                         }
                     }
-                    Err(why) => return Ok(Some(bye(closed_status(why), &why.to_string()))),
+                    Err(why) => return Ok(Some(bye(Status::from_kind(why.kind()), &why.to_string()))),
                 },
                 _ = expires(self.login_by) => {
                     let text = format!(

@@ -503,7 +503,7 @@ impl Mesh {
                             req,
                             stored: None,
                             error: Some(RemoteError {
-                                code: code_of(e.kind()).to_owned(),
+                                code: e.kind().code().to_owned(),
                                 message: e.to_string(),
                             }),
                         },
@@ -679,32 +679,6 @@ fn encode(message: &PeerMessage) -> Option<Bytes> {
     }
 }
 
-fn code_of(kind: ErrorKind) -> &'static str {
-    match kind {
-        ErrorKind::InvalidArgument => "invalid",
-        ErrorKind::AlreadyExists => "exists",
-        ErrorKind::Unauthenticated | ErrorKind::PermissionDenied => "perm",
-        ErrorKind::NotFound => "not_found",
-        ErrorKind::ResourceExhausted => "limit",
-        ErrorKind::DiskFull => "full",
-        ErrorKind::Unavailable => "unavailable",
-        ErrorKind::Internal => "internal",
-    }
-}
-
-fn kind_of(code: &str) -> ErrorKind {
-    match code {
-        "invalid" => ErrorKind::InvalidArgument,
-        "exists" => ErrorKind::AlreadyExists,
-        "perm" => ErrorKind::PermissionDenied,
-        "not_found" => ErrorKind::NotFound,
-        "limit" => ErrorKind::ResourceExhausted,
-        "full" => ErrorKind::DiskFull,
-        "unavailable" => ErrorKind::Unavailable,
-        _ => ErrorKind::Internal,
-    }
-}
-
 impl Remote for Mesh {
     fn listen(&self, addr: String) -> BoxFuture<'static, Result<String, CoreError>> {
         let mesh = self.clone();
@@ -836,7 +810,7 @@ impl Remote for Mesh {
                 }),
                 Ok(Ok(RoutedBody::DirectAck { error: Some(e), .. })) => Err(CoreError::FromNode {
                     node,
-                    kind: kind_of(&e.code),
+                    kind: ErrorKind::from_code(&e.code),
                     message: clean(&e.message),
                 }),
                 _ => Err(CoreError::Unreachable(format!(
