@@ -137,6 +137,15 @@ impl CoreError {
     }
 }
 
+impl From<StoreError> for CoreError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NearlyFull | StoreError::DiskFull => CoreError::Disk(e),
+            e => CoreError::Store(e),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::ErrorKind;
@@ -147,14 +156,5 @@ mod tests {
             assert_eq!(ErrorKind::from_code(kind.code()), kind);
         }
         assert_eq!(ErrorKind::from_code("no-such-code"), ErrorKind::Internal);
-    }
-}
-
-impl From<StoreError> for CoreError {
-    fn from(e: StoreError) -> Self {
-        match e {
-            StoreError::NearlyFull | StoreError::DiskFull => CoreError::Disk(e),
-            e => CoreError::Store(e),
-        }
     }
 }
