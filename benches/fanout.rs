@@ -11,6 +11,7 @@ use futures::FutureExt;
 use meshtalk::core::hub::{Attachment, Hub};
 use meshtalk::core::recent::RecentRooms;
 use meshtalk::core::{Delivery, Message, Target, fan_out_batch};
+use meshtalk::model::{AccountId, RoomId, SessionId};
 use tokio::sync::Notify;
 
 /// Messages per round: about what one writer transaction commits at full speed.
@@ -47,8 +48,11 @@ fn fan_out(c: &mut Criterion) {
     let messages = deliveries();
     for subscribers in [10usize, 100, 1000] {
         let hub = Hub::new(4096, Arc::new(Notify::new()));
-        let accounts: Vec<i64> = (1..=subscribers as i64).collect();
-        let mut receivers: Vec<Attachment> = accounts.iter().map(|&a| hub.attach(a, a)).collect();
+        let accounts: Vec<AccountId> = (1..=subscribers as i64).map(AccountId).collect();
+        let mut receivers: Vec<Attachment> = accounts
+            .iter()
+            .map(|&a| hub.attach(a, SessionId(a.0)))
+            .collect();
         group.throughput(Throughput::Elements((MESSAGES * subscribers) as u64));
         // Each message pushed into every queue on its own, as a lone commit does.
         group.bench_function(BenchmarkId::new("one by one", subscribers), |b| {
@@ -78,7 +82,7 @@ fn recent_rooms(c: &mut Criterion) {
     let mut group = c.benchmark_group("ack");
     let recent = RecentRooms::default();
     for id in 1..=4096u64 {
-        recent.record(id, (id % 4) as i64);
+        recent.record(id, RoomId((id % 4) as i64));
     }
     let ids: Vec<u64> = (3073..=4096).collect();
     group.throughput(Throughput::Elements(ids.len() as u64));

@@ -3,6 +3,8 @@
 //! One server process speaks several client protocols over one shared core and
 //! keeps what users send in a durable store.
 //!
+//! - [`model`]: the shared vocabulary — ids, stored messages, targets. A
+//!   leaf every other module may use.
 //! - [`core`]: the domain — accounts, sessions, rooms, delivery (the hub). No
 //!   sockets, no SQL.
 //! - [`store`]: the [`store::Store`] trait and its embedded SQLite backend,
@@ -26,6 +28,7 @@ pub mod config;
 pub mod core;
 pub mod gateway;
 pub mod mesh;
+pub mod model;
 pub mod server;
 pub mod store;
 pub mod tls;

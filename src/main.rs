@@ -65,7 +65,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Operator { name, data_dir } => {
             let dir = data_dir.unwrap_or_else(|| meshtalk::config::DEFAULT_DATA_DIR.into());
             let name =
-                meshtalk::core::grant_operator_offline(&dir.join("meshtalk.db"), &name).await?;
+                meshtalk::server::grant_operator_offline(&dir.join("meshtalk.db"), &name).await?;
             println!("{name} is now an operator of {}", dir.display());
             Ok(())
         }

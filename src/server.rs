@@ -10,6 +10,7 @@
 //! queued before the process exits.
 
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -33,7 +34,7 @@ use crate::mesh::{Mesh, MeshConfig, MeshError, QUERY_TIMEOUT};
 use crate::proto::{
     accounts_server::AccountsServer, admin_server::AdminServer, chat_server::ChatServer,
 };
-use crate::store::{SqliteStore, Store, StoreError};
+use crate::store::{DataDirLock, SqliteStore, Store, StoreError};
 
 /// Largest gRPC request the server decodes.
 pub const MAX_GRPC_REQUEST: usize = 64 * 1024;
@@ -87,7 +88,7 @@ pub struct Server {
     /// Ends (yields `None`) once every socket connection task is gone.
     sockets_drained: mpsc::Receiver<()>,
     /// Held until the server is dropped: one server per data dir.
-    _lock: crate::store::DataDirLock,
+    _lock: DataDirLock,
 }
 
 async fn bind(addr: &str) -> Result<(TcpListener, SocketAddr), ServerError> {
@@ -108,7 +109,7 @@ const SERVICES: [&str; 3] = [
 
 impl Server {
     pub async fn start(settings: Settings) -> Result<Server, ServerError> {
-        let lock = crate::store::DataDirLock::acquire(&settings.sqlite_path)?;
+        let lock = DataDirLock::acquire(&settings.sqlite_path)?;
         let store: Arc<dyn Store> = Arc::new(
             SqliteStore::open(&settings.sqlite_path)?
                 .keep_free(&settings.sqlite_path, settings.min_free_disk),
@@ -351,4 +352,24 @@ impl Server {
         self.core.close_store().await;
         tracing::info!("stopped");
     }
+}
+
+/// Grants NAME operator rights in the database at `db_path`, whose server
+/// must be stopped (its lock says so otherwise); returns the name as
+/// registered. A running server reads grants when it starts.
+pub async fn grant_operator_offline(db_path: &Path, name: &str) -> Result<String, CoreError> {
+    let key = crate::core::names::account_key(name)?;
+    let _lock = DataDirLock::acquire(db_path)?;
+    let store = SqliteStore::open(db_path)?;
+    let granted = async {
+        let account = store
+            .account_by_key(&key)
+            .await?
+            .ok_or_else(|| CoreError::NoSuchUser(name.to_owned()))?;
+        store.grant_operator(account.id).await?;
+        Ok(account.name)
+    }
+    .await;
+    store.close().await;
+    granted
 }

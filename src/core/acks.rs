@@ -28,7 +28,8 @@ use std::time::Duration;
 
 use tokio::sync::Notify;
 
-use crate::store::{AccountAcks, AccountId, RoomId, Store, StoreError};
+use crate::model::{AccountId, RoomId};
+use crate::store::{AccountAcks, Store, StoreError};
 
 /// How long an acknowledgement may wait in memory before it is written.
 pub const ACK_DELAY: Duration = Duration::from_millis(100);
@@ -94,7 +95,7 @@ impl Acks {
         }
         if self.closed.load(Ordering::SeqCst) {
             tracing::debug!(
-                account,
+                %account,
                 "acknowledgement after shutdown; its messages will come again"
             );
             return false;
@@ -164,7 +165,7 @@ impl Acks {
         if let Some(acks) = mine
             && let Err(e) = self.write(vec![acks]).await
         {
-            tracing::warn!(error = %e, account, "writing acknowledgements failed; those messages will come again");
+            tracing::warn!(error = %e, %account, "writing acknowledgements failed; those messages will come again");
         }
     }
 
@@ -277,7 +278,10 @@ mod tests {
     }
 
     async fn waiting_for_bob(store: &Arc<dyn Store>) -> Vec<u64> {
-        let page = store.pending(2, 0, u64::MAX >> 1, 100).await.unwrap();
+        let page = store
+            .pending(AccountId(2), 0, u64::MAX >> 1, 100)
+            .await
+            .unwrap();
         page.into_iter().map(|m| m.id).collect()
     }
 
@@ -285,14 +289,17 @@ mod tests {
     async fn records_merge_to_the_newest_id_per_room() {
         let (_dir, store, _) = store_with_dms(0).await;
         let acks = Acks::start(store);
-        acks.record(1, &[10], &[(5, 7)]);
-        acks.record(1, &[11], &[(5, 3), (6, 9)]);
-        acks.record(2, &[], &[(5, 8)]);
-        acks.record(3, &[], &[]);
+        acks.record(AccountId(1), &[10], &[(RoomId(5), 7)]);
+        acks.record(AccountId(1), &[11], &[(RoomId(5), 3), (RoomId(6), 9)]);
+        acks.record(AccountId(2), &[], &[(RoomId(5), 8)]);
+        acks.record(AccountId(3), &[], &[]);
         let seen = pending(&acks);
         assert_eq!(seen.len(), 2);
-        assert_eq!(seen[&1], (vec![10, 11], vec![(5, 7), (6, 9)]));
-        assert_eq!(seen[&2], (vec![], vec![(5, 8)]));
+        assert_eq!(
+            seen[&AccountId(1)],
+            (vec![10, 11], vec![(RoomId(5), 7), (RoomId(6), 9)])
+        );
+        assert_eq!(seen[&AccountId(2)], (vec![], vec![(RoomId(5), 8)]));
         acks.flush().await.unwrap();
         assert!(pending(&acks).is_empty());
         acks.close().await;
@@ -304,11 +311,11 @@ mod tests {
         assert_eq!(waiting_for_bob(&store).await, sent);
         let acks = Acks::start(store.clone());
 
-        acks.record(2, &sent[..2], &[]);
+        acks.record(AccountId(2), &sent[..2], &[]);
         acks.flush().await.unwrap();
         assert_eq!(waiting_for_bob(&store).await, sent[2..]);
 
-        acks.record(2, &sent[2..4], &[]);
+        acks.record(AccountId(2), &sent[2..4], &[]);
         // Written by the background task, without anyone asking.
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         while waiting_for_bob(&store).await != sent[4..] {
@@ -319,7 +326,7 @@ mod tests {
             tokio::time::sleep(ACK_DELAY / 4).await;
         }
 
-        acks.record(2, &sent[4..5], &[]);
+        acks.record(AccountId(2), &sent[4..5], &[]);
         acks.close().await;
         assert_eq!(waiting_for_bob(&store).await, sent[5..]);
     }
@@ -328,17 +335,17 @@ mod tests {
     async fn a_login_flush_writes_its_own_account_and_a_flood_is_held() {
         let (_dir, store, sent) = store_with_dms(3).await;
         let acks = Acks::start(store.clone());
-        acks.record(2, &sent[..1], &[]);
-        acks.record(1, &[99], &[]);
-        acks.flush_account(2).await;
+        acks.record(AccountId(2), &sent[..1], &[]);
+        acks.record(AccountId(1), &[99], &[]);
+        acks.flush_account(AccountId(2)).await;
         assert_eq!(waiting_for_bob(&store).await, sent[1..]);
-        assert_eq!(pending(&acks).keys().collect::<Vec<_>>(), [&1]);
+        assert_eq!(pending(&acks).keys().collect::<Vec<_>>(), [&AccountId(1)]);
 
         // Repeats count until written: a client sending the same ids over
         // and over is told to wait once enough are pending.
         let many: Vec<u64> = (1..=1000).collect();
         let held = (0..HOLD_AT / many.len() + 1)
-            .map(|_| acks.record(3, &many, &[]))
+            .map(|_| acks.record(AccountId(3), &many, &[]))
             .collect::<Vec<_>>();
         assert!(!held[0]);
         assert_eq!(held.last(), Some(&true));

@@ -9,7 +9,8 @@ use super::hub::{Attachment, Closed};
 use super::message::Delivery;
 use super::remote::{Gathered, Recipient};
 use super::{Core, CoreError, Identity, Message, RemoteDirect, Sent, Target, names, now_ms};
-use crate::store::{AccountId, Conversation, NewMessage, StoreError};
+use crate::model::AccountId;
+use crate::store::{Conversation, NewMessage, StoreError};
 
 /// Longest `client_msg_id`, in bytes.
 pub const MAX_CLIENT_MSG_ID: usize = 128;
@@ -223,7 +224,7 @@ impl Core {
             if appended.duplicate {
                 return;
             }
-            let delivery = &appended.message;
+            let delivery = &Delivery::new(appended.message.clone());
             match (room, recipient) {
                 (Some(room), _) => {
                     core.fan_out_room(delivery, room, Some(except));
@@ -261,7 +262,7 @@ impl Core {
         Ok(())
     }
 
-    fn is_member(&self, room: crate::store::RoomId, account: AccountId) -> bool {
+    fn is_member(&self, room: crate::model::RoomId, account: AccountId) -> bool {
         self.rooms_read()
             .members
             .get(&room)
@@ -319,8 +320,8 @@ impl Core {
     pub(super) fn fan_out_room(
         &self,
         delivery: &Delivery,
-        room: crate::store::RoomId,
-        except: Option<crate::store::SessionId>,
+        room: crate::model::RoomId,
+        except: Option<crate::model::SessionId>,
     ) {
         self.inner.recent.record(delivery.id, room);
         let rooms = self.rooms_read();
@@ -346,7 +347,7 @@ impl Core {
                 },
             }
         }
-        let mut rooms: Vec<(crate::store::RoomId, u64)> = Vec::with_capacity(newest.len());
+        let mut rooms: Vec<(crate::model::RoomId, u64)> = Vec::with_capacity(newest.len());
         {
             let cache = self.rooms_read();
             for (name, id) in newest {

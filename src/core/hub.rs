@@ -23,7 +23,7 @@ use std::task::{Poll, Waker};
 use tokio::sync::Notify;
 
 use super::Delivery;
-use crate::store::{AccountId, SessionId};
+use crate::model::{AccountId, SessionId};
 
 /// Why a live stream ended from the server's side.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -286,6 +286,12 @@ pub fn batch<R>(f: impl FnOnce() -> R) -> R {
     f()
 }
 
+/// [`batch`] for the store's commit hooks: each run of hooks that commit
+/// together wakes each receiver once.
+pub fn batch_hooks(run: &mut dyn FnMut()) {
+    batch(run)
+}
+
 pub struct Hub {
     sinks: Mutex<Sinks>,
     /// Woken whenever an account comes online or goes offline.
@@ -523,11 +529,15 @@ mod tests {
     #[tokio::test]
     async fn a_batch_hands_over_its_deliveries_at_its_end_in_order() {
         let hub = Hub::new(8, Arc::new(Notify::new()));
-        let mut live = hub.attach(1, 10);
-        let mut other = hub.attach(2, 20);
+        let mut live = hub.attach(AccountId(1), SessionId(10));
+        let mut other = hub.attach(AccountId(2), SessionId(20));
         batch(|| {
             for id in 1..=3 {
-                hub.fan_out(&delivery(id), [&1, &2], Some(20));
+                hub.fan_out(
+                    &delivery(id),
+                    [&AccountId(1), &AccountId(2)],
+                    Some(SessionId(20)),
+                );
             }
             assert!(live.recv().now_or_never().is_none(), "held until the end");
         });
@@ -543,11 +553,11 @@ mod tests {
     #[tokio::test]
     async fn a_batch_inside_a_batch_keeps_commit_order() {
         let hub = Hub::new(8, Arc::new(Notify::new()));
-        let mut live = hub.attach(1, 10);
+        let mut live = hub.attach(AccountId(1), SessionId(10));
         batch(|| {
-            hub.fan_out(&delivery(1), [&1], None);
-            batch(|| hub.fan_out(&delivery(2), [&1], None));
-            hub.fan_out(&delivery(3), [&1], None);
+            hub.fan_out(&delivery(1), [&AccountId(1)], None);
+            batch(|| hub.fan_out(&delivery(2), [&AccountId(1)], None));
+            hub.fan_out(&delivery(3), [&AccountId(1)], None);
             assert!(
                 live.recv().now_or_never().is_none(),
                 "held until the outer end"
@@ -561,19 +571,19 @@ mod tests {
     #[tokio::test]
     async fn a_receiver_a_whole_queue_behind_gets_what_was_queued_then_overflow() {
         let hub = Hub::new(4, Arc::new(Notify::new()));
-        let mut live = hub.attach(1, 10);
-        batch(|| hub.fan_out(&delivery(1), [&1], None));
+        let mut live = hub.attach(AccountId(1), SessionId(10));
+        batch(|| hub.fan_out(&delivery(1), [&AccountId(1)], None));
         batch(|| {
             for id in 2..=6 {
-                hub.fan_out(&delivery(id), [&1], None);
+                hub.fan_out(&delivery(id), [&AccountId(1)], None);
             }
         });
         assert_eq!(live.recv().await.map(|d| d.id), Ok(1));
         assert_eq!(live.recv().await.map(|d| d.id), Err(Closed::Overflow));
         // Outside a batch, a full queue ends the stream the same way.
-        let mut slow = hub.attach(2, 20);
+        let mut slow = hub.attach(AccountId(2), SessionId(20));
         for id in 1..=5 {
-            hub.fan_out(&delivery(id), [&2], None);
+            hub.fan_out(&delivery(id), [&AccountId(2)], None);
         }
         for id in 1..=4 {
             assert_eq!(slow.recv().await.map(|d| d.id), Ok(id));

@@ -1,23 +1,9 @@
-//! What travels through the core: stored messages and where they go.
+//! What the core hands back for a send, and a committed message on its
+//! way to live sessions.
 
-/// Where a message is addressed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Target {
-    User(String),
-    Room(String),
-}
+use std::sync::Arc;
 
-/// A message as stored: it has its durable id, so every delivery of it, on
-/// any protocol and however often repeated, carries the same id.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Message {
-    pub id: u64,
-    pub from: String,
-    pub to: Target,
-    pub body: String,
-    pub sent_at_ms: i64,
-    pub client_msg_id: Option<String>,
-}
+use crate::model::Message;
 
 /// The answer to a send: the stored id, once the message is on disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,22 +25,22 @@ pub enum Encoding {
 
 const ENCODINGS: usize = 2;
 
-/// A committed message on its way to live sessions: one allocation shared
-/// by every receiver, carrying each protocol's encoding once the first
-/// receiver on that protocol has made it.
+/// A committed message on its way to live sessions: shared by every
+/// receiver, carrying each protocol's encoding once the first receiver on
+/// that protocol has made it.
 #[derive(Debug, Clone)]
-pub struct Delivery(std::sync::Arc<Shared>);
+pub struct Delivery(Arc<Shared>);
 
 #[derive(Debug)]
 struct Shared {
-    message: Message,
+    message: Arc<Message>,
     encoded: [std::sync::OnceLock<Box<[u8]>>; ENCODINGS],
 }
 
 impl Delivery {
-    pub fn new(message: Message) -> Delivery {
-        Delivery(std::sync::Arc::new(Shared {
-            message,
+    pub fn new(message: impl Into<Arc<Message>>) -> Delivery {
+        Delivery(Arc::new(Shared {
+            message: message.into(),
             encoded: Default::default(),
         }))
     }

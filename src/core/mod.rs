@@ -28,18 +28,19 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Instant;
 
+pub use crate::model::{Message, Target, now_ms};
 pub use chat::{Inbox, RoomInfo, Stats, UserInfo};
 pub use error::{CoreError, ErrorKind};
 pub use history::HISTORY_REPLY_BYTES;
 pub use hub::{Closed, batch as fan_out_batch};
-pub use message::{Delivery, Encoding, Message, Sent, Target};
-pub use operators::grant_operator_offline;
+pub use message::{Delivery, Encoding, Sent};
 pub use remote::{Claim, Gathered, PeerLink, Remote, RemoteDirect, Topology};
 pub use throttle::REFUSAL_PAUSE;
 
 use tokio::sync::Notify;
 
-use crate::store::{AccountId, AccountSummary, RoomId, RoomRecord, SessionId, Store};
+use crate::model::{AccountId, RoomId, SessionId};
+use crate::store::{AccountSummary, RoomRecord, Store};
 use hub::Hub;
 
 /// Bounds on what one user may ask of the server.
@@ -149,6 +150,7 @@ struct Rooms {
 impl Core {
     /// Loads the directory and room memberships and makes sure `lobby` exists.
     pub async fn open(store: Arc<dyn Store>, config: CoreConfig) -> Result<Core, CoreError> {
+        store.set_hook_scope(hub::batch_hooks);
         let lobby = store.ensure_room(names::LOBBY, names::LOBBY).await?;
         let directory = store
             .accounts()
@@ -275,12 +277,4 @@ impl Core {
             .cloned()
             .ok_or_else(|| CoreError::NoSuchRoom(bare.to_owned()))
     }
-}
-
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }

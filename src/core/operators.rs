@@ -4,14 +4,15 @@
 //! after the account is deleted, or before it was ever made. So a name given
 //! with `--operator` counts only if its account exists when the server
 //! starts, and grants made with [`Core::grant_operator`] or
-//! `meshtalk operator NAME` are stored by account id, and go with the
+//! `meshtalk operator NAME` (`server::grant_operator_offline`) are stored
+//! by account id, and go with the
 //! account when it is deleted.
 
 use std::collections::{HashMap, HashSet};
-use std::path::Path;
 
 use super::{Core, CoreError, names};
-use crate::store::{AccountId, AccountSummary, DataDirLock, SqliteStore, Store};
+use crate::model::AccountId;
+use crate::store::{AccountSummary, Store};
 
 /// The operators at start: the stored grants, and the accounts that the
 /// configured names have now.
@@ -49,24 +50,4 @@ impl Core {
         self.operators_write().insert(account);
         Ok(())
     }
-}
-
-/// Grants NAME operator rights in the database at `db_path`, whose server
-/// must be stopped (its lock says so otherwise); returns the name as
-/// registered. A running server reads grants when it starts.
-pub async fn grant_operator_offline(db_path: &Path, name: &str) -> Result<String, CoreError> {
-    let key = names::account_key(name)?;
-    let _lock = DataDirLock::acquire(db_path)?;
-    let store = SqliteStore::open(db_path)?;
-    let granted = async {
-        let account = store
-            .account_by_key(&key)
-            .await?
-            .ok_or_else(|| CoreError::NoSuchUser(name.to_owned()))?;
-        store.grant_operator(account.id).await?;
-        Ok(account.name)
-    }
-    .await;
-    store.close().await;
-    granted
 }

@@ -11,7 +11,7 @@
 
 use std::sync::Mutex;
 
-use crate::store::RoomId;
+use crate::model::RoomId;
 
 /// Room messages remembered: a few seconds' worth at full speed.
 const SLOTS: usize = 1 << 16;
@@ -34,7 +34,7 @@ pub struct Sorted {
 impl Default for RecentRooms {
     fn default() -> Self {
         RecentRooms {
-            slots: Mutex::new(vec![(0, 0); SLOTS].into_boxed_slice()),
+            slots: Mutex::new(vec![(0, RoomId(0)); SLOTS].into_boxed_slice()),
         }
     }
 }
@@ -76,21 +76,21 @@ mod tests {
     #[test]
     fn known_room_ids_fold_to_one_cursor_per_room() {
         let recent = RecentRooms::default();
-        recent.record(10, 1);
-        recent.record(11, 2);
-        recent.record(12, 1);
+        recent.record(10, RoomId(1));
+        recent.record(11, RoomId(2));
+        recent.record(12, RoomId(1));
         let sorted = recent.sort(&[12, 10, 11, 13, 0]);
-        assert_eq!(sorted.rooms, vec![(1, 12), (2, 11)]);
+        assert_eq!(sorted.rooms, vec![(RoomId(1), 12), (RoomId(2), 11)]);
         assert_eq!(sorted.others, vec![13, 0]);
     }
 
     #[test]
     fn an_id_pushed_out_of_the_ring_goes_to_the_store() {
         let recent = RecentRooms::default();
-        recent.record(5, 1);
-        recent.record(5 + SLOTS as u64, 2);
+        recent.record(5, RoomId(1));
+        recent.record(5 + SLOTS as u64, RoomId(2));
         let sorted = recent.sort(&[5, 5 + SLOTS as u64]);
-        assert_eq!(sorted.rooms, vec![(2, 5 + SLOTS as u64)]);
+        assert_eq!(sorted.rooms, vec![(RoomId(2), 5 + SLOTS as u64)]);
         assert_eq!(sorted.others, vec![5]);
     }
 }

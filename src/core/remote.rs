@@ -12,13 +12,14 @@ use std::sync::Arc;
 use futures::future::BoxFuture;
 
 use super::chat::{Stats, UserInfo};
-use super::{Core, CoreError, Identity, Message, Sent, now_ms};
-use crate::store::{AccountId, NewMessage};
+use super::{Core, CoreError, Delivery, Identity, Message, Sent, now_ms};
+use crate::model::AccountId;
+use crate::store::NewMessage;
 
 /// The account id stored as the sender of messages from other nodes: no
 /// local account has it, and it keeps their `client_msg_id`s apart from
 /// local ones.
-const REMOTE_SENDER: AccountId = 0;
+const REMOTE_SENDER: AccountId = AccountId(0);
 
 /// An account homed on another node.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -248,7 +249,7 @@ impl Core {
                     if appended.duplicate {
                         return;
                     }
-                    core.fan_out_room(&appended.message, room_id, None);
+                    core.fan_out_room(&Delivery::new(appended.message.clone()), room_id, None);
                 }),
             )
         });
@@ -311,9 +312,11 @@ impl Core {
                 message,
                 Box::new(move |appended| {
                     if !appended.duplicate {
-                        core.inner
-                            .hub
-                            .fan_out(&appended.message, [&recipient], None);
+                        core.inner.hub.fan_out(
+                            &Delivery::new(appended.message.clone()),
+                            [&recipient],
+                            None,
+                        );
                     }
                 }),
             ))

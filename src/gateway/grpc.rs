@@ -15,8 +15,8 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::core::pace::{Pace, Pacer};
 use crate::core::{Closed, Core, CoreError, ErrorKind, Identity, Inbox, Message, Target};
+use crate::model::SessionId;
 use crate::proto::{self, accounts_server::Accounts, admin_server::Admin, chat_server::Chat};
-use crate::store::SessionId;
 
 type RpcStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 

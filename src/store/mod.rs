@@ -15,11 +15,9 @@ pub use sqlite::SqliteStore;
 
 use async_trait::async_trait;
 
-use crate::core::{Delivery, Message, Target};
+use std::sync::Arc;
 
-pub type AccountId = i64;
-pub type RoomId = i64;
-pub type SessionId = i64;
+use crate::model::{AccountId, Message, RoomId, SessionId, Target};
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
@@ -87,12 +85,11 @@ pub struct NewMessage {
 }
 
 /// The outcome of appending: the stored message, or the earlier one with the
-/// same `client_msg_id`. Shared, as the commit hook fans it out: copying
-/// its texts for every message cost the answering thread more than the
-/// fan-out of a direct message itself.
+/// same `client_msg_id`. Shared, so the commit hook can hand it on without
+/// copying its texts.
 #[derive(Debug, Clone)]
 pub struct Appended {
-    pub message: Delivery,
+    pub message: Arc<Message>,
     pub duplicate: bool,
 }
 
@@ -109,6 +106,11 @@ pub type PendingAppend =
 /// Runs right after the commit that stored a message, before the sender is
 /// answered, in commit order; it must not block.
 pub type CommitHook = Box<dyn FnOnce(&Appended) + Send>;
+
+/// Runs a run of commit hooks, passed as `run`. The store calls the hooks
+/// of commits that finish together inside one call, so whatever they notify
+/// can gather their effects and act once per run.
+pub type HookScope = fn(run: &mut dyn FnMut());
 
 /// Whose history to read.
 #[derive(Debug, Clone, Copy)]
@@ -231,6 +233,8 @@ pub trait Store: Send + Sync + 'static {
         n: u32,
     ) -> Result<Option<u64>, StoreError>;
     async fn counts(&self) -> Result<Counts, StoreError>;
+    /// From now on runs each run of commit hooks inside `scope`.
+    fn set_hook_scope(&self, scope: HookScope);
     /// Finishes what is in flight and stops accepting work.
     async fn close(&self);
 }

@@ -46,7 +46,7 @@ impl DiskReserve {
         if self.min_free == 0 {
             return false;
         }
-        let now = crate::core::now_ms();
+        let now = crate::model::now_ms();
         let last = self.checked_ms.load(Ordering::Relaxed);
         // One caller takes the reading; the others use the last one.
         if now.saturating_sub(last) >= STALE_MS

@@ -16,7 +16,7 @@
 
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
 
 use async_trait::async_trait;
@@ -24,11 +24,11 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use super::{
-    AccountAcks, AccountHook, AccountId, AccountRecord, AccountSummary, Appended, CommitHook,
-    Conversation, Counts, DiskReserve, MembershipHook, NewMessage, PendingAppend, RoomId,
-    RoomRecord, SessionId, SessionRecord, Store, StoreError, message_target,
+    AccountAcks, AccountHook, AccountRecord, AccountSummary, Appended, CommitHook, Conversation,
+    Counts, DiskReserve, HookScope, MembershipHook, NewMessage, PendingAppend, RoomRecord,
+    SessionRecord, Store, StoreError, message_target,
 };
-use crate::core::{Delivery, Message};
+use crate::model::{AccountId, Message, RoomId, SessionId};
 
 /// The most jobs one transaction takes.
 const MAX_BATCH: usize = 4096;
@@ -197,7 +197,30 @@ pub struct SqliteStore {
     reader_permits: Arc<Semaphore>,
     /// Below this much free space, appends are refused.
     reserve: Option<DiskReserve>,
+    /// What the hooks of each run of commits run inside; set once.
+    hook_scope: Arc<OnceLock<HookScope>>,
 }
+
+/// Ids are stored as the INTEGER keys SQLite gives them.
+macro_rules! sql_id {
+    ($($id:ty),*) => {$(
+        impl rusqlite::ToSql for $id {
+            fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+                self.0.to_sql()
+            }
+        }
+
+        impl rusqlite::types::FromSql for $id {
+            fn column_result(
+                value: rusqlite::types::ValueRef<'_>,
+            ) -> rusqlite::types::FromSqlResult<Self> {
+                i64::column_result(value).map(Self)
+            }
+        }
+    )*};
+}
+
+sql_id!(AccountId, RoomId, SessionId);
 
 fn backend(e: rusqlite::Error) -> StoreError {
     match &e {
@@ -211,7 +234,7 @@ fn backend(e: rusqlite::Error) -> StoreError {
 }
 
 fn now_ms() -> i64 {
-    crate::core::now_ms()
+    crate::model::now_ms()
 }
 
 impl SqliteStore {
@@ -247,9 +270,11 @@ impl SqliteStore {
         }
 
         let (tx, rx) = mpsc::unbounded_channel();
+        let hook_scope = Arc::new(OnceLock::new());
+        let scope = hook_scope.clone();
         let thread = std::thread::Builder::new()
             .name("sqlite-writer".into())
-            .spawn(move || write_loop(writer, rx))
+            .spawn(move || write_loop(writer, rx, scope))
             .map_err(|e| StoreError::Backend(format!("cannot start the writer: {e}")))?;
         Ok(SqliteStore {
             writer: Mutex::new(Some(tx)),
@@ -257,6 +282,7 @@ impl SqliteStore {
             readers: Arc::new(Mutex::new(readers)),
             reader_permits: Arc::new(Semaphore::new(READERS)),
             reserve: None,
+            hook_scope,
         })
     }
 
@@ -375,7 +401,11 @@ impl SqliteStore {
 /// A committed (or failed) batch's answers, for the answering thread.
 type Answers = (Vec<Finish>, Result<(), StoreError>);
 
-fn write_loop(conn: Connection, mut jobs: mpsc::UnboundedReceiver<Job>) {
+fn write_loop(
+    conn: Connection,
+    mut jobs: mpsc::UnboundedReceiver<Job>,
+    scope: Arc<OnceLock<HookScope>>,
+) {
     let (answers, answering) = std::sync::mpsc::channel::<Answers>();
     // Batches handed to the answering thread and not yet answered.
     let unanswered = Arc::new(AtomicUsize::new(0));
@@ -383,9 +413,10 @@ fn write_loop(conn: Connection, mut jobs: mpsc::UnboundedReceiver<Job>) {
         .name("sqlite-answer".into())
         .spawn({
             let unanswered = unanswered.clone();
+            let scope = scope.clone();
             move || {
                 for (finishes, commit) in answering {
-                    answer(finishes, &commit);
+                    answer(finishes, &commit, &scope);
                     unanswered.fetch_sub(1, Ordering::Release);
                 }
             }
@@ -462,7 +493,7 @@ fn write_loop(conn: Connection, mut jobs: mpsc::UnboundedReceiver<Job>) {
             && jobs.is_empty()
             && unanswered.load(Ordering::Acquire) == 0
         {
-            answer(finishes, &commit);
+            answer(finishes, &commit, &scope);
             continue;
         }
         unanswered.fetch_add(1, Ordering::Relaxed);
@@ -472,7 +503,7 @@ fn write_loop(conn: Connection, mut jobs: mpsc::UnboundedReceiver<Job>) {
             answers.send((finishes, commit))
         {
             unanswered.fetch_sub(1, Ordering::Relaxed);
-            answer(finishes, &commit);
+            answer(finishes, &commit, &scope);
         }
     }
     drop(answers);
@@ -481,20 +512,24 @@ fn write_loop(conn: Connection, mut jobs: mpsc::UnboundedReceiver<Job>) {
     }
 }
 
-/// Runs a committed batch's hooks and answers its callers.
-fn answer(finishes: Vec<Finish>, commit: &Result<(), StoreError>) {
-    // What the finished jobs fan out reaches each receiver once per run
-    // of jobs, in one lock and one wake-up, not once per message. A run
-    // is kept well under a receiver's queue, which must not fill before
-    // its receiver has had a chance to empty it.
+/// Runs a committed batch's hooks and answers its callers, a run of jobs at
+/// a time inside the hook scope. A run is kept well under a receiver's
+/// queue, which must not fill before its receiver has had a chance to
+/// empty it.
+fn answer(finishes: Vec<Finish>, commit: &Result<(), StoreError>, scope: &OnceLock<HookScope>) {
+    let scope = scope.get().copied().unwrap_or(unscoped);
     let mut finishes = finishes.into_iter().peekable();
     while finishes.peek().is_some() {
-        crate::core::fan_out_batch(|| {
+        scope(&mut || {
             for finish in finishes.by_ref().take(WAKE_RUN) {
                 finish(commit.as_ref().err());
             }
         });
     }
+}
+
+fn unscoped(run: &mut dyn FnMut()) {
+    run()
 }
 
 /// Runs a savepoint statement, prepared once per connection.
@@ -543,7 +578,7 @@ impl Store for SqliteStore {
                     backend(e)
                 }
             })?;
-            let id = c.last_insert_rowid();
+            let id = AccountId(c.last_insert_rowid());
             join_tx(c, id, lobby).map_err(backend)?;
             Ok(id)
         }, move |value| on_commit(value))
@@ -638,7 +673,7 @@ impl Store for SqliteStore {
             )
             .and_then(|mut s| s.execute(params![&token_hash[..], account, now_ms()]))
             .map_err(backend)?;
-            let id = c.last_insert_rowid();
+            let id = SessionId(c.last_insert_rowid());
             let evicted: Vec<SessionId> = c
                 .prepare_cached(
                     "SELECT id FROM sessions WHERE account_id = ?1 ORDER BY id DESC LIMIT -1 OFFSET ?2",
@@ -757,7 +792,7 @@ impl Store for SqliteStore {
             move |c| {
                 c.execute(
                     "DELETE FROM memberships WHERE account_id = ?1 AND room_id = ?2",
-                    [account, room],
+                    params![account, room],
                 )
                 .map(|n| n == 1)
                 .map_err(backend)
@@ -952,6 +987,10 @@ impl Store for SqliteStore {
         .await
     }
 
+    fn set_hook_scope(&self, scope: HookScope) {
+        let _ = self.hook_scope.set(scope);
+    }
+
     async fn close(&self) {
         // Dropping the sender lets the writer finish the queue and stop.
         if let Ok(mut writer) = self.writer.lock() {
@@ -969,7 +1008,7 @@ fn join_tx(c: &Connection, account: AccountId, room: RoomId) -> rusqlite::Result
         "INSERT OR IGNORE INTO memberships (account_id, room_id, acked_id)
          VALUES (?1, ?2, (SELECT IFNULL(MAX(id), 0) FROM messages))",
     )?
-    .execute([account, room])
+    .execute(params![account, room])
     .map(|n| n == 1)
 }
 
@@ -983,7 +1022,7 @@ fn append_tx(c: &Writer<'_>, m: NewMessage) -> rusqlite::Result<Appended> {
             .optional()?;
         if let Some(message) = earlier {
             return Ok(Appended {
-                message: Delivery::new(message),
+                message: Arc::new(message),
                 duplicate: true,
             });
         }
@@ -1028,7 +1067,7 @@ fn append_tx(c: &Writer<'_>, m: NewMessage) -> rusqlite::Result<Appended> {
         }
     }
     Ok(Appended {
-        message: Delivery::new(Message {
+        message: Arc::new(Message {
             id: id as u64,
             from: m.sender_name,
             to: message_target(recipient_name, room_name),
@@ -1044,10 +1083,10 @@ fn append_tx(c: &Writer<'_>, m: NewMessage) -> rusqlite::Result<Appended> {
 /// arguments (numbered from 1).
 fn conversation_filter(conversation: Conversation) -> (&'static str, Vec<i64>) {
     match conversation {
-        Conversation::Room(room) => ("room_id = ?1", vec![room]),
+        Conversation::Room(room) => ("room_id = ?1", vec![room.0]),
         Conversation::Direct(x, y) => (
             "((sender_id = ?1 AND recipient_id = ?2) OR (sender_id = ?2 AND recipient_id = ?1))",
-            vec![x, y],
+            vec![x.0, y.0],
         ),
     }
 }

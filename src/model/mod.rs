@@ -1,0 +1,18 @@
+//! The vocabulary every layer shares: ids, stored messages and where they
+//! go, and the clock. A leaf: it imports nothing of meshtalk, so the core,
+//! the stores, the doors and the mesh can all speak it without importing
+//! one another.
+
+mod ids;
+mod message;
+
+pub use ids::{AccountId, RoomId, SessionId};
+pub use message::{Message, Target};
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
