@@ -14,6 +14,7 @@ use tonic::Code;
 
 use super::{Client, ClientError, To};
 use crate::codec::line::{Command, HELP};
+use crate::core::names::LOBBY;
 use crate::proto;
 
 #[derive(Debug, Clone, Args)]
@@ -75,7 +76,8 @@ impl ChatSession {
         Ok(ChatSession {
             client,
             name: login.name,
-            room: "lobby".into(),
+            // Every session starts out speaking in the lobby.
+            room: LOBBY.into(),
         })
     }
 
@@ -123,12 +125,10 @@ impl ChatSession {
                 vec![format!("* now in #{}", joined.room)]
             }
             Command::Leave(room) => {
-                let left = c.leave(&room).await?;
+                let left = c.leave_room(&room).await?;
                 let bare = room.trim_start_matches('#');
-                if bare.eq_ignore_ascii_case(&self.room) {
-                    self.room = "lobby".into();
-                }
-                vec![if left {
+                self.room = left.room;
+                vec![if left.left {
                     format!("* left #{bare}")
                 } else {
                     format!("* you were not in #{bare}")

@@ -10,14 +10,17 @@ use std::net::IpAddr;
 use std::sync::atomic::Ordering;
 
 use super::{Closed, Core, CoreError, Identity, names};
+use crate::model::{AccountId, SessionId};
 use crate::store::StoreError;
 
 impl Core {
     /// Drops cached sessions, and tells concurrent look-ups not to re-add them.
-    fn revoke(&self, matches: impl Fn(&Identity) -> bool) {
+    fn revoke(&self, matches: impl Fn(AccountId, SessionId) -> bool) {
         let mut sessions = self.sessions();
         self.inner.revocations.fetch_add(1, Ordering::SeqCst);
-        sessions.retain(|_, s| !matches(s));
+        sessions.retain(|_, s| !matches(s.account, s.session));
+        drop(sessions);
+        self.forget_places(matches);
     }
 }
 
@@ -128,7 +131,7 @@ impl Core {
             .await?;
         // The oldest sessions made room for this one: their tokens stop working.
         for old in evicted {
-            self.revoke(|s| s.session == old);
+            self.revoke(|_, session| session == old);
             self.inner
                 .hub
                 .close_session(account.id, old, Closed::LoggedOut);
@@ -174,7 +177,7 @@ impl Core {
     /// Ends a session: its token stops working and its streams close.
     pub async fn logout(&self, who: &Identity) -> Result<(), CoreError> {
         self.inner.store.delete_session(who.session).await?;
-        self.revoke(|s| s.session == who.session);
+        self.revoke(|_, session| session == who.session);
         self.inner
             .hub
             .close_session(who.account, who.session, Closed::LoggedOut);
@@ -214,7 +217,7 @@ impl Core {
         for members in self.rooms_write().members.values_mut() {
             members.remove(&who.account);
         }
-        self.revoke(|s| s.account == who.account);
+        self.revoke(|account, _| account == who.account);
         self.inner
             .hub
             .close_account(who.account, Closed::AccountDeleted);

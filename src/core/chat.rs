@@ -407,8 +407,9 @@ impl Core {
         }
     }
 
-    /// Joins a room, creating it if needed. Returns its name and whether the
-    /// caller was not a member before.
+    /// Joins a room, creating it if needed, and makes it the one the caller
+    /// speaks in. Returns its name and whether the caller was not a member
+    /// before.
     pub async fn join_room(&self, who: &Identity, name: &str) -> Result<(String, bool), CoreError> {
         self.check_running()?;
         let (bare, key) = names::room_key(name)?;
@@ -416,6 +417,7 @@ impl Core {
         if let Some(room) = &existing
             && self.is_member(room.id, who.account)
         {
+            self.enter_room(who, &room.name);
             return Ok((room.name.clone(), false));
         }
         let joined_count = self
@@ -456,10 +458,12 @@ impl Core {
             .store
             .join(who.account, room.id, on_commit)
             .await?;
+        self.enter_room(who, &room.name);
         Ok((room.name, joined))
     }
 
-    /// Leaves a room. Returns whether the caller was a member.
+    /// Leaves a room; a caller that spoke there speaks in the lobby again.
+    /// Returns whether the caller was a member.
     pub async fn leave_room(&self, who: &Identity, name: &str) -> Result<bool, CoreError> {
         self.check_running()?;
         let room = self.room(name)?;
@@ -472,11 +476,13 @@ impl Core {
                 members.remove(&account);
             }
         });
-        Ok(self
+        let left = self
             .inner
             .store
             .leave(who.account, room.id, on_commit)
-            .await?)
+            .await?;
+        self.left_room(who, &room.name);
+        Ok(left)
     }
 
     pub fn list_rooms(&self, who: &Identity) -> Vec<RoomInfo> {

@@ -21,6 +21,7 @@ pub mod pace;
 mod passwords;
 pub mod recent;
 mod remote;
+mod session;
 pub mod throttle;
 
 use std::collections::{HashMap, HashSet};
@@ -29,6 +30,7 @@ use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Instant;
 
 pub use crate::model::{Message, Target, now_ms};
+pub use accounts::Login;
 pub use chat::{Inbox, RoomInfo, Stats, UserInfo};
 pub use error::{CoreError, ErrorKind};
 pub use history::HISTORY_REPLY_BYTES;
@@ -130,6 +132,8 @@ struct Inner {
     rooms: RwLock<Rooms>,
     /// Token hash → session, for tokens seen since start.
     sessions: Mutex<HashMap<[u8; 32], Identity>>,
+    /// The room each session speaks in.
+    places: Mutex<session::Places>,
     passwords: passwords::PasswordPool,
     /// Counts logouts and deletions, so a token look-up that raced one does
     /// not cache a session that is gone.
@@ -185,6 +189,7 @@ impl Core {
                 directory: RwLock::new(directory),
                 rooms: RwLock::new(rooms),
                 sessions: Mutex::new(HashMap::new()),
+                places: Mutex::default(),
                 revocations: AtomicU64::new(0),
                 passwords: passwords::PasswordPool::new(),
                 store,

@@ -511,7 +511,8 @@ impl Chat for GrpcGateway {
             .leave_room(&who, &request.into_inner().room)
             .await
             .map_err(status)?;
-        Ok(Response::new(proto::LeaveRoomResponse { left }))
+        let room = self.core.current_room(&who);
+        Ok(Response::new(proto::LeaveRoomResponse { left, room }))
     }
 
     async fn list_rooms(

@@ -20,7 +20,6 @@ use crate::codec::line::{Command, HELP, LineDecoder, LineError, ParseError, Serv
 use crate::core::pace::{Pace, Pacer};
 use crate::core::{
     Closed, Core, CoreError, Delivery, Encoding, ErrorKind, Identity, Inbox, Message, Sent, Target,
-    names,
 };
 
 /// Speech lines one connection may have waiting for their commit.
@@ -151,7 +150,6 @@ struct Session {
     login_by: Option<Instant>,
     /// The connection's sending allowance, if sends are limited.
     pacer: Option<Pacer>,
-    room: String,
     inbox: Option<Inbox>,
     /// Speech queued for the store, oldest first. Speech has no reply, so
     /// the connection reads on while it commits; only failures are reported.
@@ -176,7 +174,6 @@ pub async fn serve_connection(
         login_by: Some(Instant::now() + deadlines.login),
         // The connection's, not the login's: logging in again earns no new burst.
         pacer: core.limits().send_rate.map(Pacer::new),
-        room: names::LOBBY.into(),
         inbox: None,
         speech: FuturesOrdered::new(),
         core,
@@ -373,21 +370,12 @@ impl Session {
 
     async fn login(&mut self, name: &str, password: &str) -> Result<String, CoreError> {
         let from = Some(self.conn.peer);
-        let login = self.core.login(name, password, from).await?;
-        match self.core.attach(&login.identity).await {
-            Ok(inbox) => {
-                self.inbox = Some(inbox);
-                self.login_by = None;
-                self.room = names::LOBBY.into();
-                let name = login.identity.name.clone();
-                self.who = Some(login.identity);
-                Ok(name)
-            }
-            Err(e) => {
-                let _ = self.core.logout(&login.identity).await;
-                Err(e)
-            }
-        }
+        let (login, inbox) = self.core.login_attached(name, password, from).await?;
+        self.inbox = Some(inbox);
+        self.login_by = None;
+        let name = login.identity.name.clone();
+        self.who = Some(login.identity);
+        Ok(name)
     }
 
     fn help(&mut self) {
@@ -439,7 +427,8 @@ impl Session {
             Command::Say(text) => {
                 // Speech succeeds silently: the speaker gets no echo.
                 self.settle_speech(PIPELINE - 1).await;
-                let said = core.send(who, &Target::Room(self.room.clone()), &text, None);
+                let room = Target::Room(core.current_room(who));
+                let said = core.send(who, &room, &text, None);
                 self.speech.push_back(said.boxed());
             }
             Command::Help => self.help(),
@@ -492,16 +481,12 @@ impl Session {
             Command::Join(room) => {
                 let (room, _) = core.join_room(who, &room).await?;
                 self.conn.push(ok(format!("joined #{room}")));
-                self.room = room;
             }
             Command::Leave(room) => {
                 let left = core.leave_room(who, &room).await?;
                 let bare = room.trim_start_matches('#');
-                if bare.eq_ignore_ascii_case(&self.room) {
-                    self.room = names::LOBBY.into();
-                }
                 self.conn.push(ok(if left {
-                    format!("left #{bare}; you are in #{}", self.room)
+                    format!("left #{bare}; you are in #{}", core.current_room(who))
                 } else {
                     format!("you were not in #{bare}")
                 }));
@@ -517,7 +502,7 @@ impl Session {
             }
             Command::History(n) => {
                 let messages = core
-                    .history_reply(who, &Target::Room(self.room.clone()), 0, n, true)
+                    .history_reply(who, &Target::Room(core.current_room(who)), 0, n, true)
                     .await?;
                 for m in &messages {
                     self.conn.push(message_line(m));

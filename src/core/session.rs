@@ -1,0 +1,71 @@
+//! What a session carries from one request to the next, kept in the core so
+//! that doors only translate: the room it speaks in, and the pairing of a
+//! log-in with its live inbox.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+
+use super::{Core, CoreError, Identity, Inbox, Login, names};
+use crate::model::{AccountId, SessionId};
+
+/// The room each session speaks in, for sessions that joined one since
+/// logging in; every other session speaks in the lobby.
+#[derive(Default)]
+pub(super) struct Places(HashMap<SessionId, (AccountId, String)>);
+
+impl Core {
+    /// Logs in and attaches the new session's live inbox. A session whose
+    /// inbox cannot be attached is logged out again, so a failed log-in
+    /// leaves no session behind.
+    pub async fn login_attached(
+        &self,
+        name: &str,
+        password: &str,
+        from: Option<IpAddr>,
+    ) -> Result<(Login, Inbox), CoreError> {
+        let login = self.login(name, password, from).await?;
+        match self.attach(&login.identity).await {
+            Ok(inbox) => Ok((login, inbox)),
+            Err(e) => {
+                let _ = self.logout(&login.identity).await;
+                Err(e)
+            }
+        }
+    }
+
+    /// The room `who` speaks in: the last one it joined, or the lobby.
+    pub fn current_room(&self, who: &Identity) -> String {
+        match self.places().0.get(&who.session) {
+            Some((_, room)) => room.clone(),
+            None => names::LOBBY.to_owned(),
+        }
+    }
+
+    /// Makes `room`, just joined, the one `who` speaks in.
+    pub(super) fn enter_room(&self, who: &Identity, room: &str) {
+        self.places()
+            .0
+            .insert(who.session, (who.account, room.to_owned()));
+    }
+
+    /// After `who` left `room`: if it spoke there, it speaks in the lobby.
+    pub(super) fn left_room(&self, who: &Identity, room: &str) {
+        let mut places = self.places();
+        if let Some((_, current)) = places.0.get(&who.session)
+            && current.eq_ignore_ascii_case(room)
+        {
+            places.0.remove(&who.session);
+        }
+    }
+
+    /// Forgets the places of sessions that ended.
+    pub(super) fn forget_places(&self, ended: impl Fn(AccountId, SessionId) -> bool) {
+        self.places()
+            .0
+            .retain(|&session, (account, _)| !ended(*account, session));
+    }
+
+    fn places(&self) -> std::sync::MutexGuard<'_, Places> {
+        self.inner.places.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
