@@ -10,6 +10,8 @@ use std::fmt;
 
 use bytes::BytesMut;
 
+use crate::model::ErrorKind;
+
 /// Longest line, in bytes, not counting the CRLF.
 pub const MAX_LINE: usize = 4096;
 
@@ -285,6 +287,42 @@ impl Command {
     }
 }
 
+/// The one-word codes of `-ERR` lines: the protocol's one table of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrCode {
+    /// What the core refused, spelled as [`ErrorKind::code`] spells it.
+    Core(ErrorKind),
+    /// A line over [`MAX_LINE`] bytes.
+    TooLong,
+    /// A line that is not UTF-8.
+    Utf8,
+    /// A command nobody knows.
+    Unknown,
+    /// A known command with the wrong arguments.
+    Usage,
+    /// A command that does not fit the connection's state (log in twice).
+    State,
+    /// A line or a log-in that did not come in time.
+    Timeout,
+    /// Sending far faster than allowed.
+    Flood,
+}
+
+impl ErrCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrCode::Core(kind) => kind.code(),
+            ErrCode::TooLong => "too-long",
+            ErrCode::Utf8 => "utf8",
+            ErrCode::Unknown => "unknown",
+            ErrCode::Usage => "usage",
+            ErrCode::State => "state",
+            ErrCode::Timeout => "timeout",
+            ErrCode::Flood => "flood",
+        }
+    }
+}
+
 /// One line from a server.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ServerLine {
@@ -318,6 +356,14 @@ impl fmt::Display for ServerLine {
 }
 
 impl ServerLine {
+    /// `-ERR CODE TEXT`.
+    pub fn error(code: ErrCode, text: impl Into<String>) -> ServerLine {
+        ServerLine::Err {
+            code: code.as_str().to_owned(),
+            text: text.into(),
+        }
+    }
+
     /// Reads a server line (without its line ending); `None` if it has no
     /// known marker.
     pub fn parse(line: &str) -> Option<ServerLine> {

@@ -1,11 +1,13 @@
 //! The vocabulary every layer shares: ids, stored messages and where they
-//! go, and the clock. A leaf: it imports nothing of meshtalk, so the core,
+//! go, the kinds of error, and the clock. A leaf: it imports nothing of meshtalk, so the core,
 //! the stores, the doors and the mesh can all speak it without importing
 //! one another.
 
+mod error;
 mod ids;
 mod message;
 
+pub use error::ErrorKind;
 pub use ids::{AccountId, RoomId, SessionId};
 pub use message::{Message, Target};
 
