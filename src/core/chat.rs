@@ -5,10 +5,13 @@ use std::future::Future;
 
 use wildmatch::WildMatch;
 
+use super::directory::Recipient;
 use super::hub::{Attachment, Closed};
 use super::message::Delivery;
-use super::remote::{Gathered, Recipient};
-use super::{Core, CoreError, Identity, Message, RemoteDirect, Sent, Target, names, now_ms};
+use super::{
+    Core, CoreError, Gathered, Identity, Message, RemoteDirect, Sent, Stats, Target, UserInfo,
+    names, now_ms,
+};
 use crate::store::{AccountId, Conversation, NewMessage, StoreError};
 
 /// Longest `client_msg_id`, in bytes.
@@ -32,27 +35,10 @@ pub(super) fn history_limit(limit: u32) -> u32 {
 const BACKLOG_PAGE: u32 = 512;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct UserInfo {
-    pub name: String,
-    pub online: bool,
-    pub node: String,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RoomInfo {
     pub name: String,
     pub members: u32,
     pub joined: bool,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Stats {
-    pub messages: u64,
-    pub accounts: u64,
-    pub sessions_online: u64,
-    pub rooms: u64,
-    pub uptime_secs: u64,
-    pub node: String,
 }
 
 /// One live stream of deliveries for a session: first what waits in the
@@ -166,14 +152,7 @@ impl Core {
         body: &str,
         client_msg_id: Option<&str>,
     ) -> Result<Queued, CoreError> {
-        self.check_running()?;
-        self.check_body(body)?;
-        if client_msg_id.is_some_and(|id| id.len() > MAX_CLIENT_MSG_ID) {
-            return Err(CoreError::invalid(
-                "client_msg_id",
-                format!("it is longer than {MAX_CLIENT_MSG_ID} bytes"),
-            ));
-        }
+        self.check_send(body, client_msg_id)?;
         let client_msg_id = client_msg_id.filter(|id| !id.is_empty()).map(str::to_owned);
         let mut message = NewMessage {
             sender: who.account,
@@ -238,6 +217,25 @@ impl Core {
             }
         });
         Ok(Queued::Here(self.inner.store.append(message, fan_out)))
+    }
+
+    /// The checks every message passes before it is stored, whichever node
+    /// it comes from: this node is running, the body is acceptable and the
+    /// client's id is within bounds.
+    pub(super) fn check_send(
+        &self,
+        body: &str,
+        client_msg_id: Option<&str>,
+    ) -> Result<(), CoreError> {
+        self.check_running()?;
+        self.check_body(body)?;
+        if client_msg_id.is_some_and(|id| id.len() > MAX_CLIENT_MSG_ID) {
+            return Err(CoreError::invalid(
+                "client_msg_id",
+                format!("it is longer than {MAX_CLIENT_MSG_ID} bytes"),
+            ));
+        }
+        Ok(())
     }
 
     pub(super) fn check_body(&self, body: &str) -> Result<(), CoreError> {
