@@ -9,8 +9,8 @@ use super::directory::Recipient;
 use super::hub::{Attachment, Closed};
 use super::message::Delivery;
 use super::{
-    Core, CoreError, Gathered, Identity, Message, RemoteDirect, Sent, Stats, Target, UserInfo,
-    names, now_ms,
+    Claim, Core, CoreError, Gathered, Identity, Message, RemoteDirect, Sent, Stats, Target,
+    UserInfo, names, now_ms,
 };
 use crate::store::{AccountId, Conversation, NewMessage, StoreError};
 
@@ -167,18 +167,7 @@ impl Core {
             Target::User(name) => {
                 match self.recipient(name)? {
                     Recipient::Local(id, name) => message.recipient = Some((id, name)),
-                    Recipient::Remote(claim) => {
-                        let remote = self.remote().ok_or_else(|| {
-                            CoreError::Unreachable("this node is not in a mesh".into())
-                        })?;
-                        return Ok(Queued::Elsewhere(remote.send_direct(RemoteDirect {
-                            to: claim,
-                            from: message.sender_name,
-                            body: message.body,
-                            client_msg_id: message.client_msg_id,
-                            sent_ms: message.sent_at_ms,
-                        })));
-                    }
+                    Recipient::Remote(claim) => return self.send_elsewhere(claim, message),
                 }
                 None
             }
@@ -193,12 +182,39 @@ impl Core {
         };
         message.sender_name = self.shown_name(&who.name, self.node());
         let recipient = message.recipient.as_ref().map(|(id, _)| *id);
+        let fan_out = self.fan_out_on_commit(who, room, recipient);
+        Ok(Queued::Here(self.inner.store.append(message, fan_out)))
+    }
+
+    /// Hands a direct message for an account homed on another node to the
+    /// mesh.
+    fn send_elsewhere(&self, to: Claim, message: NewMessage) -> Result<Queued, CoreError> {
+        let remote = self
+            .remote()
+            .ok_or_else(|| CoreError::Unreachable("this node is not in a mesh".into()))?;
+        Ok(Queued::Elsewhere(remote.send_direct(RemoteDirect {
+            to,
+            from: message.sender_name,
+            body: message.body,
+            client_msg_id: message.client_msg_id,
+            sent_ms: message.sent_at_ms,
+        })))
+    }
+
+    /// What a local send does once committed: hand it to the live sessions
+    /// it is for, and pass room speech on to the other nodes.
+    fn fan_out_on_commit(
+        &self,
+        who: &Identity,
+        room: Option<crate::store::RoomId>,
+        recipient: Option<AccountId>,
+    ) -> crate::store::CommitHook {
         // Fan-out runs on the commit path: in commit order (so a receiver
         // sees ids ascending and a room ack never skips an earlier message),
         // and even when the sender has stopped waiting.
         let core = self.clone();
         let except = who.session;
-        let fan_out: crate::store::CommitHook = Box::new(move |appended| {
+        Box::new(move |appended| {
             if appended.duplicate {
                 return;
             }
@@ -215,8 +231,7 @@ impl Core {
                 }
                 (None, None) => {}
             }
-        });
-        Ok(Queued::Here(self.inner.store.append(message, fan_out)))
+        })
     }
 
     /// The checks every message passes before it is stored, whichever node
