@@ -33,7 +33,7 @@ pub use requests::QUERY_TIMEOUT;
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -186,9 +186,7 @@ impl Mesh {
 
     /// A number no other request, link or dialler of this run has.
     fn next_id(&self) -> u64 {
-        self.inner
-            .next_id
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        self.inner.next_id.fetch_add(1, Ordering::Relaxed)
     }
 }
 
