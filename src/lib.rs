@@ -21,6 +21,7 @@
 //! - [`tls`]: TLS settings for servers and clients, and `meshtalk cert`.
 //! - [`proto`]: the generated gRPC types.
 
+mod accept;
 pub mod bench;
 pub mod client;
 pub mod codec;

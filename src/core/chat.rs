@@ -5,10 +5,13 @@ use std::future::Future;
 
 use wildmatch::WildMatch;
 
+use super::directory::Recipient;
 use super::hub::{Attachment, Closed};
 use super::message::Delivery;
-use super::remote::{Gathered, Recipient};
-use super::{Core, CoreError, Identity, Message, RemoteDirect, Sent, Target, names, now_ms};
+use super::{
+    Claim, Core, CoreError, Gathered, Identity, Message, RemoteDirect, Sent, Stats, Target,
+    UserInfo, names, now_ms,
+};
 use crate::model::AccountId;
 use crate::store::{Conversation, NewMessage, StoreError};
 
@@ -33,27 +36,10 @@ pub(super) fn history_limit(limit: u32) -> u32 {
 const BACKLOG_PAGE: u32 = 512;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct UserInfo {
-    pub name: String,
-    pub online: bool,
-    pub node: String,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RoomInfo {
     pub name: String,
     pub members: u32,
     pub joined: bool,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Stats {
-    pub messages: u64,
-    pub accounts: u64,
-    pub sessions_online: u64,
-    pub rooms: u64,
-    pub uptime_secs: u64,
-    pub node: String,
 }
 
 /// One live stream of deliveries for a session: first what waits in the
@@ -167,14 +153,7 @@ impl Core {
         body: &str,
         client_msg_id: Option<&str>,
     ) -> Result<Queued, CoreError> {
-        self.check_running()?;
-        self.check_body(body)?;
-        if client_msg_id.is_some_and(|id| id.len() > MAX_CLIENT_MSG_ID) {
-            return Err(CoreError::invalid(
-                "client_msg_id",
-                format!("it is longer than {MAX_CLIENT_MSG_ID} bytes"),
-            ));
-        }
+        self.check_send(body, client_msg_id)?;
         let client_msg_id = client_msg_id.filter(|id| !id.is_empty()).map(str::to_owned);
         let mut message = NewMessage {
             sender: who.account,
@@ -189,18 +168,7 @@ impl Core {
             Target::User(name) => {
                 match self.recipient(name)? {
                     Recipient::Local(id, name) => message.recipient = Some((id, name)),
-                    Recipient::Remote(claim) => {
-                        let remote = self.remote().ok_or_else(|| {
-                            CoreError::Unreachable("this node is not in a mesh".into())
-                        })?;
-                        return Ok(Queued::Elsewhere(remote.send_direct(RemoteDirect {
-                            to: claim,
-                            from: message.sender_name,
-                            body: message.body,
-                            client_msg_id: message.client_msg_id,
-                            sent_ms: message.sent_at_ms,
-                        })));
-                    }
+                    Recipient::Remote(claim) => return self.send_elsewhere(claim, message),
                 }
                 None
             }
@@ -215,12 +183,39 @@ impl Core {
         };
         message.sender_name = self.shown_name(&who.name, self.node());
         let recipient = message.recipient.as_ref().map(|(id, _)| *id);
+        let fan_out = self.fan_out_on_commit(who, room, recipient);
+        Ok(Queued::Here(self.inner.store.append(message, fan_out)))
+    }
+
+    /// Hands a direct message for an account homed on another node to the
+    /// mesh.
+    fn send_elsewhere(&self, to: Claim, message: NewMessage) -> Result<Queued, CoreError> {
+        let remote = self
+            .remote()
+            .ok_or_else(|| CoreError::Unreachable("this node is not in a mesh".into()))?;
+        Ok(Queued::Elsewhere(remote.send_direct(RemoteDirect {
+            to,
+            from: message.sender_name,
+            body: message.body,
+            client_msg_id: message.client_msg_id,
+            sent_ms: message.sent_at_ms,
+        })))
+    }
+
+    /// What a local send does once committed: hand it to the live sessions
+    /// it is for, and pass room speech on to the other nodes.
+    fn fan_out_on_commit(
+        &self,
+        who: &Identity,
+        room: Option<crate::model::RoomId>,
+        recipient: Option<AccountId>,
+    ) -> crate::store::CommitHook {
         // Fan-out runs on the commit path: in commit order (so a receiver
         // sees ids ascending and a room ack never skips an earlier message),
         // and even when the sender has stopped waiting.
         let core = self.clone();
         let except = who.session;
-        let fan_out: crate::store::CommitHook = Box::new(move |appended| {
+        Box::new(move |appended| {
             if appended.duplicate {
                 return;
             }
@@ -237,8 +232,26 @@ impl Core {
                 }
                 (None, None) => {}
             }
-        });
-        Ok(Queued::Here(self.inner.store.append(message, fan_out)))
+        })
+    }
+
+    /// The checks every message passes before it is stored, whichever node
+    /// it comes from: this node is running, the body is acceptable and the
+    /// client's id is within bounds.
+    pub(super) fn check_send(
+        &self,
+        body: &str,
+        client_msg_id: Option<&str>,
+    ) -> Result<(), CoreError> {
+        self.check_running()?;
+        self.check_body(body)?;
+        if client_msg_id.is_some_and(|id| id.len() > MAX_CLIENT_MSG_ID) {
+            return Err(CoreError::invalid(
+                "client_msg_id",
+                format!("it is longer than {MAX_CLIENT_MSG_ID} bytes"),
+            ));
+        }
+        Ok(())
     }
 
     pub(super) fn check_body(&self, body: &str) -> Result<(), CoreError> {

@@ -11,6 +11,7 @@
 mod accounts;
 mod acks;
 mod chat;
+mod directory;
 mod error;
 mod history;
 pub mod hub;
@@ -31,12 +32,12 @@ use std::time::Instant;
 
 pub use crate::model::{Message, Target, now_ms};
 pub use accounts::Login;
-pub use chat::{Inbox, RoomInfo, Stats, UserInfo};
+pub use chat::{Inbox, RoomInfo};
+pub use directory::{Claim, Gathered, PeerLink, Remote, RemoteDirect, Stats, Topology, UserInfo};
 pub use error::{CoreError, ErrorKind};
 pub use history::HISTORY_REPLY_BYTES;
 pub use hub::{Closed, batch as fan_out_batch};
 pub use message::{Delivery, Encoding, Sent};
-pub use remote::{Claim, Gathered, PeerLink, Remote, RemoteDirect, Topology};
 pub use throttle::REFUSAL_PAUSE;
 
 use tokio::sync::Notify;

@@ -1,18 +1,17 @@
-//! The core's view of other nodes.
+//! What the mesh asks of the core: storing and delivering what other nodes
+//! send, the local facts it publishes to them, and the operators' peer
+//! commands.
 //!
 //! The core knows nothing of sockets or peer frames: it talks to the mesh
-//! through [`Remote`], which the mesh module implements, and the mesh calls
-//! back into the core through the methods here to store and deliver what
-//! other nodes send. A core with no `Remote` attached (the server always
-//! attaches its mesh) behaves as a node with no peers.
+//! through [`Remote`](super::Remote), and the mesh calls back into the core
+//! through the methods here. A core with no `Remote` attached (the server
+//! always attaches its mesh) behaves as a node with no peers.
 
 use std::future::Future;
 use std::sync::Arc;
 
-use futures::future::BoxFuture;
-
-use super::chat::{Stats, UserInfo};
-use super::{Core, CoreError, Delivery, Identity, Message, Sent, now_ms};
+use super::chat::MAX_CLIENT_MSG_ID;
+use super::{Core, CoreError, Delivery, Identity, PeerLink, Remote, Sent, Topology, names, now_ms};
 use crate::model::AccountId;
 use crate::store::NewMessage;
 
@@ -21,176 +20,7 @@ use crate::store::NewMessage;
 /// local ones.
 const REMOTE_SENDER: AccountId = AccountId(0);
 
-/// An account homed on another node.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Claim {
-    pub node: String,
-    pub name: String,
-    pub created_ms: i64,
-}
-
-/// A direct message for an account on another node.
-#[derive(Debug, Clone)]
-pub struct RemoteDirect {
-    pub to: Claim,
-    pub from: String,
-    pub body: String,
-    pub client_msg_id: Option<String>,
-    pub sent_ms: i64,
-}
-
-/// Answers gathered from other nodes, and the nodes that did not answer.
-#[derive(Debug, Clone)]
-pub struct Gathered<T> {
-    pub answers: Vec<T>,
-    pub missing: Vec<String>,
-}
-
-impl<T> Default for Gathered<T> {
-    fn default() -> Self {
-        Gathered {
-            answers: Vec::new(),
-            missing: Vec::new(),
-        }
-    }
-}
-
-/// A direct link to another node.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PeerLink {
-    pub node: String,
-    pub address: String,
-    /// This node dialled it.
-    pub outbound: bool,
-}
-
-/// The mesh as this node sees it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Topology {
-    /// Every node known, this one included, sorted.
-    pub nodes: Vec<String>,
-    /// Links both of whose ends report them, each as (lesser, greater).
-    pub links: Vec<(String, String)>,
-}
-
-/// What the core asks of the mesh.
-pub trait Remote: Send + Sync + 'static {
-    /// Accepts peer links on `addr`; returns the address bound.
-    fn listen(&self, addr: String) -> BoxFuture<'static, Result<String, CoreError>>;
-    /// Links to the node at `addr` and keeps the link up; returns its name.
-    fn connect(&self, addr: String) -> BoxFuture<'static, Result<String, CoreError>>;
-    /// Drops the link to `node` and stops redialling it.
-    fn kill(&self, node: &str) -> Result<(), CoreError>;
-    fn peers(&self) -> Vec<PeerLink>;
-    fn topology(&self) -> Topology;
-    /// Accounts other nodes hold under this name key.
-    fn claims(&self, key: &str) -> Vec<Claim>;
-    /// Accounts of other nodes, with whether each is online now.
-    fn accounts(&self) -> Vec<UserInfo>;
-    /// Passes committed room speech on to the other nodes. Must not block:
-    /// it runs on the commit path.
-    fn flood(&self, message: &Message);
-    /// Routes a direct message to its recipient's home node; resolves once
-    /// that node has committed it.
-    fn send_direct(&self, message: RemoteDirect) -> BoxFuture<'static, Result<Sent, CoreError>>;
-    /// Who is online on each other reachable node.
-    fn gather_who(&self) -> BoxFuture<'static, Gathered<UserInfo>>;
-    /// Each other reachable node's own figures.
-    fn gather_stats(&self) -> BoxFuture<'static, Gathered<Stats>>;
-}
-
-/// Where a user name leads.
-pub(super) enum Recipient {
-    Local(AccountId, String),
-    Remote(Claim),
-}
-
 impl Core {
-    /// Connects the core to the mesh. Only the first call takes effect.
-    pub fn set_remote(&self, remote: Arc<dyn Remote>) {
-        let _ = self.inner.remote.set(remote);
-    }
-
-    pub(super) fn remote(&self) -> Option<&Arc<dyn Remote>> {
-        self.inner.remote.get()
-    }
-
-    /// Resolves a user name: `name@node` names one node's account; a bare
-    /// name goes to the earliest claim on it, so after a partition heals
-    /// the first account registered keeps the bare name.
-    pub(super) fn recipient(&self, name: &str) -> Result<Recipient, CoreError> {
-        let no_such = || CoreError::NoSuchUser(name.to_owned());
-        let (bare, node) = match name.split_once('@') {
-            Some((bare, node)) => (bare, Some(node)),
-            None => (name, None),
-        };
-        let key = super::names::account_key(bare).map_err(|_| no_such())?;
-        let local = self.directory_read().get(&key).cloned();
-        let remote = self.remote().map(|r| r.claims(&key)).unwrap_or_default();
-        if let Some(node) = node {
-            if node.eq_ignore_ascii_case(self.node()) {
-                return local
-                    .map(|a| Recipient::Local(a.id, a.name))
-                    .ok_or_else(no_such);
-            }
-            return remote
-                .into_iter()
-                .find(|c| c.node.eq_ignore_ascii_case(node))
-                .map(Recipient::Remote)
-                .ok_or_else(no_such);
-        }
-        let earliest_remote = remote
-            .into_iter()
-            .min_by(|a, b| (a.created_ms, &a.node).cmp(&(b.created_ms, &b.node)));
-        match (local, earliest_remote) {
-            (Some(local), Some(claim))
-                if (claim.created_ms, claim.node.as_str()) < (local.created_ms, self.node()) =>
-            {
-                Ok(Recipient::Remote(claim))
-            }
-            (Some(local), _) => Ok(Recipient::Local(local.id, local.name)),
-            (None, Some(claim)) => Ok(Recipient::Remote(claim)),
-            (None, None) => Err(no_such()),
-        }
-    }
-
-    /// How the account `name` homed on `node` is shown to users: the bare
-    /// name when `node` holds the earliest claim on it, or nobody claims it;
-    /// else `name@node`. So after a partition heals, the later of two
-    /// accounts sharing a name can never pass as the earlier: its speech,
-    /// its direct messages and its line in a listing all carry its node.
-    pub(super) fn shown_name(&self, name: &str, node: &str) -> String {
-        let Ok(key) = super::names::account_key(name) else {
-            return name.to_owned();
-        };
-        let remote = self.remote().map(|r| r.claims(&key)).unwrap_or_default();
-        // Every local send asks: with no other claim, a local name is bare.
-        if remote.is_empty() && node == self.node() {
-            return name.to_owned();
-        }
-        let local = self
-            .directory_read()
-            .get(&key)
-            .map(|a| (a.created_ms, self.node().to_owned()));
-        // The same order as [`Core::recipient`]'s: (created_ms, node).
-        let earliest = remote
-            .into_iter()
-            .map(|c| (c.created_ms, c.node))
-            .chain(local)
-            .min();
-        match earliest {
-            Some((_, holder)) if !holder.eq_ignore_ascii_case(node) => format!("{name}@{node}"),
-            _ => name.to_owned(),
-        }
-    }
-
-    /// Names in a listing as users see them, by [`Core::shown_name`].
-    pub(super) fn show_names(&self, users: &mut [UserInfo]) {
-        for user in users {
-            user.name = self.shown_name(&user.name, &user.node);
-        }
-    }
-
     /// Names of the accounts online on this node.
     pub fn local_online(&self) -> Vec<String> {
         self.who_here().into_iter().map(|u| u.name).collect()
@@ -229,8 +59,8 @@ impl Core {
     ) -> impl Future<Output = ()> + Send + use<> {
         let record = self.room(room).ok();
         let acceptable = self.check_body(body).is_ok()
-            && super::names::account_key(from).is_ok()
-            && key.len() <= 2 * super::chat::MAX_CLIENT_MSG_ID;
+            && names::account_key(from).is_ok()
+            && key.len() <= 2 * MAX_CLIENT_MSG_ID;
         let pending = record.filter(|_| acceptable).map(|record| {
             let message = NewMessage {
                 sender: REMOTE_SENDER,
@@ -276,19 +106,11 @@ impl Core {
         sent_ms: i64,
     ) -> impl Future<Output = Result<Sent, CoreError>> + Send + use<> {
         let queued = (|| -> Result<_, CoreError> {
-            self.check_running()?;
-            self.check_body(body)?;
+            self.check_send(body, client_msg_id)?;
             // A peer is trusted with the secret, not with well-formed input.
-            super::names::account_key(from)
+            names::account_key(from)
                 .map_err(|_| CoreError::invalid("from", "it is not a valid account name"))?;
-            if client_msg_id.is_some_and(|id| id.len() > super::chat::MAX_CLIENT_MSG_ID) {
-                return Err(CoreError::invalid(
-                    "client_msg_id",
-                    format!("it is longer than {} bytes", super::chat::MAX_CLIENT_MSG_ID),
-                ));
-            }
-            let key =
-                super::names::account_key(to).map_err(|_| CoreError::NoSuchUser(to.to_owned()))?;
+            let key = names::account_key(to).map_err(|_| CoreError::NoSuchUser(to.to_owned()))?;
             let account = self
                 .directory_read()
                 .get(&key)
@@ -331,10 +153,19 @@ impl Core {
         }
     }
 
-    fn operator(&self, who: &Identity) -> Result<&Arc<dyn Remote>, CoreError> {
-        if !self.is_operator(who) {
-            return Err(CoreError::NotOperator);
+    /// Refuses anyone but an operator: the one check every door's operator
+    /// commands go through.
+    pub fn require_operator(&self, who: &Identity) -> Result<(), CoreError> {
+        if self.is_operator(who) {
+            Ok(())
+        } else {
+            Err(CoreError::NotOperator)
         }
+    }
+
+    /// The mesh, for an operator's peer command.
+    fn operator(&self, who: &Identity) -> Result<&Arc<dyn Remote>, CoreError> {
+        self.require_operator(who)?;
         self.remote()
             .ok_or_else(|| CoreError::Unreachable("this node has no mesh".into()))
     }

@@ -129,11 +129,8 @@ impl GrpcGateway {
 
     async fn operator<T>(&self, request: &Request<T>) -> Result<Identity, Status> {
         let who = self.identify(request).await?;
-        if self.core.is_operator(&who) {
-            Ok(who)
-        } else {
-            Err(status(CoreError::NotOperator))
-        }
+        self.core.require_operator(&who).map_err(status)?;
+        Ok(who)
     }
 }
 

@@ -239,7 +239,7 @@ pub struct Accepted {
 pub async fn accept_loop<H, HF, R, RF>(
     listener: TcpListener,
     door: Door,
-    mut shutdown: Shutdown,
+    shutdown: Shutdown,
     draining: Draining,
     handle: H,
     refuse: R,
@@ -251,27 +251,11 @@ pub async fn accept_loop<H, HF, R, RF>(
 {
     let handle = Arc::new(handle);
     let refuse = Arc::new(refuse);
-    let mut backoff = AcceptBackoff::default();
-    loop {
-        let accepted = tokio::select! {
-            _ = shutdown.wait() => return,
-            accepted = listener.accept() => accepted,
-        };
-        let (tcp, peer) = match accepted {
-            Ok(accepted) => {
-                backoff.succeeded();
-                accepted
-            }
-            Err(e) => {
-                // Out of file descriptors and the like: wait longer each
-                // time, keep serving, and say so once in a while, not per try.
-                let wait = backoff.failed(&e);
-                tokio::select! {
-                    _ = shutdown.wait() => return,
-                    _ = tokio::time::sleep(wait) => continue,
-                }
-            }
-        };
+    let stop = {
+        let mut shutdown = shutdown.clone();
+        async move { shutdown.wait().await }
+    };
+    crate::accept::accept_loop(listener, stop, move |tcp, peer| {
         let _ = tcp.set_nodelay(true);
         let admitted = door.gate.admit(peer.ip());
         let door = door.clone();
@@ -291,7 +275,7 @@ pub async fn accept_loop<H, HF, R, RF>(
                 // Saying why costs a task and, on a TLS door, a handshake:
                 // only so many at once.
                 let Ok(permit) = door.gate.refusals.clone().try_acquire_owned() else {
-                    continue;
+                    return;
                 };
                 let refuse = refuse.clone();
                 tokio::spawn(async move {
@@ -304,7 +288,8 @@ pub async fn accept_loop<H, HF, R, RF>(
                 });
             }
         }
-    }
+    })
+    .await;
 }
 
 /// Completes the TLS handshake on a TLS door, within the door's time limit.
@@ -322,39 +307,6 @@ async fn open(door: &Door, tcp: TcpStream, peer: SocketAddr) -> Option<Stream> {
             tracing::debug!(%peer, "TLS handshake not finished in time");
             None
         }
-    }
-}
-
-/// How long the accept loop waits after a failed accept: doubling from
-/// 5 ms to 1 s while accepts keep failing, with one log line per second at
-/// most (saying how many failed).
-#[derive(Default)]
-struct AcceptBackoff {
-    wait: Duration,
-    failures: u64,
-    last_said: Option<Instant>,
-}
-
-impl AcceptBackoff {
-    const FIRST: Duration = Duration::from_millis(5);
-    const MOST: Duration = Duration::from_secs(1);
-
-    fn failed(&mut self, e: &std::io::Error) -> Duration {
-        self.failures += 1;
-        self.wait = (self.wait * 2).clamp(Self::FIRST, Self::MOST);
-        if self
-            .last_said
-            .is_none_or(|t| t.elapsed() >= Duration::from_secs(1))
-        {
-            tracing::warn!(error = %e, failures = self.failures, "accept failed; backing off");
-            self.last_said = Some(Instant::now());
-            self.failures = 0;
-        }
-        self.wait
-    }
-
-    fn succeeded(&mut self) {
-        self.wait = Duration::ZERO;
     }
 }
 

@@ -1,7 +1,6 @@
 //! One link to a peer: the handshake, then a reader and a writer until it
 //! drops; and the dialler that keeps an operator's link up.
 
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -14,8 +13,8 @@ use tokio::sync::{Notify, Semaphore, mpsc, oneshot};
 
 use super::frame::{self, Facts, FrameError, PeerMessage, VERSION};
 use super::handshake::{self, NoiseError, Transport};
-use super::state::Offer;
-use super::{Mesh, PEER_QUEUE, Peer, clean, encode, lock};
+use super::peers::{PEER_QUEUE, Peer, encode};
+use super::{Mesh, clean, lock};
 use crate::core::names::{account_key, room_key};
 
 /// Largest frame before a link is accepted: a hello is far smaller.
@@ -141,62 +140,68 @@ async fn exchange_hellos(
     writer: &mut Writer,
     outbound: bool,
 ) -> Result<String, LinkError> {
-    let me = mesh.inner.me.clone();
     writer
         .write(&PeerMessage::Hello {
-            node: me.clone(),
+            node: mesh.inner.me.clone(),
             instance: mesh.inner.instance,
             version: VERSION,
         })
         .await?;
-    let (peer, instance) = match reader.read().await? {
+    let peer = match reader.read().await? {
         PeerMessage::Hello {
             node,
             instance,
             version,
-        } => {
-            if version != VERSION {
-                return Err(refuse(
-                    writer,
-                    format!("peer protocol version {version} is not spoken here (this node speaks {VERSION})"),
-                )
-                .await);
-            }
-            (node, instance)
-        }
+        } => match admit(mesh, &node, instance, version, outbound) {
+            Ok(()) => node,
+            Err(reason) => return Err(refuse(writer, reason).await),
+        },
         PeerMessage::Refuse { reason } => return Err(LinkError::Refused(clean(&reason))),
         _ => return Err(refuse(writer, "the first frame must be hello".into()).await),
     };
-    if !valid_node_name(&peer) {
-        return Err(refuse(writer, "invalid node name".into()).await);
-    }
-    if peer == me {
-        return Err(refuse(writer, format!("{peer} is this node's own name")).await);
-    }
-    // An operator's own /peer-connect overrides an earlier /peer-kill.
-    if !outbound && lock(&mesh.inner.killed).contains(&peer) {
-        return Err(refuse(writer, format!("an operator dropped the link to {peer}")).await);
-    }
-    if lock(&mesh.inner.peers).contains_key(&peer) {
-        return Err(refuse(writer, format!("already linked to {peer}")).await);
-    }
-    let clash = {
-        let state = mesh.state();
-        state.is_reachable(&peer) && state.instance_of(&peer) != Some(instance)
-    };
-    if clash {
-        return Err(refuse(
-            writer,
-            format!("a node named {peer} is already in the mesh"),
-        )
-        .await);
-    }
     writer.write(&PeerMessage::Ready).await?;
     match reader.read().await? {
         PeerMessage::Ready => Ok(peer),
         PeerMessage::Refuse { reason } => Err(LinkError::Refused(clean(&reason))),
         _ => Err(refuse(writer, "expected ready".into()).await),
     }
+}
+
+/// Whether a peer that said hello may link; if not, the reason it is
+/// refused, from the first check that fails.
+fn admit(
+    mesh: &Mesh,
+    peer: &str,
+    instance: u64,
+    version: u32,
+    outbound: bool,
+) -> Result<(), String> {
+    if version != VERSION {
+        return Err(format!(
+            "peer protocol version {version} is not spoken here (this node speaks {VERSION})"
+        ));
+    }
+    if !valid_node_name(peer) {
+        return Err("invalid node name".into());
+    }
+    if peer == mesh.inner.me {
+        return Err(format!("{peer} is this node's own name"));
+    }
+    // An operator's own /peer-connect overrides an earlier /peer-kill.
+    if !outbound && lock(&mesh.inner.killed).contains(peer) {
+        return Err(format!("an operator dropped the link to {peer}"));
+    }
+    if lock(&mesh.inner.peers).contains_key(peer) {
+        return Err(format!("already linked to {peer}"));
+    }
+    let clash = {
+        let state = mesh.state();
+        state.is_reachable(peer) && state.instance_of(peer) != Some(instance)
+    };
+    if clash {
+        return Err(format!("a node named {peer} is already in the mesh"));
+    }
+    Ok(())
 }
 
 /// Runs the Noise handshake and the hellos on a fresh connection, within
@@ -316,26 +321,62 @@ pub(super) async fn dial(
 /// Runs an established link until it drops, is cut, or the node stops.
 async fn serve(
     mesh: Mesh,
-    mut reader: Reader,
-    mut writer: Writer,
+    reader: Reader,
+    writer: Writer,
     peer: String,
     address: String,
     outbound: bool,
 ) -> Result<(), LinkError> {
-    let (tx, mut rx) = mpsc::channel::<Bytes>(PEER_QUEUE);
-    let cut = Arc::new(Notify::new());
-    let link = mesh.inner.next_id.fetch_add(1, Ordering::Relaxed);
-    if *mesh.inner.shutdown.borrow() {
+    let Some(Registered { link, rx, cut }) = register(&mesh, &peer, address, outbound)? else {
         return Ok(());
+    };
+    let writing = tokio::spawn(write_loop(writer, rx, cut.clone(), peer.clone()));
+    // Whether the link ends by itself or the task serving it is aborted
+    // (`/peer-kill` stops a dialler mid-link), it is unregistered.
+    let _registration = Registration {
+        mesh: mesh.clone(),
+        peer: peer.clone(),
+        link,
+        writing,
+    };
+    let outcome = read_loop(&mesh, reader, &peer, &cut).await;
+    if let Err(e) = &outcome {
+        tracing::warn!(peer = %peer, "link to {peer} ended: {e}");
+    }
+    outcome
+}
+
+/// A link just entered in the peer table.
+struct Registered {
+    link: u64,
+    /// What is queued for the peer.
+    rx: mpsc::Receiver<Bytes>,
+    /// Set to cut the link.
+    cut: Arc<Notify>,
+}
+
+/// Enters an established link in the peer table, with everything this node
+/// knows queued for the newcomer; `None` when the node is stopping.
+fn register(
+    mesh: &Mesh,
+    peer: &str,
+    address: String,
+    outbound: bool,
+) -> Result<Option<Registered>, LinkError> {
+    let (tx, rx) = mpsc::channel::<Bytes>(PEER_QUEUE);
+    let cut = Arc::new(Notify::new());
+    let link = mesh.next_id();
+    if *mesh.inner.shutdown.borrow() {
+        return Ok(None);
     }
     {
         let mut peers = lock(&mesh.inner.peers);
-        if peers.contains_key(&peer) {
+        if peers.contains_key(peer) {
             // The other direction won the race; this one goes.
             return Err(LinkError::Protocol(format!("already linked to {peer}")));
         }
         peers.insert(
-            peer.clone(),
+            peer.to_owned(),
             Peer {
                 link,
                 address: address.clone(),
@@ -358,81 +399,83 @@ async fn serve(
     }
     drop(tx);
     mesh.publish_links();
+    Ok(Some(Registered { link, rx, cut }))
+}
 
-    let cut_writer = cut.clone();
-    let writer_peer = peer.clone();
-    let writing = tokio::spawn(async move {
-        let mut plain = BytesMut::new();
-        loop {
-            let next = tokio::time::timeout(PING_EVERY, rx.recv()).await;
-            let result = match next {
-                Ok(Some(bytes)) => {
-                    // What else is queued goes out in the same messages: a
-                    // burst of small frames costs one seal and one write.
-                    plain.clear();
-                    plain.extend_from_slice(&bytes);
-                    while plain.len() < WRITE_BATCH
-                        && let Ok(more) = rx.try_recv()
-                    {
-                        plain.extend_from_slice(&more);
-                    }
-                    writer.write_plain(&plain).await
+/// Writes what is queued for the peer, and a ping when nothing has been
+/// for a while; a failed write cuts the link.
+async fn write_loop(
+    mut writer: Writer,
+    mut rx: mpsc::Receiver<Bytes>,
+    cut: Arc<Notify>,
+    peer: String,
+) {
+    let mut plain = BytesMut::new();
+    loop {
+        let next = tokio::time::timeout(PING_EVERY, rx.recv()).await;
+        let result = match next {
+            Ok(Some(bytes)) => {
+                // What else is queued goes out in the same messages: a
+                // burst of small frames costs one seal and one write.
+                plain.clear();
+                plain.extend_from_slice(&bytes);
+                while plain.len() < WRITE_BATCH
+                    && let Ok(more) = rx.try_recv()
+                {
+                    plain.extend_from_slice(&more);
                 }
-                Ok(None) => return,
-                Err(_) => writer.write(&PeerMessage::Ping).await,
-            };
-            if let Err(e) = result {
-                tracing::warn!(peer = %writer_peer, "writing to {writer_peer} failed: {e}");
-                cut_writer.notify_one();
-                return;
+                writer.write_plain(&plain).await
             }
+            Ok(None) => return,
+            Err(_) => writer.write(&PeerMessage::Ping).await,
+        };
+        if let Err(e) = result {
+            tracing::warn!(peer = %peer, "writing to {peer} failed: {e}");
+            cut.notify_one();
+            return;
         }
-    });
+    }
+}
 
-    // Whether the link ends by itself or the task serving it is aborted
-    // (`/peer-kill` stops a dialler mid-link), it is unregistered.
-    let _registration = Registration {
-        mesh: mesh.clone(),
-        peer: peer.clone(),
-        link,
-        writing,
-    };
+/// Reads and handles the peer's messages until the link fails, goes idle,
+/// is cut, or the node stops; the work they leave runs on tasks, at most
+/// [`IN_FLIGHT`] at once.
+async fn read_loop(
+    mesh: &Mesh,
+    mut reader: Reader,
+    peer: &str,
+    cut: &Notify,
+) -> Result<(), LinkError> {
     let in_flight = Arc::new(Semaphore::new(IN_FLIGHT));
     let mut stop = mesh.inner.shutdown.subscribe();
-    let outcome = loop {
+    loop {
         let message = tokio::select! {
             read = tokio::time::timeout(IDLE_LIMIT, reader.read()) => match read {
                 Ok(Ok(message)) => message,
-                Ok(Err(e)) => break Err(e),
-                Err(_) => break Err(LinkError::Idle(IDLE_LIMIT)),
+                Ok(Err(e)) => return Err(e),
+                Err(_) => return Err(LinkError::Idle(IDLE_LIMIT)),
             },
-            _ = cut.notified() => break Ok(()),
-            _ = stop.wait_for(|stopped| *stopped) => break Ok(()),
+            _ = cut.notified() => return Ok(()),
+            _ = stop.wait_for(|stopped| *stopped) => return Ok(()),
         };
-        let work = match handle(&mesh, &peer, message) {
-            Ok(Some(work)) => work,
-            Ok(None) => continue,
-            Err(e) => break Err(e),
+        let Some(work) = handle(mesh, peer, message)? else {
+            continue;
         };
         // A full set of slots stops reading this peer, but not a cut or a
         // shutdown.
         let permit = tokio::select! {
             permit = in_flight.clone().acquire_owned() => permit,
-            _ = cut.notified() => break Ok(()),
-            _ = stop.wait_for(|stopped| *stopped) => break Ok(()),
+            _ = cut.notified() => return Ok(()),
+            _ = stop.wait_for(|stopped| *stopped) => return Ok(()),
         };
         let Ok(permit) = permit else {
-            break Ok(());
+            return Ok(());
         };
         tokio::spawn(async move {
             work.await;
             drop(permit);
         });
-    };
-    if let Err(e) = &outcome {
-        tracing::warn!(peer = %peer, "link to {peer} ended: {e}");
     }
-    outcome
 }
 
 /// A link's place among the peers; dropping it takes the link down.
@@ -471,42 +514,9 @@ fn handle(
         return Err(LinkError::Protocol(what));
     }
     match message {
-        PeerMessage::State(record) => {
-            let offer = mesh.state().offer(record.clone());
-            match offer {
-                Offer::Accepted => mesh.flood(&PeerMessage::State(record), Some(peer)),
-                Offer::Forged => {
-                    tracing::debug!(peer, "dropped a record about this node from {peer}")
-                }
-                Offer::Full => tracing::warn!(peer, "too many nodes: dropped a record"),
-                Offer::Stale => {}
-            }
-        }
-        PeerMessage::Speech(speech) => {
-            if !mesh.state().first_sight(&speech) {
-                return Ok(None);
-            }
-            let stored = mesh.inner.core.deliver_remote_speech(
-                format!("{}/{}/{}", speech.origin, speech.instance, speech.seq),
-                &speech.room,
-                &speech.from,
-                &speech.origin,
-                &speech.body,
-                speech.sent_ms,
-            );
-            mesh.flood(&PeerMessage::Speech(speech), Some(peer));
-            return Ok(Some(Box::pin(stored)));
-        }
-        PeerMessage::Routed(mut routed) => {
-            if routed.dst == mesh.inner.me {
-                return Ok(mesh.arrived(routed.src, routed.body));
-            } else if routed.hops > 1 {
-                routed.hops -= 1;
-                if !mesh.route(routed) {
-                    tracing::debug!(peer, "no route onward for a routed message: dropped");
-                }
-            }
-        }
+        PeerMessage::State(record) => mesh.received_record(peer, record),
+        PeerMessage::Speech(speech) => return Ok(mesh.received_speech(peer, speech)),
+        PeerMessage::Routed(routed) => return Ok(mesh.received_routed(peer, routed)),
         PeerMessage::Ping => {}
         PeerMessage::Hello { .. } | PeerMessage::Ready | PeerMessage::Refuse { .. } => {
             return Err(LinkError::Protocol(

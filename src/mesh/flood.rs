@@ -1,0 +1,154 @@
+//! What goes to every node: this node's records (its links, accounts and
+//! presence) and room speech. Each node passes what it has not seen before
+//! to every peer but the one it came from, so loops in the graph are
+//! harmless: records are kept by version, speech by (origin, instance, seq).
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+
+use super::frame::{Facts, NodeState, PeerMessage, Speech};
+use super::peers::encode;
+use super::state::Offer;
+use super::{Mesh, lock};
+use crate::core::{Message, Target};
+
+/// How long a burst of local changes gathers before it is published.
+const CHANGE_BURST: Duration = Duration::from_millis(20);
+
+/// Accounts and presence as last published.
+type Published = (Vec<(String, i64)>, Vec<String>);
+
+impl Mesh {
+    fn next_version(&self) -> u64 {
+        self.inner.version.fetch_add(1, Ordering::SeqCst) + 1
+    }
+
+    /// Publishes this node's current links to every node.
+    pub(super) fn publish_links(&self) {
+        // Reading the links and numbering the record happen as one step, or
+        // two link changes at once could publish the older list last.
+        let _publishing = lock(&self.inner.publishing);
+        let mut peers: Vec<String> = lock(&self.inner.peers).keys().cloned().collect();
+        peers.sort();
+        self.publish(Facts::Links { peers });
+    }
+
+    /// Publishes a record about this node to every node.
+    pub(super) fn publish(&self, facts: Facts) {
+        let record = NodeState {
+            node: self.inner.me.clone(),
+            instance: self.inner.instance,
+            version: self.next_version(),
+            facts,
+        };
+        self.state().publish(record.clone());
+        self.flood(&PeerMessage::State(record), None);
+    }
+
+    /// Publishes accounts and presence if they differ from `last`.
+    fn publish_local(&self, last: &mut Published) {
+        let accounts = self.inner.core.local_accounts();
+        if accounts != last.0 {
+            last.0 = accounts.clone();
+            self.publish(Facts::Accounts { accounts });
+        }
+        let online = self.inner.core.local_online();
+        if online != last.1 {
+            last.1 = online.clone();
+            self.publish(Facts::Presence { online });
+        }
+    }
+
+    /// Tells the mesh about account and presence changes, a burst at a time.
+    pub(super) async fn publish_changes(self, mut last: Published) {
+        let mut stop = self.inner.shutdown.subscribe();
+        loop {
+            tokio::select! {
+                _ = self.inner.core.local_changed() => {}
+                _ = stop.wait_for(|stopped| *stopped) => return,
+            }
+            // A login storm becomes one record, not thousands.
+            tokio::time::sleep(CHANGE_BURST).await;
+            self.publish_local(&mut last);
+        }
+    }
+
+    /// Sends `message` to every peer but `except`.
+    pub(super) fn flood(&self, message: &PeerMessage, except: Option<&str>) {
+        let Some(bytes) = encode(message) else {
+            return;
+        };
+        let peers = lock(&self.inner.peers);
+        for (node, peer) in peers.iter() {
+            if Some(node.as_str()) != except {
+                peer.offer(node, &bytes);
+            }
+        }
+    }
+
+    /// Floods room speech committed here, stamped with this node's next
+    /// sequence number.
+    pub(super) fn flood_speech(&self, message: &Message) {
+        let Target::Room(room) = &message.to else {
+            return;
+        };
+        // This runs on the commit path of every room message: a node with
+        // no peers does no mesh work at all.
+        if lock(&self.inner.peers).is_empty() {
+            return;
+        }
+        let speech = Speech {
+            origin: self.inner.me.clone(),
+            instance: self.inner.instance,
+            seq: self.inner.speech_seq.fetch_add(1, Ordering::Relaxed) + 1,
+            room: room.clone(),
+            // Peers get the account's name: each shows it as its own view
+            // of the claims on that name says.
+            from: message
+                .from
+                .split_once('@')
+                .map_or(message.from.as_str(), |(name, _)| name)
+                .to_owned(),
+            body: message.body.clone(),
+            sent_ms: message.sent_at_ms,
+        };
+        self.flood(&PeerMessage::Speech(speech), None);
+    }
+
+    /// Takes a record from `peer` if it is news, and passes it on.
+    pub(super) fn received_record(&self, peer: &str, record: NodeState) {
+        let offer = self.state().offer(record.clone());
+        match offer {
+            Offer::Accepted => self.flood(&PeerMessage::State(record), Some(peer)),
+            Offer::Forged => {
+                tracing::debug!(peer, "dropped a record about this node from {peer}")
+            }
+            Offer::Full => tracing::warn!(peer, "too many nodes: dropped a record"),
+            Offer::Stale => {}
+        }
+    }
+
+    /// Passes speech from `peer` on if it is news; returns the storing and
+    /// delivering of it here, for the link to run under its bound.
+    pub(super) fn received_speech(
+        &self,
+        peer: &str,
+        speech: Speech,
+    ) -> Option<BoxFuture<'static, ()>> {
+        if !self.state().first_sight(&speech) {
+            return None;
+        }
+        let stored = self.inner.core.deliver_remote_speech(
+            format!("{}/{}/{}", speech.origin, speech.instance, speech.seq),
+            &speech.room,
+            &speech.from,
+            &speech.origin,
+            &speech.body,
+            speech.sent_ms,
+        );
+        self.flood(&PeerMessage::Speech(speech), Some(peer));
+        Some(Box::pin(stored))
+    }
+}
