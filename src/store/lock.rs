@@ -33,10 +33,10 @@ impl DataDirLock {
             _ => PathBuf::from("."),
         };
         std::fs::create_dir_all(&dir)
-            .map_err(|e| StoreError::Backend(format!("cannot create {}: {e}", dir.display())))?;
+            .map_err(|e| StoreError::failed(format!("cannot create {}", dir.display()), e))?;
         let path = dir.join(LOCK_FILE);
         let cannot =
-            |e: std::io::Error| StoreError::Backend(format!("cannot lock {}: {e}", path.display()));
+            |e: std::io::Error| StoreError::failed(format!("cannot lock {}", path.display()), e);
         // Not truncated on open: the holder's pid must survive a refused open.
         let mut file = OpenOptions::new()
             .read(true)

@@ -36,8 +36,44 @@ pub enum StoreError {
     /// transaction was stored.
     #[error("disk full: the server could not store this; try again later")]
     DiskFull,
+    /// The database records a schema version this code does not know:
+    /// a newer meshtalk wrote it.
+    #[error(
+        "the database has schema version {found}, and this server knows up to {known}: \
+         it was written by a newer meshtalk"
+    )]
+    UnknownSchema { found: i64, known: i64 },
+    /// The backend failed; its own error is the source.
+    #[error("{0}")]
+    Database(#[source] Arc<dyn std::error::Error + Send + Sync>),
+    /// `context` says what could not be done; the error why is the source.
+    #[error("{context}: {source}")]
+    Failed {
+        context: String,
+        #[source]
+        source: Arc<dyn std::error::Error + Send + Sync>,
+    },
+    /// A failure with no error value behind it.
     #[error("{0}")]
     Backend(String),
+}
+
+impl StoreError {
+    /// The backend's own error, kept as the source.
+    pub fn database(e: impl std::error::Error + Send + Sync + 'static) -> StoreError {
+        StoreError::Database(Arc::new(e))
+    }
+
+    /// What could not be done, and the error why.
+    pub fn failed(
+        context: impl Into<String>,
+        e: impl std::error::Error + Send + Sync + 'static,
+    ) -> StoreError {
+        StoreError::Failed {
+            context: context.into(),
+            source: Arc::new(e),
+        }
+    }
 }
 
 /// An account as stored.

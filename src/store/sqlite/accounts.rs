@@ -1,0 +1,149 @@
+//! Accounts, sessions and operator grants.
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use super::{backend, now_ms, rooms};
+use crate::model::{AccountId, RoomId, SessionId};
+use crate::store::{AccountRecord, AccountSummary, SessionRecord, StoreError};
+
+fn is_unique_violation(e: &rusqlite::Error) -> bool {
+    matches!(
+        e,
+        rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::ConstraintViolation
+    )
+}
+
+/// Creates an account, a member of `lobby`.
+pub(super) fn create(
+    c: &Connection,
+    name: &str,
+    key: &str,
+    hash: &str,
+    lobby: RoomId,
+) -> Result<AccountId, StoreError> {
+    c.prepare_cached(
+        "INSERT INTO accounts (name, name_key, password_hash, created_ms) VALUES (?1, ?2, ?3, ?4)",
+    )
+    .and_then(|mut s| s.execute(params![name, key, hash, now_ms()]))
+    .map_err(|e| {
+        if is_unique_violation(&e) {
+            StoreError::NameTaken
+        } else {
+            backend(e)
+        }
+    })?;
+    let id = AccountId(c.last_insert_rowid());
+    rooms::join(c, id, lobby).map_err(backend)?;
+    Ok(id)
+}
+
+pub(super) fn by_key(c: &Connection, key: &str) -> rusqlite::Result<Option<AccountRecord>> {
+    c.prepare_cached("SELECT id, name, password_hash FROM accounts WHERE name_key = ?1")?
+        .query_row([key], account_record)
+        .optional()
+}
+
+pub(super) fn by_id(c: &Connection, id: AccountId) -> rusqlite::Result<Option<AccountRecord>> {
+    c.prepare_cached("SELECT id, name, password_hash FROM accounts WHERE id = ?1")?
+        .query_row([id], account_record)
+        .optional()
+}
+
+fn account_record(r: &rusqlite::Row<'_>) -> rusqlite::Result<AccountRecord> {
+    Ok(AccountRecord {
+        id: r.get(0)?,
+        name: r.get(1)?,
+        password_hash: r.get(2)?,
+    })
+}
+
+/// Deletes the account; its sessions, memberships, inbox and operator
+/// grant go with it (foreign keys cascade).
+pub(super) fn delete(c: &Connection, id: AccountId) -> Result<(), StoreError> {
+    c.execute("DELETE FROM accounts WHERE id = ?1", [id])
+        .map_err(backend)?;
+    Ok(())
+}
+
+pub(super) fn all(c: &Connection) -> rusqlite::Result<Vec<AccountSummary>> {
+    c.prepare_cached("SELECT id, name, created_ms FROM accounts ORDER BY name_key")?
+        .query_map([], |r| {
+            Ok(AccountSummary {
+                id: r.get(0)?,
+                name: r.get(1)?,
+                created_ms: r.get(2)?,
+            })
+        })?
+        .collect()
+}
+
+pub(super) fn operators(c: &Connection) -> rusqlite::Result<Vec<AccountId>> {
+    c.prepare_cached("SELECT account_id FROM operators ORDER BY account_id")?
+        .query_map([], |row| row.get(0))?
+        .collect()
+}
+
+pub(super) fn grant_operator(c: &Connection, account: AccountId) -> Result<(), StoreError> {
+    c.execute(
+        "INSERT OR IGNORE INTO operators (account_id, granted_ms) VALUES (?1, ?2)",
+        params![account, now_ms()],
+    )
+    .map(drop)
+    .map_err(backend)
+}
+
+/// Opens a session; beyond the newest `keep` of the account, the oldest
+/// go. Returns the new session and the ones that went.
+pub(super) fn create_session(
+    c: &Connection,
+    token_hash: &[u8; 32],
+    account: AccountId,
+    keep: usize,
+) -> Result<(SessionId, Vec<SessionId>), StoreError> {
+    c.prepare_cached(
+        "INSERT INTO sessions (token_hash, account_id, created_ms) VALUES (?1, ?2, ?3)",
+    )
+    .and_then(|mut s| s.execute(params![&token_hash[..], account, now_ms()]))
+    .map_err(backend)?;
+    let id = SessionId(c.last_insert_rowid());
+    let evicted: Vec<SessionId> = c
+        .prepare_cached(
+            "SELECT id FROM sessions WHERE account_id = ?1 ORDER BY id DESC LIMIT -1 OFFSET ?2",
+        )
+        .and_then(|mut s| {
+            s.query_map(params![account, keep as i64], |r| r.get(0))?
+                .collect::<rusqlite::Result<Vec<SessionId>>>()
+        })
+        .map_err(backend)?;
+    let mut delete = c
+        .prepare_cached("DELETE FROM sessions WHERE id = ?1")
+        .map_err(backend)?;
+    for old in &evicted {
+        delete.execute([old]).map_err(backend)?;
+    }
+    Ok((id, evicted))
+}
+
+pub(super) fn session_by_token(
+    c: &Connection,
+    token_hash: &[u8; 32],
+) -> rusqlite::Result<Option<SessionRecord>> {
+    c.prepare_cached(
+        "SELECT s.id, a.id, a.name FROM sessions s JOIN accounts a ON a.id = s.account_id
+         WHERE s.token_hash = ?1",
+    )?
+    .query_row([&token_hash[..]], |r| {
+        Ok(SessionRecord {
+            id: r.get(0)?,
+            account_id: r.get(1)?,
+            name: r.get(2)?,
+        })
+    })
+    .optional()
+}
+
+pub(super) fn delete_session(c: &Connection, id: SessionId) -> Result<(), StoreError> {
+    c.execute("DELETE FROM sessions WHERE id = ?1", [id])
+        .map_err(backend)?;
+    Ok(())
+}
