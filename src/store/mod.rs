@@ -43,9 +43,9 @@ pub enum StoreError {
          it was written by a newer meshtalk"
     )]
     UnknownSchema { found: i64, known: i64 },
-    /// The backend failed; its own error is the source.
-    #[error("{0}")]
-    Database(#[source] Arc<dyn std::error::Error + Send + Sync>),
+    /// The backend failed: its own error, said as it is.
+    #[error(transparent)]
+    Database(Arc<dyn std::error::Error + Send + Sync>),
     /// `context` says what could not be done; the error why is the source.
     #[error("{context}: {source}")]
     Failed {
