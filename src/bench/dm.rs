@@ -11,8 +11,9 @@ use clap::Args;
 use futures::StreamExt;
 use serde::Serialize;
 
-use super::driver::{Receiver, Sender};
 use super::fanout::{register_all, stamp, tally};
+use super::receiver::Receiver;
+use super::sender::Teller;
 use super::{BenchError, Latency, Proto, Target, TargetArgs, histogram, run_id};
 
 #[derive(Debug, Clone, Args)]
@@ -94,8 +95,8 @@ pub async fn run(target: &Target, args: &DmArgs) -> Result<DmReport, BenchError>
     register_all(target, &[senders.clone(), recipients.clone()].concat()).await?;
 
     let receivers = Receiver::connect_all(target, args.proto, &recipients, None).await?;
-    let connections: Vec<Sender> = futures::stream::iter(senders.iter())
-        .map(|name| Sender::connect(target, args.proto, name, None))
+    let connections: Vec<Teller> = futures::stream::iter(senders.iter())
+        .map(|name| Teller::connect(target, args.proto, name))
         .buffered(8)
         .collect::<Vec<_>>()
         .await
@@ -122,10 +123,7 @@ pub async fn run(target: &Target, args: &DmArgs) -> Result<DmReport, BenchError>
         // Lanes of one connection: each sends every `lanes`-th message and
         // waits for its acknowledgement before the next. They run as one
         // task per connection with one histogram, as one client would.
-        let extra: Vec<Sender> = (1..args.pipeline.max(1))
-            .map_while(|_| sender.concurrent())
-            .collect();
-        let lanes: Vec<Sender> = std::iter::once(sender).chain(extra).collect();
+        let lanes = sender.lanes(args.pipeline);
         let (acked, messages, bytes) = (acked.clone(), args.messages, args.bytes);
         sending.push(tokio::spawn(async move {
             let latency = std::sync::Mutex::new(histogram());

@@ -11,7 +11,8 @@ use clap::Args;
 use futures::StreamExt;
 use serde::Serialize;
 
-use super::driver::{Ended, Receiver, Sender};
+use super::receiver::{Ended, Receiver};
+use super::sender::Speaker;
 use super::{BenchError, Latency, PASSWORD, Proto, Target, TargetArgs, histogram, run_id};
 
 #[derive(Debug, Clone, Args)]
@@ -265,7 +266,7 @@ pub async fn run(target: &Target, args: &FanoutArgs) -> Result<FanoutReport, Ben
     let receivers = Receiver::connect_all(target, args.proto, &subs, Some(&room)).await?;
     let mut senders = Vec::new();
     for name in &pubs {
-        senders.push(Sender::connect(target, args.proto, name, Some(&room)).await?);
+        senders.push(Speaker::connect(target, args.proto, name, &room).await?);
     }
 
     let delivered = Arc::new(AtomicU64::new(0));
@@ -350,7 +351,7 @@ pub async fn run(target: &Target, args: &FanoutArgs) -> Result<FanoutReport, Ben
 }
 
 async fn publish(
-    mut sender: Sender,
+    sender: Speaker,
     room: String,
     publisher: usize,
     messages: usize,
@@ -358,34 +359,36 @@ async fn publish(
     pacing: Pacing,
     pipeline: usize,
 ) -> Result<(), String> {
-    let Some(_) = sender.concurrent() else {
-        // The line protocol: one writer, no replies to wait for.
-        for seq in 0..messages {
-            pacing.wait(seq).await;
-            sender.say(&room, &stamp(publisher, seq, bytes)).await?;
-            // Paced, each line goes out as soon as it is stamped; at full
-            // speed, the buffer gathers as many as it holds.
-            if pacing.paced() {
-                sender.flush().await?;
+    let lane = match sender {
+        Speaker::Lanes(lane) => lane,
+        Speaker::Line(mut line) => {
+            // One writer, no replies to wait for.
+            for seq in 0..messages {
+                pacing.wait(seq).await;
+                line.say(&stamp(publisher, seq, bytes)).await?;
+                // Paced, each line goes out as soon as it is stamped; at
+                // full speed, the buffer gathers as many as it holds.
+                if pacing.paced() {
+                    line.flush().await?;
+                }
             }
+            return line.finish().await;
         }
-        return sender.finish().await;
     };
     // Binary and gRPC: `pipeline` sends in flight, each lane paced. The
     // lanes run in this one task, as one client's would: a task each cost
     // the load generator a wake-up and a task switch per reply.
-    let lanes = (0..pipeline).filter_map(|lane| {
-        let mut handle = sender.concurrent()?;
-        let room = &room;
-        Some(async move {
+    let lanes = (0..pipeline).map(|lane_no| {
+        let (lane, room) = (&lane, &room);
+        async move {
             // Paced by the publisher's own sequence, so the lanes take
             // turns instead of firing together.
-            for seq in (lane..messages).step_by(pipeline) {
+            for seq in (lane_no..messages).step_by(pipeline) {
                 pacing.wait(seq).await;
-                handle.say(room, &stamp(publisher, seq, bytes)).await?;
+                lane.say(room, &stamp(publisher, seq, bytes)).await?;
             }
             Ok::<(), String>(())
-        })
+        }
     });
     futures::future::try_join_all(lanes).await.map(drop)
 }
