@@ -3,13 +3,14 @@
 //!
 //! `cargo bench --bench codecs`; figures are per operation.
 
+use std::borrow::Cow;
 use std::hint::black_box;
 
 use bytes::BytesMut;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use meshtalk::codec::frame::{Frame, FrameView, MAX_REQUEST, arg};
 use meshtalk::codec::line::{Command, LineDecoder, ServerLine};
-use meshtalk::codec::wire::{encode_message_push, message_push, op};
+use meshtalk::codec::wire::{Dest, Request, encode_message_push, message_push, op};
 use meshtalk::core::{Message, Target};
 
 fn message() -> Message {
@@ -73,6 +74,27 @@ fn wire(c: &mut Criterion) {
             Frame::decode(&mut buf, MAX_REQUEST)
         })
     });
+    group.bench_function("decode and parse SEND_ROOM", |b| {
+        b.iter(|| {
+            let mut buf = BytesMut::from(&send[..]);
+            let frame = Frame::decode(&mut buf, MAX_REQUEST).ok()??;
+            Request::parse(&frame).ok().map(|r| r.opcode())
+        })
+    });
+    let body = "x".repeat(64);
+    group.bench_function("encode SEND_ROOM", |b| {
+        let mut out = Vec::with_capacity(256);
+        b.iter(|| {
+            out.clear();
+            let send = Request::Send {
+                to: Dest::Room("lobby"),
+                body: black_box(&body),
+                client_msg_id: "",
+            };
+            send.encode(7, &mut out);
+            out.len()
+        })
+    });
     let m = message();
     group.bench_function("encode MESSAGE push", |b| {
         let mut out = Vec::with_capacity(256);
@@ -111,13 +133,19 @@ fn wire(c: &mut Criterion) {
     // An ACK of 1,024 ids: what a busy receiver sends per 1,024 deliveries.
     let ids: Vec<u64> = (1..=1024).collect();
     let mut ack = Vec::new();
-    Frame::encode_ids(op::ACK, 9, &ids, &mut ack);
+    let request = Request::Ack {
+        ids: Cow::Borrowed(&ids),
+    };
+    request.encode(9, &mut ack);
     group.throughput(Throughput::Elements(ids.len() as u64));
     group.bench_function("encode ACK of 1024 ids", |b| {
         let mut out = Vec::with_capacity(ack.len());
         b.iter(|| {
             out.clear();
-            Frame::encode_ids(op::ACK, 9, black_box(&ids), &mut out);
+            let ack = Request::Ack {
+                ids: Cow::Borrowed(black_box(&ids)),
+            };
+            ack.encode(9, &mut out);
             out.len()
         })
     });

@@ -1,11 +1,16 @@
 //! Property tests for every parser: what is encoded decodes to the same
 //! thing, however the bytes arrive, and arbitrary bytes never panic a decoder.
 
+use std::borrow::Cow;
+
 use bytes::{Bytes, BytesMut};
 use meshtalk::codec::frame::{Frame, FrameView, MAX_REPLY, MAX_REQUEST};
 use meshtalk::codec::line::{Command, LineDecoder, LineError, MAX_LINE, ServerLine};
-use meshtalk::codec::wire::{encode_message_push, message_args, message_push, parse_message};
-use meshtalk::core::{Message, Target};
+use meshtalk::codec::wire::{
+    Dest, OnlineUser, Rejection, Reply, ReplyError, Request, Status, encode_message_push,
+    message_args, message_push, op, parse_message,
+};
+use meshtalk::core::{Message, PeerLink, RoomInfo, Sent, Stats, Target, Topology, UserInfo};
 use meshtalk::mesh::frame::{self as peer, PeerMessage};
 use proptest::prelude::*;
 
@@ -136,12 +141,12 @@ proptest! {
     }
 
     #[test]
-    fn ids_encode_as_a_frame_of_8_byte_arguments(opcode in any::<u8>(), request_id in any::<u32>(), ids in prop::collection::vec(any::<u64>(), 0..2000)) {
+    fn ids_encode_as_a_frame_of_8_byte_arguments(request_id in any::<u32>(), ids in prop::collection::vec(any::<u64>(), 0..2000)) {
         let mut direct = BytesMut::new();
-        Frame::encode_ids(opcode, request_id, &ids, &mut direct);
+        Request::Ack { ids: Cow::Borrowed(&ids) }.encode(request_id, &mut direct);
         let mut framed = BytesMut::new();
         let args = ids.iter().map(|id| Bytes::copy_from_slice(&id.to_be_bytes())).collect();
-        Frame::request(opcode, request_id, args).encode(&mut framed);
+        Frame::request(op::ACK, request_id, args).encode(&mut framed);
         prop_assert_eq!(direct, framed);
     }
 
@@ -332,5 +337,287 @@ proptest! {
     fn arbitrary_bytes_never_panic_the_peer_decoder(bytes in prop::collection::vec(any::<u8>(), 0..600)) {
         let mut buf = BytesMut::from(&bytes[..]);
         while let Ok(Some(_)) = peer::decode(&mut buf) {}
+    }
+}
+
+/// The owned makings of a [`Request`], which borrows its texts.
+#[derive(Debug, Clone)]
+struct RequestSpec {
+    kind: u8,
+    texts: [String; 3],
+    wide: u64,
+    narrow: u32,
+    port: u16,
+    flag: bool,
+    ids: Vec<u64>,
+    raw: Vec<Vec<u8>>,
+}
+
+fn request_spec() -> impl Strategy<Value = RequestSpec> {
+    (
+        0u8..20,
+        ["\\PC{0,40}", "\\PC{0,200}", "\\PC{0,20}"],
+        (any::<u64>(), any::<u32>(), any::<u16>(), any::<bool>()),
+        prop::collection::vec(any::<u64>(), 0..50),
+        prop::collection::vec(prop::collection::vec(any::<u8>(), 0..40), 0..6),
+    )
+        .prop_map(
+            |(kind, texts, (wide, narrow, port, flag), ids, raw)| RequestSpec {
+                kind,
+                texts,
+                wide,
+                narrow,
+                port,
+                flag,
+                ids,
+                raw,
+            },
+        )
+}
+
+fn build(s: &RequestSpec) -> Request<'_> {
+    let [a, b, c] = &s.texts;
+    let (a, b, c) = (a.as_str(), b.as_str(), c.as_str());
+    let dest = if s.flag { Dest::Room(a) } else { Dest::User(a) };
+    match s.kind {
+        0 => Request::Register {
+            name: a,
+            password: b,
+        },
+        1 => Request::Login {
+            name: a,
+            password: b,
+        },
+        2 => Request::Logout,
+        3 => Request::DeleteAccount { password: a },
+        4 => Request::ListUsers { pattern: a },
+        5 => Request::Send {
+            to: dest,
+            body: b,
+            client_msg_id: c,
+        },
+        6 => Request::Ack {
+            ids: Cow::Borrowed(&s.ids),
+        },
+        7 => Request::History {
+            of: dest,
+            after: s.wide,
+            limit: s.narrow,
+            newest: s.port.is_multiple_of(2),
+        },
+        8 => Request::Join { room: a },
+        9 => Request::Leave { room: a },
+        10 => Request::Rooms,
+        11 => Request::Who,
+        12 => Request::Stats { mesh: s.flag },
+        13 => Request::Ping(s.raw.iter().map(|r| &r[..]).collect()),
+        14 => Request::Peers,
+        15 => Request::Topology,
+        16 => Request::PeerListen {
+            host: a,
+            port: s.port,
+        },
+        17 => Request::PeerConnect {
+            host: a,
+            port: s.port,
+        },
+        _ => Request::PeerKill { node: a },
+    }
+}
+
+fn name() -> impl Strategy<Value = String> {
+    "\\PC{1,20}"
+}
+
+fn message() -> impl Strategy<Value = Message> {
+    (
+        any::<u64>(),
+        any::<i64>(),
+        name(),
+        name(),
+        any::<bool>(),
+        "\\PC{0,100}",
+        proptest::option::of(name()),
+    )
+        .prop_map(
+            |(id, sent_at_ms, from, to, room, body, client_msg_id)| Message {
+                id,
+                from,
+                to: if room {
+                    Target::Room(to)
+                } else {
+                    Target::User(to)
+                },
+                body,
+                sent_at_ms,
+                client_msg_id,
+            },
+        )
+}
+
+/// A reply and the opcode of a request it answers.
+fn reply() -> impl Strategy<Value = (u8, Reply)> {
+    let names = || prop::collection::vec(name(), 0..5);
+    prop_oneof![
+        (prop::sample::select(vec![op::REGISTER, op::LOGIN]), name())
+            .prop_map(|(o, n)| (o, Reply::Name(n))),
+        name().prop_map(|n| (op::PEER_LISTEN, Reply::Bound(n))),
+        name().prop_map(|n| (op::PEER_CONNECT, Reply::Linked(n))),
+        prop::sample::select(vec![op::LOGOUT, op::DELETE_ACCOUNT, op::ACK, op::PEER_KILL])
+            .prop_map(|o| (o, Reply::Done)),
+        prop::collection::vec((name(), any::<bool>(), name()), 0..5).prop_map(|rows| (
+            op::LIST_USERS,
+            Reply::Users(
+                rows.into_iter()
+                    .map(|(name, online, node)| UserInfo { name, online, node })
+                    .collect()
+            )
+        )),
+        (
+            prop::sample::select(vec![op::SEND_DM, op::SEND_ROOM]),
+            any::<u64>(),
+            any::<i64>(),
+            any::<bool>()
+        )
+            .prop_map(|(o, id, sent_at_ms, duplicate)| (
+                o,
+                Reply::Sent(Sent {
+                    id,
+                    sent_at_ms,
+                    duplicate
+                })
+            )),
+        prop::collection::vec(message(), 0..5).prop_map(|m| (op::HISTORY, Reply::Messages(m))),
+        (name(), any::<bool>())
+            .prop_map(|(room, joined)| (op::JOIN, Reply::Joined { room, joined })),
+        any::<bool>().prop_map(|left| (op::LEAVE, Reply::Left(left))),
+        prop::collection::vec((name(), any::<u32>(), any::<bool>()), 0..5).prop_map(|rows| (
+            op::ROOMS,
+            Reply::Rooms(
+                rows.into_iter()
+                    .map(|(name, members, joined)| RoomInfo {
+                        name,
+                        members,
+                        joined
+                    })
+                    .collect()
+            )
+        )),
+        (prop::collection::vec((name(), name()), 0..5), names()).prop_map(|(online, missing)| (
+            op::WHO,
+            Reply::Who {
+                online: online
+                    .into_iter()
+                    .map(|(name, node)| OnlineUser { name, node })
+                    .collect(),
+                missing,
+            }
+        )),
+        (prop::array::uniform5(any::<u64>()), name(), names()).prop_map(|(n, node, missing)| (
+            op::STATS,
+            Reply::Stats {
+                stats: Stats {
+                    messages: n[0],
+                    accounts: n[1],
+                    sessions_online: n[2],
+                    rooms: n[3],
+                    uptime_secs: n[4],
+                    node
+                },
+                missing,
+            }
+        )),
+        prop::collection::vec(prop::collection::vec(any::<u8>(), 0..30), 0..6).prop_map(|args| (
+            op::PING,
+            Reply::Pong(args.into_iter().map(Bytes::from).collect())
+        )),
+        prop::collection::vec((name(), name(), any::<bool>()), 0..5).prop_map(|rows| (
+            op::PEERS,
+            Reply::Peers(
+                rows.into_iter()
+                    .map(|(node, address, outbound)| PeerLink {
+                        node,
+                        address,
+                        outbound
+                    })
+                    .collect()
+            )
+        )),
+        (names(), prop::collection::vec((name(), name()), 0..5))
+            .prop_map(|(nodes, links)| (op::TOPOLOGY, Reply::Topology(Topology { nodes, links }))),
+    ]
+}
+
+/// Opcodes a parser meets: mostly known ones, sometimes anything.
+fn opcode() -> impl Strategy<Value = u8> {
+    prop_oneof![
+        3 => (0x01u8..=0x0f).boxed(),
+        2 => (0x20u8..=0x24).boxed(),
+        1 => any::<u8>().boxed(),
+    ]
+}
+
+fn decode_one(bytes: &[u8], max: usize) -> Frame {
+    let mut buf = BytesMut::from(bytes);
+    let frame = Frame::decode(&mut buf, max).unwrap().unwrap();
+    assert!(buf.is_empty(), "one whole frame");
+    frame
+}
+
+proptest! {
+    #[test]
+    fn requests_round_trip_through_a_frame(spec in request_spec(), request_id in any::<u32>()) {
+        let request = build(&spec);
+        let bytes = request.to_bytes(request_id);
+        let frame = decode_one(&bytes, MAX_REPLY);
+        prop_assert_eq!((frame.opcode, frame.request_id, frame.status), (request.opcode(), request_id, 0));
+        prop_assert_eq!(Request::parse(&frame), Ok(request.clone()));
+        let view = FrameView::parse(&bytes).expect("a well-formed frame");
+        prop_assert_eq!(Request::parse_view(&view), Ok(request));
+    }
+
+    #[test]
+    fn replies_round_trip_through_a_frame((opcode, reply) in reply(), request_id in any::<u32>()) {
+        let mut bytes = Vec::new();
+        reply.encode(opcode, request_id, &mut bytes);
+        let frame = decode_one(&bytes, MAX_REPLY);
+        prop_assert_eq!((frame.opcode, frame.request_id, frame.status), (opcode, request_id, 0));
+        prop_assert_eq!(Reply::parse(&frame), Ok(reply));
+    }
+
+    #[test]
+    fn rejections_round_trip_through_a_frame(opcode in opcode(), request_id in any::<u32>(), code in 1u8..=18, text in "\\PC{0,100}") {
+        let rejection = Rejection { code, text };
+        let mut bytes = Vec::new();
+        rejection.encode(opcode, request_id, &mut bytes);
+        let frame = decode_one(&bytes, MAX_REPLY);
+        prop_assert_eq!(rejection.status().map(|s| s as u8), Some(code));
+        prop_assert_eq!(Reply::parse(&frame), Err(ReplyError::Rejected(rejection)));
+    }
+
+    #[test]
+    fn arbitrary_frames_never_panic_the_request_and_reply_parsers(
+        opcode in opcode(),
+        status in prop_oneof![Just(0u8), any::<u8>()],
+        args in prop::collection::vec(prop::collection::vec(any::<u8>(), 0..12), 0..8),
+    ) {
+        let frame = Frame { version: 1, opcode, request_id: 1, status, args: args.into_iter().map(Bytes::from).collect() };
+        let bytes = frame.to_bytes();
+        let view = FrameView::parse(&bytes).expect("a well-formed frame");
+        let parsed = Request::parse(&frame);
+        prop_assert_eq!(&Request::parse_view(&view), &parsed);
+        match parsed {
+            // What parses is said back as the same request.
+            Ok(request) => {
+                let again = decode_one(&request.to_bytes(1), MAX_REPLY);
+                prop_assert_eq!(Request::parse(&again), Ok(request));
+            }
+            Err(e) => prop_assert!(e.status() != Status::Ok && !e.to_string().is_empty()),
+        }
+        if let Ok(reply) = Reply::parse(&frame) {
+            let mut again = Vec::new();
+            reply.encode(opcode, 1, &mut again);
+            prop_assert_eq!(Reply::parse(&decode_one(&again, MAX_REPLY)), Ok(reply));
+        }
     }
 }

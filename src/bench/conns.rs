@@ -10,8 +10,8 @@ use clap::Args;
 use futures::StreamExt;
 use serde::Serialize;
 
-use super::driver::Receiver;
 use super::fanout::register_all;
+use super::receiver::Receiver;
 use super::{BenchError, PASSWORD, Proto, Target, TargetArgs, run_id};
 use crate::client::To;
 

@@ -11,8 +11,9 @@ use clap::Args;
 use futures::StreamExt;
 use serde::Serialize;
 
-use super::driver::{Receiver, Sender};
 use super::fanout::{register_all, stamp, tally};
+use super::receiver::Receiver;
+use super::sender::Teller;
 use super::{BenchError, Latency, Proto, Target, TargetArgs, histogram, run_id};
 
 #[derive(Debug, Clone, Args)]
@@ -94,8 +95,8 @@ pub async fn run(target: &Target, args: &DmArgs) -> Result<DmReport, BenchError>
     register_all(target, &[senders.clone(), recipients.clone()].concat()).await?;
 
     let receivers = Receiver::connect_all(target, args.proto, &recipients, None).await?;
-    let connections: Vec<Sender> = futures::stream::iter(senders.iter())
-        .map(|name| Sender::connect(target, args.proto, name, None))
+    let connections: Vec<Teller> = futures::stream::iter(senders.iter())
+        .map(|name| Teller::connect(target, args.proto, name))
         .buffered(8)
         .collect::<Vec<_>>()
         .await
@@ -117,40 +118,11 @@ pub async fn run(target: &Target, args: &DmArgs) -> Result<DmReport, BenchError>
         .collect();
 
     let start = Instant::now();
-    let mut sending = Vec::new();
-    for (sender, to) in connections.into_iter().zip(recipients.clone()) {
-        // Lanes of one connection: each sends every `lanes`-th message and
-        // waits for its acknowledgement before the next. They run as one
-        // task per connection with one histogram, as one client would.
-        let extra: Vec<Sender> = (1..args.pipeline.max(1))
-            .map_while(|_| sender.concurrent())
-            .collect();
-        let lanes: Vec<Sender> = std::iter::once(sender).chain(extra).collect();
-        let (acked, messages, bytes) = (acked.clone(), args.messages, args.bytes);
-        sending.push(tokio::spawn(async move {
-            let latency = std::sync::Mutex::new(histogram());
-            let stride = lanes.len();
-            let lanes = lanes.into_iter().enumerate().map(|(lane, mut sender)| {
-                let (acked, latency, to) = (&acked, &latency, &to);
-                async move {
-                    for seq in (lane..messages).step_by(stride) {
-                        let began = Instant::now();
-                        sender.tell(to, &stamp(0, seq, bytes)).await?;
-                        let micros = (began.elapsed().as_micros() as u64).max(1);
-                        if let Ok(mut latency) = latency.lock() {
-                            let _ = latency.record(micros);
-                        }
-                        acked.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Ok::<_, String>(())
-                }
-            });
-            futures::future::try_join_all(lanes).await?;
-            latency
-                .into_inner()
-                .map_err(|_| "a lane panicked".to_string())
-        }));
-    }
+    let sending: Vec<_> = connections
+        .into_iter()
+        .zip(recipients)
+        .map(|(sender, to)| tokio::spawn(tell_all(sender, to, args.clone(), acked.clone())))
+        .collect();
     let mut errors = Vec::new();
     let mut latency = histogram();
     for task in sending {
@@ -163,6 +135,53 @@ pub async fn run(target: &Target, args: &DmArgs) -> Result<DmReport, BenchError>
         }
     }
     let seconds = start.elapsed().as_secs_f64().max(1e-9);
+    let acked = acked.load(Ordering::Relaxed);
+    report(args, tallies, errors, (acked, seconds), latency).await
+}
+
+/// Sends every message of one connection to `to`, over the connection's
+/// lanes: each sends every `lanes`-th message and waits for its
+/// acknowledgement before the next. They run as one task with one
+/// histogram, as one client would.
+async fn tell_all(
+    sender: Teller,
+    to: String,
+    args: DmArgs,
+    acked: Arc<AtomicU64>,
+) -> Result<hdrhistogram::Histogram<u64>, String> {
+    let lanes = sender.lanes(args.pipeline);
+    let latency = std::sync::Mutex::new(histogram());
+    let stride = lanes.len();
+    let lanes = lanes.into_iter().enumerate().map(|(lane, mut sender)| {
+        let (acked, latency, to) = (&acked, &latency, &to);
+        async move {
+            for seq in (lane..args.messages).step_by(stride) {
+                let began = Instant::now();
+                sender.tell(to, &stamp(0, seq, args.bytes)).await?;
+                let micros = (began.elapsed().as_micros() as u64).max(1);
+                if let Ok(mut latency) = latency.lock() {
+                    let _ = latency.record(micros);
+                }
+                acked.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok::<_, String>(())
+        }
+    });
+    futures::future::try_join_all(lanes).await?;
+    latency
+        .into_inner()
+        .map_err(|_| "a lane panicked".to_string())
+}
+
+/// Gathers what the recipients saw into the report.
+async fn report(
+    args: &DmArgs,
+    tallies: Vec<tokio::task::JoinHandle<super::fanout::Tally>>,
+    mut errors: Vec<String>,
+    (acked, seconds): (u64, f64),
+    latency: hdrhistogram::Histogram<u64>,
+) -> Result<DmReport, BenchError> {
+    let total = (args.clients * args.messages) as u64;
     let (mut received, mut duplicates) = (0, 0);
     for task in tallies {
         let t = task.await.map_err(BenchError::setup)?;
@@ -174,7 +193,6 @@ pub async fn run(target: &Target, args: &DmArgs) -> Result<DmReport, BenchError>
     }
     errors.sort();
     errors.dedup();
-    let acked = acked.load(Ordering::Relaxed);
     Ok(DmReport {
         scenario: "dm",
         proto: args.proto,

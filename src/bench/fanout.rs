@@ -11,7 +11,8 @@ use clap::Args;
 use futures::StreamExt;
 use serde::Serialize;
 
-use super::driver::{Ended, Receiver, Sender};
+use super::receiver::{Ended, Received, Receiver};
+use super::sender::Speaker;
 use super::{BenchError, Latency, PASSWORD, Proto, Target, TargetArgs, histogram, run_id};
 
 #[derive(Debug, Clone, Args)]
@@ -163,6 +164,40 @@ pub struct Tally {
     pub error: Option<String>,
 }
 
+impl Tally {
+    /// Counts one batch of deliveries against `seen`, a bit per (publisher,
+    /// seq) pair.
+    fn count(
+        &mut self,
+        batch: &[Received],
+        (publishers, per_publisher): (usize, usize),
+        seen: &mut [u64],
+    ) {
+        // Everything one read brought arrived at the same moment.
+        let now = now_nanos();
+        self.last = Some(Instant::now());
+        for received in batch {
+            let Some((sent, publisher, seq)) = received.stamp else {
+                continue;
+            };
+            if publisher >= publishers || seq >= per_publisher {
+                continue;
+            }
+            let index = publisher * per_publisher + seq;
+            let (word, bit) = (index / 64, 1u64 << (index % 64));
+            if seen[word] & bit != 0 {
+                self.duplicates += 1;
+                continue;
+            }
+            seen[word] |= bit;
+            self.unique += 1;
+            let _ = self
+                .latency
+                .record((now.saturating_sub(sent) / 1000).max(1));
+        }
+    }
+}
+
 /// Receives until `expected` distinct (publisher, seq) pairs have arrived,
 /// the stream ends, or `idle` passes in silence.
 pub async fn tally(
@@ -193,28 +228,9 @@ pub async fn tally(
             }
             Ok(Err(Ended::Closed)) | Err(_) => break,
         }
-        // Everything one read brought arrived at the same moment.
-        let now = now_nanos();
-        t.last = Some(Instant::now());
         let before = t.unique;
-        for received in &batch {
-            to_ack.extend(received.id);
-            let Some((sent, publisher, seq)) = received.stamp else {
-                continue;
-            };
-            if publisher >= publishers || seq >= per_publisher {
-                continue;
-            }
-            let index = publisher * per_publisher + seq;
-            let (word, bit) = (index / 64, 1u64 << (index % 64));
-            if seen[word] & bit != 0 {
-                t.duplicates += 1;
-                continue;
-            }
-            seen[word] |= bit;
-            t.unique += 1;
-            let _ = t.latency.record((now.saturating_sub(sent) / 1000).max(1));
-        }
+        t.count(&batch, (publishers, per_publisher), &mut seen);
+        to_ack.extend(batch.iter().filter_map(|r| r.id));
         progress.fetch_add(t.unique - before, Ordering::Relaxed);
         if to_ack.len() >= 1024 {
             to_ack = receiver.ack(std::mem::take(&mut to_ack)).await;
@@ -246,7 +262,12 @@ pub async fn register_all(target: &Target, names: &[String]) -> Result<(), Bench
         .map_err(BenchError::setup)
 }
 
-pub async fn run(target: &Target, args: &FanoutArgs) -> Result<FanoutReport, BenchError> {
+/// Registers the run's accounts and makes its room; returns the room, the
+/// subscribers' names and the publishers'.
+async fn prepare(
+    target: &Target,
+    args: &FanoutArgs,
+) -> Result<(String, Vec<String>, Vec<String>), BenchError> {
     let id = run_id();
     let room = format!("{id}-room");
     let subs: Vec<String> = (0..args.subscribers).map(|i| format!("{id}s{i}")).collect();
@@ -260,12 +281,16 @@ pub async fn run(target: &Target, args: &FanoutArgs) -> Result<FanoutReport, Ben
         .await
         .map_err(BenchError::setup)?;
     first.join(&room).await.map_err(BenchError::setup)?;
+    Ok((room, subs, pubs))
+}
 
+pub async fn run(target: &Target, args: &FanoutArgs) -> Result<FanoutReport, BenchError> {
+    let (room, subs, pubs) = prepare(target, args).await?;
     eprintln!("connecting {} subscribers", subs.len());
     let receivers = Receiver::connect_all(target, args.proto, &subs, Some(&room)).await?;
     let mut senders = Vec::new();
     for name in &pubs {
-        senders.push(Sender::connect(target, args.proto, name, Some(&room)).await?);
+        senders.push(Speaker::connect(target, args.proto, name, &room).await?);
     }
 
     let delivered = Arc::new(AtomicU64::new(0));
@@ -279,31 +304,29 @@ pub async fn run(target: &Target, args: &FanoutArgs) -> Result<FanoutReport, Ben
     });
 
     let idle = Duration::from_secs(args.idle_timeout);
+    let (publishers, messages) = (args.publishers, args.messages);
     let tallies: Vec<_> = receivers
         .into_iter()
-        .map(|r| {
-            tokio::spawn(tally(
-                r,
-                args.publishers,
+        .map(|r| tokio::spawn(tally(r, publishers, messages, idle, delivered.clone())))
+        .collect();
+    let start = Instant::now();
+    let publishing: Vec<_> = senders
+        .into_iter()
+        .enumerate()
+        .map(|(p, sender)| {
+            let pacing = Pacing::new(start, args.rate, p, args.publishers);
+            let (room, lanes) = (room.clone(), args.pipeline.max(1));
+            tokio::spawn(publish(
+                sender,
+                room,
+                p,
                 args.messages,
-                idle,
-                delivered.clone(),
+                args.bytes,
+                pacing,
+                lanes,
             ))
         })
         .collect();
-    let start = Instant::now();
-    let mut publishing = Vec::new();
-    for (p, sender) in senders.into_iter().enumerate() {
-        publishing.push(tokio::spawn(publish(
-            sender,
-            room.clone(),
-            p,
-            args.messages,
-            args.bytes,
-            Pacing::new(start, args.rate, p, args.publishers),
-            args.pipeline.max(1),
-        )));
-    }
     let mut errors = Vec::new();
     for task in publishing {
         match task.await {
@@ -314,6 +337,18 @@ pub async fn run(target: &Target, args: &FanoutArgs) -> Result<FanoutReport, Ben
     }
     let sent_seconds = start.elapsed().as_secs_f64();
 
+    report(args, tallies, errors, start, sent_seconds).await
+}
+
+/// Gathers what the subscribers saw into the report.
+async fn report(
+    args: &FanoutArgs,
+    tallies: Vec<tokio::task::JoinHandle<Tally>>,
+    mut errors: Vec<String>,
+    start: Instant,
+    sent_seconds: f64,
+) -> Result<FanoutReport, BenchError> {
+    let expected = (args.subscribers * args.publishers * args.messages) as u64;
     let mut latency = histogram();
     let (mut received, mut duplicates, mut last) = (0, 0, start);
     for task in tallies {
@@ -350,7 +385,7 @@ pub async fn run(target: &Target, args: &FanoutArgs) -> Result<FanoutReport, Ben
 }
 
 async fn publish(
-    mut sender: Sender,
+    sender: Speaker,
     room: String,
     publisher: usize,
     messages: usize,
@@ -358,34 +393,36 @@ async fn publish(
     pacing: Pacing,
     pipeline: usize,
 ) -> Result<(), String> {
-    let Some(_) = sender.concurrent() else {
-        // The line protocol: one writer, no replies to wait for.
-        for seq in 0..messages {
-            pacing.wait(seq).await;
-            sender.say(&room, &stamp(publisher, seq, bytes)).await?;
-            // Paced, each line goes out as soon as it is stamped; at full
-            // speed, the buffer gathers as many as it holds.
-            if pacing.paced() {
-                sender.flush().await?;
+    let lane = match sender {
+        Speaker::Lanes(lane) => lane,
+        Speaker::Line(mut line) => {
+            // One writer, no replies to wait for.
+            for seq in 0..messages {
+                pacing.wait(seq).await;
+                line.say(&stamp(publisher, seq, bytes)).await?;
+                // Paced, each line goes out as soon as it is stamped; at
+                // full speed, the buffer gathers as many as it holds.
+                if pacing.paced() {
+                    line.flush().await?;
+                }
             }
+            return line.finish().await;
         }
-        return sender.finish().await;
     };
     // Binary and gRPC: `pipeline` sends in flight, each lane paced. The
     // lanes run in this one task, as one client's would: a task each cost
     // the load generator a wake-up and a task switch per reply.
-    let lanes = (0..pipeline).filter_map(|lane| {
-        let mut handle = sender.concurrent()?;
-        let room = &room;
-        Some(async move {
+    let lanes = (0..pipeline).map(|lane_no| {
+        let (lane, room) = (&lane, &room);
+        async move {
             // Paced by the publisher's own sequence, so the lanes take
             // turns instead of firing together.
-            for seq in (lane..messages).step_by(pipeline) {
+            for seq in (lane_no..messages).step_by(pipeline) {
                 pacing.wait(seq).await;
-                handle.say(room, &stamp(publisher, seq, bytes)).await?;
+                lane.say(room, &stamp(publisher, seq, bytes)).await?;
             }
             Ok::<(), String>(())
-        })
+        }
     });
     futures::future::try_join_all(lanes).await.map(drop)
 }

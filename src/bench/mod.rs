@@ -7,11 +7,15 @@
 //! [`mesh`] (linked nodes: convergence and latency by hop count). Each
 //! run prints a readable table and one JSON line.
 
+mod connect;
 pub mod conns;
 pub mod dm;
-mod driver;
 pub mod fanout;
+mod grpc;
+mod in_place;
 pub mod mesh;
+mod receiver;
+mod sender;
 mod target;
 
 use std::time::Duration;

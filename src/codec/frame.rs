@@ -21,6 +21,8 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 pub const VERSION: u8 = 1;
 /// Bytes before the arguments, counting the length field.
 pub const HEADER_LEN: usize = 4 + 1 + 1 + 4 + 1 + 2;
+/// Most arguments a frame holds: its count is a 16-bit field.
+pub const MAX_ARGS: usize = u16::MAX as usize;
 /// Largest frame a client may send (length field value).
 pub const MAX_REQUEST: usize = 64 * 1024;
 /// Largest frame a server sends: a history page of 1000 full-size messages fits.
@@ -128,20 +130,6 @@ impl Frame {
         }))
     }
 
-    /// Appends a request whose arguments are 8-byte ids (an ACK), without
-    /// building a [`Frame`] of one small allocation per id: a client
-    /// acknowledging thousands of deliveries a second sends many of these.
-    /// At most 65,535 ids are written.
-    pub fn encode_ids(opcode: u8, request_id: u32, ids: &[u64], out: &mut impl FrameBuf) {
-        let ids = &ids[..ids.len().min(u16::MAX as usize)];
-        let head = Header::request(opcode, request_id);
-        head.put(out, ids.len() as u16, ids.len() * 12);
-        for id in ids {
-            out.put_u32(8);
-            out.put_u64(*id);
-        }
-    }
-
     /// Appends the frame's bytes on the wire to `out`. The argument count is
     /// a 16-bit field: callers keep frames within it (see the server's
     /// list replies), and only the first 65,535 arguments are written.
@@ -230,13 +218,113 @@ impl Header {
     /// for a writer whose arguments are borrowed, with no [`Frame`] (and
     /// no copy of each argument) to build first.
     pub fn put_all<A: AsRef<[u8]>>(self, out: &mut impl FrameBuf, args: &[A]) {
-        let args = &args[..args.len().min(u16::MAX as usize)];
+        let args = &args[..args.len().min(MAX_ARGS)];
         let args_len = args.iter().map(|a| 4 + a.as_ref().len()).sum();
         self.put(out, args.len() as u16, args_len);
         for arg in args {
             let arg = arg.as_ref();
             out.put_u32(arg.len() as u32);
             out.put_slice(arg);
+        }
+    }
+
+    /// Writes a whole frame of `args`, the first 65,535 of them. They are
+    /// walked twice, once to measure the frame and once to write it, so a
+    /// typed request or reply is written straight from its fields with room
+    /// made once and nothing built in between.
+    pub fn put_args(self, out: &mut impl FrameBuf, args: &impl FrameArgs) {
+        let mut measure = Measure::default();
+        args.write_args(&mut measure);
+        self.put(out, measure.count as u16, measure.len);
+        args.write_args(&mut Put {
+            out,
+            left: measure.count,
+        });
+    }
+}
+
+/// Something written as a frame's arguments.
+pub trait FrameArgs {
+    /// Gives `sink` the arguments in order; the same ones every time.
+    fn write_args(&self, sink: &mut impl ArgSink);
+
+    /// How many arguments there are, counting any past [`MAX_ARGS`].
+    fn arg_count(&self) -> usize {
+        let mut measure = Measure::default();
+        self.write_args(&mut measure);
+        measure.all
+    }
+}
+
+/// Where a frame's arguments go, one at a time.
+pub trait ArgSink {
+    /// One argument made of `parts` laid end to end.
+    fn parts(&mut self, parts: &[&[u8]]);
+
+    fn bytes(&mut self, b: &[u8]) {
+        self.parts(&[b]);
+    }
+
+    fn text(&mut self, s: &str) {
+        self.bytes(s.as_bytes());
+    }
+
+    fn u64(&mut self, v: u64) {
+        self.bytes(&v.to_be_bytes());
+    }
+
+    fn i64(&mut self, v: i64) {
+        self.bytes(&v.to_be_bytes());
+    }
+
+    fn u32(&mut self, v: u32) {
+        self.bytes(&v.to_be_bytes());
+    }
+
+    fn u16(&mut self, v: u16) {
+        self.bytes(&v.to_be_bytes());
+    }
+
+    fn bool(&mut self, v: bool) {
+        self.bytes(&[u8::from(v)]);
+    }
+}
+
+/// Counts arguments and their bytes; past [`MAX_ARGS`] it counts in
+/// `all` only, which says whether they would fit.
+#[derive(Debug, Default)]
+struct Measure {
+    count: usize,
+    len: usize,
+    all: usize,
+}
+
+impl ArgSink for Measure {
+    fn parts(&mut self, parts: &[&[u8]]) {
+        self.all += 1;
+        if self.count < MAX_ARGS {
+            self.count += 1;
+            self.len += 4 + parts.iter().map(|p| p.len()).sum::<usize>();
+        }
+    }
+}
+
+/// Writes the first `left` arguments into a buffer with room made for them.
+struct Put<'o, B> {
+    out: &'o mut B,
+    left: usize,
+}
+
+impl<B: FrameBuf> ArgSink for Put<'_, B> {
+    fn parts(&mut self, parts: &[&[u8]]) {
+        if self.left == 0 {
+            return;
+        }
+        self.left -= 1;
+        self.out
+            .put_u32(parts.iter().map(|p| p.len()).sum::<usize>() as u32);
+        for part in parts {
+            self.out.put_slice(part);
         }
     }
 }
@@ -276,15 +364,38 @@ impl<'a> FrameView<'a> {
     }
 
     /// The arguments in order.
-    pub fn args(&self) -> impl Iterator<Item = &'a [u8]> + use<'a> {
-        let mut rest = self.args;
-        (0..self.count).map_while(move |_| {
-            let (arg, after) = split_arg(rest)?;
-            rest = after;
-            Some(arg)
-        })
+    pub fn args(&self) -> Args<'a> {
+        Args {
+            rest: self.args,
+            left: self.count,
+        }
     }
 }
+
+/// The arguments of a [`FrameView`], borrowed in order.
+#[derive(Debug, Clone)]
+pub struct Args<'a> {
+    rest: &'a [u8],
+    left: u16,
+}
+
+impl<'a> Iterator for Args<'a> {
+    type Item = &'a [u8];
+
+    fn next(&mut self) -> Option<&'a [u8]> {
+        self.left = self.left.checked_sub(1)?;
+        let (arg, after) = split_arg(self.rest)?;
+        self.rest = after;
+        Some(arg)
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        // Exact: a view is made only of a frame whose arguments all fit.
+        (self.left as usize, Some(self.left as usize))
+    }
+}
+
+impl ExactSizeIterator for Args<'_> {}
 
 /// The argument at the front of `bytes`, and what follows it.
 fn split_arg(bytes: &[u8]) -> Option<(&[u8], &[u8])> {

@@ -8,6 +8,8 @@
 //! short, another protocol version) the server sends a BYE push saying why
 //! and closes.
 
+use std::ops::ControlFlow;
+
 use bytes::{Buf, Bytes, BytesMut};
 use futures::future::BoxFuture;
 use futures::stream::FuturesOrdered;
@@ -19,41 +21,69 @@ use super::listener::{
     expires, next_delivery, read_more, write_out,
 };
 use crate::codec::frame::{
-    Frame, FrameError, FrameView, HEADER_LEN, Header, MAX_REQUEST, VERSION, arg,
+    Frame, FrameArgs, FrameError, FrameView, HEADER_LEN, Header, MAX_REQUEST, VERSION,
 };
-use crate::codec::wire::{Status, encode_message_push, message_args, op};
+use crate::codec::wire::request::ack_ids;
+use crate::codec::wire::{
+    Dest, OnlineUser, Rejection, Reply, Request, RequestError, Status, encode_message_push, op,
+};
 use crate::core::pace::{Pace, Pacer};
-use crate::core::{Core, CoreError, Delivery, Encoding, ErrorKind, Identity, Inbox, Target};
+use crate::core::{Core, CoreError, Delivery, Encoding, ErrorKind, Identity, Inbox};
 
-/// Why a request failed: a status and a sentence for a person.
-struct Reject {
-    status: Status,
-    text: String,
-}
-
-impl Reject {
-    fn new(status: Status, text: impl Into<String>) -> Reject {
-        Reject {
-            status,
-            text: text.into(),
-        }
-    }
-}
-
-impl From<CoreError> for Reject {
-    fn from(e: CoreError) -> Reject {
+impl From<CoreError> for Rejection {
+    fn from(e: CoreError) -> Rejection {
         if e.kind() == ErrorKind::Internal {
             tracing::error!(error = %e, "internal error");
-            return Reject::new(
+            return Rejection::new(
                 Status::Internal,
                 "internal error; the server log has details",
             );
         }
-        Reject::new(Status::from_kind(e.kind()), e.to_string())
+        Rejection::new(Status::from_kind(e.kind()), e.to_string())
     }
 }
 
-type Reply = Result<Vec<Bytes>, Reject>;
+type Outcome = Result<Reply, Rejection>;
+
+/// Which request a reply answers.
+#[derive(Debug, Clone, Copy)]
+struct Asked {
+    opcode: u8,
+    request_id: u32,
+}
+
+impl Asked {
+    fn answer(self, outcome: Outcome) -> Answer {
+        Answer {
+            asked: self,
+            outcome,
+        }
+    }
+}
+
+/// A reply on its way out, or with [`op::PUSH_BYE`] and id 0, a BYE.
+struct Answer {
+    asked: Asked,
+    outcome: Outcome,
+}
+
+impl Answer {
+    fn bye(status: Status, text: &str) -> Answer {
+        let asked = Asked {
+            opcode: op::PUSH_BYE,
+            request_id: 0,
+        };
+        asked.answer(Err(Rejection::new(status, text)))
+    }
+
+    fn encode(&self, out: &mut Vec<u8>) {
+        let Asked { opcode, request_id } = self.asked;
+        match &self.outcome {
+            Ok(reply) => reply.encode(opcode, request_id, out),
+            Err(rejection) => rejection.encode(opcode, request_id, out),
+        }
+    }
+}
 
 /// Sends one connection may have waiting for their commit. Four times the
 /// line protocol's: a line speaker's next lines are already in the socket
@@ -94,20 +124,20 @@ struct Connection {
 }
 
 /// A request as read off the socket.
-enum Request {
+enum Incoming {
     Frame(Frame),
-    /// An ACK, read in place into its ids (`None` if an argument is not
-    /// 8 bytes). A busy receiver sends an ACK of a thousand ids or more per
-    /// thousand deliveries, and a [`Frame`] would hold each id in a
-    /// reference-counted slice of its own: five times the work.
+    /// An ACK, read in place into its ids. A busy receiver sends an ACK of
+    /// a thousand ids or more per thousand deliveries, and a [`Frame`]
+    /// would hold each id in a reference-counted slice of its own: five
+    /// times the work.
     Ack {
         request_id: u32,
-        ids: Option<Vec<u64>>,
+        ids: Result<Vec<u64>, RequestError>,
     },
 }
 
 impl Connection {
-    async fn read_request(&mut self) -> Result<Option<Request>, ReadError> {
+    async fn read_request(&mut self) -> Result<Option<Incoming>, ReadError> {
         loop {
             // A whole frame is at least a header long, so its version and
             // opcode are there to look at before anything is parsed.
@@ -117,9 +147,9 @@ impl Connection {
                     .is_some_and(|(head, _)| (head.version, head.opcode) == (VERSION, op::ACK))
                 && let Some(view) = FrameView::parse(&self.buffer[..total])
             {
-                let ack = Request::Ack {
+                let ack = Incoming::Ack {
                     request_id: view.request_id,
-                    ids: view.args().map(arg::to_u64).collect(),
+                    ids: ack_ids(view.args()),
                 };
                 self.buffer.advance(total);
                 self.started = None;
@@ -130,7 +160,7 @@ impl Connection {
                 Frame::decode(&mut self.buffer, MAX_REQUEST).map_err(ReadError::Frame)?
             {
                 self.started = None;
-                return Ok(Some(Request::Frame(frame)));
+                return Ok(Some(Incoming::Frame(frame)));
             }
             let read = read_more(
                 &mut self.reader,
@@ -148,14 +178,14 @@ impl Connection {
         }
     }
 
-    fn push(&mut self, frame: &Frame) {
+    fn push(&mut self, answer: &Answer) {
         // The buffer is given back after every write (see `write_out`), and
         // regrowing it by doubling for a batch of replies cost as much as
         // encoding them: it starts at the size of a full pipeline's replies.
         if self.out.capacity() == 0 {
             self.out.reserve(REPLY_BATCH);
         }
-        frame.encode(&mut self.out);
+        answer.encode(&mut self.out);
     }
 
     /// Queues a delivery, encoded once for every binary connection it goes to.
@@ -174,34 +204,10 @@ impl Connection {
     }
 }
 
-fn reply(request: &Frame, result: Reply) -> Frame {
-    let (status, args) = match result {
-        Ok(args) => (Status::Ok, args),
-        Err(reject) => (reject.status, vec![arg::str(&reject.text)]),
-    };
-    Frame {
-        version: VERSION,
-        opcode: request.opcode,
-        request_id: request.request_id,
-        status: status as u8,
-        args,
-    }
-}
-
-/// A push saying why the server closes the connection.
-pub fn bye(status: Status, text: &str) -> Frame {
-    Frame {
-        version: VERSION,
-        opcode: op::PUSH_BYE,
-        request_id: 0,
-        status: status as u8,
-        args: vec![arg::str(text)],
-    }
-}
-
 /// Tells a connection the gate turned away why it is being closed.
 pub async fn refuse(stream: Stream, why: Refusal) {
-    let frame = bye(Status::Limit, why.text()).to_bytes();
+    let mut frame = Vec::new();
+    Answer::bye(Status::Limit, why.text()).encode(&mut frame);
     listener::say_and_close(stream, &frame).await;
 }
 
@@ -216,8 +222,12 @@ struct Session {
     inbox: Option<Inbox>,
     /// Replies still being worked out, in request order: sends wait for
     /// their commit here while the connection reads on.
-    replies: FuturesOrdered<BoxFuture<'static, Frame>>,
+    replies: FuturesOrdered<BoxFuture<'static, Answer>>,
 }
+
+/// What serving one event leads to: go on, or end the connection with a
+/// last word, if any.
+type Flow = ControlFlow<Option<Answer>>;
 
 /// Serves one connection until it closes or the server stops.
 pub async fn serve_connection(
@@ -266,132 +276,237 @@ impl Session {
         {
             tracing::warn!("replies still pending when the connection ended");
         }
-        if let Some(frame) = last {
-            self.conn.push(&frame);
+        if let Some(answer) = last {
+            self.conn.push(&answer);
         }
         self.conn.flush().await
     }
 
     /// Serves requests until the connection should end; returns the frame
     /// to send last, if any.
-    async fn serve(&mut self, shutdown: &mut Shutdown) -> std::io::Result<Option<Frame>> {
+    async fn serve(&mut self, shutdown: &mut Shutdown) -> std::io::Result<Option<Answer>> {
         loop {
             self.conn.flush().await?;
-            tokio::select! {
-                request = self.conn.read_request() => match request {
-                    Ok(None) => return Ok(None),
-                    Ok(Some(Request::Ack { request_id, ids })) => {
-                        // In the pipeline, so replies keep request order; an
-                        // ACK is answered at once unless the store is behind
-                        // on acknowledgements.
-                        self.settle(PIPELINE - 1).await;
-                        let pending = self.queue_ack(request_id, ids);
-                        self.replies.push_back(pending);
-                    }
-                    Ok(Some(Request::Frame(frame))) => {
-                        if frame.version != VERSION {
-                            let text = format!(
-                                "protocol version {} is not supported; this server speaks {VERSION}",
-                                frame.version
-                            );
-                            return Ok(Some(reply(&frame, Err(Reject::new(Status::Version, text)))));
-                        }
-                        if matches!(frame.opcode, op::SEND_DM | op::SEND_ROOM | op::ACK) {
-                            // Sends and acknowledgements wait for the store
-                            // while the connection reads on and keeps pushing.
-                            // (A sound ACK is read in place and never comes
-                            // this way; this keeps the opcode's meaning whole.)
-                            self.settle(PIPELINE - 1).await;
-                            if frame.opcode != op::ACK
-                                && let Some(flood) = self.take_turn().await?
-                            {
-                                return Ok(Some(flood));
-                            }
-                            let pending = if frame.opcode == op::ACK {
-                                let ids = frame.args.iter().map(|id| arg::to_u64(id)).collect();
-                                self.queue_ack(frame.request_id, ids)
-                            } else {
-                                self.queue_send(&frame)
-                            };
-                            self.replies.push_back(pending);
-                        } else {
-                            // Replies go out in request order.
-                            self.settle(0).await;
-                            // Boxed: a request's state is held only while it
-                            // runs, not by every idle connection's task.
-                            let result = Box::pin(self.handle(&frame)).await;
-                            self.conn.push(&reply(&frame, result));
-                        }
-                    }
-                    Err(ReadError::Frame(FrameError::Malformed { opcode, request_id, why })) => {
-                        self.settle(0).await;
-                        let request = Frame::request(opcode, request_id, vec![]);
-                        self.conn.push(&reply(&request, Err(Reject::new(Status::BadFrame, why))));
-                    }
-                    Err(ReadError::Frame(e @ FrameError::TooLarge { .. })) => {
-                        return Ok(Some(bye(Status::TooLarge, &e.to_string())));
-                    }
-                    Err(ReadError::Frame(e @ FrameError::TooShort(_))) => {
-                        return Ok(Some(bye(Status::BadFrame, &e.to_string())));
-                    }
-                    Err(ReadError::Truncated(n)) => {
-                        tracing::debug!(bytes = n, "connection closed inside a frame");
-                        return Ok(None);
-                    }
-                    Err(ReadError::Io(e)) if e.kind() == std::io::ErrorKind::TimedOut => {
-                        let text = format!(
-                            "a frame must be complete within {} s of its start; closing",
-                            self.conn.deadlines.read.as_secs()
-                        );
-                        return Ok(Some(bye(Status::Timeout, &text)));
-                    }
-                    Err(ReadError::Io(e)) => return Err(e),
-                },
+            let flow = tokio::select! {
+                request = self.conn.read_request() => self.on_read(request).await?,
                 Some(answer) = self.replies.next(), if !self.replies.is_empty() => {
                     self.conn.push(&answer);
                     // Sends committed together are answered in one write.
                     while let Some(Some(answer)) = self.replies.next().now_or_never() {
                         self.conn.push(&answer);
                     }
+                    Flow::Continue(())
                 }
-                delivery = next_delivery(&mut self.inbox) => match delivery {
-                    Ok(message) => {
-                        let ready = self.inbox.as_ref().map_or(0, Inbox::ready);
-                        self.conn.push_delivery(&message, ready.min(PUSH_BATCH - 1));
-                        // Write whatever else is ready in the same flush.
-                        for pushed in 1..PUSH_BATCH {
-                            let Some(inbox) = &mut self.inbox else { break };
-                            match inbox.next().now_or_never() {
-                                Some(Ok(message)) => {
-                                    let following = inbox.ready().min(PUSH_BATCH - 1 - pushed);
-                                    self.conn.push_delivery(&message, following);
-                                }
-                                // A closed stream is reported on the next turn.
-                                _ => break,
-                            }
-                        }
-                    }
-                    Err(why) => return Ok(Some(bye(Status::from_kind(why.kind()), &why.to_string()))),
-                },
+                delivery = next_delivery(&mut self.inbox) => self.on_delivery(delivery),
                 _ = expires(self.login_by) => {
                     let text = format!(
                         "not logged in within {} s; closing",
                         self.conn.deadlines.login.as_secs()
                     );
-                    return Ok(Some(bye(Status::Timeout, &text)));
+                    Flow::Break(Some(Answer::bye(Status::Timeout, &text)))
                 }
                 _ = shutdown.wait() => {
-                    return Ok(Some(bye(Status::Unavailable, "the server is shutting down")));
+                    Flow::Break(Some(Answer::bye(Status::Unavailable, "the server is shutting down")))
                 }
+            };
+            if let Flow::Break(last) = flow {
+                return Ok(last);
             }
         }
+    }
+
+    async fn on_read(
+        &mut self,
+        read: Result<Option<Incoming>, ReadError>,
+    ) -> std::io::Result<Flow> {
+        let bye = |status, text: &str| Flow::Break(Some(Answer::bye(status, text)));
+        Ok(match read {
+            Ok(None) => Flow::Break(None),
+            Ok(Some(Incoming::Frame(frame))) => return self.on_frame(&frame).await,
+            Ok(Some(Incoming::Ack { request_id, ids })) => {
+                // In the pipeline, so replies keep request order; an ACK is
+                // answered at once unless the store is behind on
+                // acknowledgements.
+                self.settle(PIPELINE - 1).await;
+                let asked = Asked {
+                    opcode: op::ACK,
+                    request_id,
+                };
+                let admitted = self.admit(op::ACK, ids.map_err(Rejection::from));
+                self.queue_ack(asked, admitted);
+                Flow::Continue(())
+            }
+            Err(ReadError::Frame(FrameError::Malformed {
+                opcode,
+                request_id,
+                why,
+            })) => {
+                self.settle(0).await;
+                let asked = Asked { opcode, request_id };
+                self.answer(asked.answer(Err(Rejection::new(Status::BadFrame, why))));
+                Flow::Continue(())
+            }
+            Err(ReadError::Frame(e @ FrameError::TooLarge { .. })) => {
+                bye(Status::TooLarge, &e.to_string())
+            }
+            Err(ReadError::Frame(e @ FrameError::TooShort(_))) => {
+                bye(Status::BadFrame, &e.to_string())
+            }
+            Err(ReadError::Truncated(n)) => {
+                tracing::debug!(bytes = n, "connection closed inside a frame");
+                Flow::Break(None)
+            }
+            Err(ReadError::Io(e)) if e.kind() == std::io::ErrorKind::TimedOut => {
+                let text = format!(
+                    "a frame must be complete within {} s of its start; closing",
+                    self.conn.deadlines.read.as_secs()
+                );
+                bye(Status::Timeout, &text)
+            }
+            Err(ReadError::Io(e)) => return Err(e),
+        })
+    }
+
+    /// Serves one decoded frame. Sends and acknowledgements wait for the
+    /// store while the connection reads on and keeps pushing; any other
+    /// request waits for the replies before it.
+    async fn on_frame(&mut self, frame: &Frame) -> std::io::Result<Flow> {
+        let asked = Asked {
+            opcode: frame.opcode,
+            request_id: frame.request_id,
+        };
+        if frame.version != VERSION {
+            let text = format!(
+                "protocol version {} is not supported; this server speaks {VERSION}",
+                frame.version
+            );
+            let version = Rejection::new(Status::Version, text);
+            return Ok(Flow::Break(Some(asked.answer(Err(version)))));
+        }
+        if matches!(frame.opcode, op::SEND_DM | op::SEND_ROOM | op::ACK) {
+            self.settle(PIPELINE - 1).await;
+            if frame.opcode != op::ACK
+                && let Some(flood) = self.take_turn().await?
+            {
+                return Ok(Flow::Break(Some(flood)));
+            }
+        } else {
+            self.settle(0).await;
+        }
+        let parsed = Request::parse(frame).map_err(Rejection::from);
+        match self.admit(frame.opcode, parsed) {
+            Ok(request) => self.dispatch(asked, request).await,
+            Err(rejection) => self.answer(asked.answer(Err(rejection))),
+        }
+        Ok(Flow::Continue(()))
+    }
+
+    /// Whether the session's state lets a request of this opcode in: every
+    /// known opcode but PING, REGISTER and LOGIN needs a login, and LOGIN
+    /// needs there to be none. That is checked before the request's
+    /// arguments are, except that a LOGIN's argument count comes first.
+    fn admit<R>(&self, opcode: u8, parsed: Result<R, Rejection>) -> Result<R, Rejection> {
+        let unknown = Status::UnknownOpcode as u8;
+        match opcode {
+            _ if parsed.as_ref().is_err_and(|e| e.code == unknown) => parsed,
+            op::PING | op::REGISTER => parsed,
+            op::LOGIN
+                if parsed
+                    .as_ref()
+                    .is_err_and(|e| e.code == Status::Arguments as u8) =>
+            {
+                parsed
+            }
+            op::LOGIN => match &self.who {
+                Some(who) => Err(Rejection::new(
+                    Status::Invalid,
+                    format!("already logged in as {}: log out first", who.name),
+                )),
+                None => parsed,
+            },
+            _ => self.identity().and(parsed),
+        }
+    }
+
+    /// Answers a request, or queues it with the sends. Each handler is
+    /// boxed: a request's state is held only while it runs, not by every
+    /// idle connection's task.
+    async fn dispatch(&mut self, asked: Asked, request: Request<'_>) {
+        let outcome = match request {
+            Request::Send {
+                to,
+                body,
+                client_msg_id,
+            } => return self.queue_send(asked, to, body, client_msg_id),
+            Request::Ack { ids } => return self.queue_ack(asked, Ok(ids.into_owned())),
+            Request::Ping(args) => Ok(Reply::Pong(
+                args.into_iter().map(Bytes::copy_from_slice).collect(),
+            )),
+            Request::Register { name, password } => Box::pin(self.register(name, password)).await,
+            Request::Login { name, password } => Box::pin(self.login(name, password)).await,
+            Request::Logout => Box::pin(self.logout()).await,
+            Request::DeleteAccount { password } => Box::pin(self.delete_account(password)).await,
+            Request::ListUsers { pattern } => self.list_users(pattern),
+            Request::History {
+                of,
+                after,
+                limit,
+                newest,
+            } => Box::pin(self.history(of, after, limit, newest)).await,
+            Request::Join { room } => Box::pin(self.join(room)).await,
+            Request::Leave { room } => Box::pin(self.leave(room)).await,
+            Request::Rooms => self.rooms(),
+            Request::Who => Box::pin(self.who()).await,
+            Request::Stats { mesh } => Box::pin(self.stats(mesh)).await,
+            Request::Peers => self.peers(),
+            Request::Topology => self.topology(),
+            Request::PeerListen { host, port } => Box::pin(self.peer_link(false, host, port)).await,
+            Request::PeerConnect { host, port } => Box::pin(self.peer_link(true, host, port)).await,
+            Request::PeerKill { node } => self.peer_kill(node),
+        };
+        self.answer(asked.answer(outcome));
+    }
+
+    /// Writes an answer after every reply still pending.
+    fn answer(&mut self, answer: Answer) {
+        if self.replies.is_empty() {
+            self.conn.push(&answer);
+        } else {
+            self.replies
+                .push_back(futures::future::ready(answer).boxed());
+        }
+    }
+
+    fn on_delivery(&mut self, delivery: Result<Delivery, crate::core::Closed>) -> Flow {
+        let message = match delivery {
+            Ok(message) => message,
+            Err(why) => {
+                let bye = Answer::bye(Status::from_kind(why.kind()), &why.to_string());
+                return Flow::Break(Some(bye));
+            }
+        };
+        let ready = self.inbox.as_ref().map_or(0, Inbox::ready);
+        self.conn.push_delivery(&message, ready.min(PUSH_BATCH - 1));
+        // Write whatever else is ready in the same flush.
+        for pushed in 1..PUSH_BATCH {
+            let Some(inbox) = &mut self.inbox else { break };
+            match inbox.next().now_or_never() {
+                Some(Ok(message)) => {
+                    let following = inbox.ready().min(PUSH_BATCH - 1 - pushed);
+                    self.conn.push_delivery(&message, following);
+                }
+                // A closed stream is reported on the next turn.
+                _ => break,
+            }
+        }
+        Flow::Continue(())
     }
 
     /// Waits for the session's turn to send, with what is already answered
     /// written first; input is not read meanwhile, which is the
     /// backpressure a fast sender feels. Returns the BYE for a session that
     /// floods.
-    async fn take_turn(&mut self) -> std::io::Result<Option<Frame>> {
+    async fn take_turn(&mut self) -> std::io::Result<Option<Answer>> {
         let Some(pacer) = &mut self.pacer else {
             return Ok(None);
         };
@@ -407,7 +522,7 @@ impl Session {
                     "sending far faster than allowed; closing. Reconnect in {} s",
                     retry_after.as_secs().max(1)
                 );
-                Ok(Some(bye(Status::Flood, &text)))
+                Ok(Some(Answer::bye(Status::Flood, &text)))
             }
         }
     }
@@ -421,300 +536,183 @@ impl Session {
         }
     }
 
-    /// Queues a SEND_DM or SEND_ROOM; the returned future is its reply.
-    fn queue_send(&self, frame: &Frame) -> BoxFuture<'static, Frame> {
-        let request = Frame::request(frame.opcode, frame.request_id, vec![]);
-        let queued = (|| {
-            let who = self.logged_in()?;
-            let [to, body, client_id] = exact(&frame.args)?;
-            let to = text(to)?.to_owned();
-            let to = if frame.opcode == op::SEND_DM {
-                Target::User(to)
-            } else {
-                Target::Room(to)
-            };
-            let client_id = Some(text(client_id)?).filter(|id| !id.is_empty());
-            Ok::<_, Reject>(self.core.send(&who, &to, text(body)?, client_id))
-        })();
-        async move {
-            let result = match queued {
-                Ok(sent) => sent.await.map_err(Reject::from).map(|sent| {
-                    vec![
-                        arg::u64(sent.id),
-                        arg::i64(sent.sent_at_ms),
-                        arg::bool(sent.duplicate),
-                    ]
-                }),
-                Err(reject) => Err(reject),
-            };
-            reply(&request, result)
-        }
-        .boxed()
-    }
-
-    fn logged_in(&self) -> Result<Identity, Reject> {
+    fn identity(&self) -> Result<&Identity, Rejection> {
         self.who
-            .clone()
-            .ok_or_else(|| Reject::new(Status::Auth, "log in first (opcode 0x02 LOGIN)"))
+            .as_ref()
+            .ok_or_else(|| Rejection::new(Status::Auth, "log in first (opcode 0x02 LOGIN)"))
     }
 
-    /// Queues an ACK; the returned future is its reply.
-    fn queue_ack(&self, request_id: u32, ids: Option<Vec<u64>>) -> BoxFuture<'static, Frame> {
-        let request = Frame::request(op::ACK, request_id, vec![]);
-        let checked = self.logged_in().and_then(|who| {
-            let ids = ids.ok_or_else(|| {
-                Reject::new(Status::Arguments, "every ACK argument is an 8-byte id")
-            })?;
-            Ok((who, ids))
-        });
-        let core = self.core.clone();
-        async move {
-            let result = match checked {
-                Ok((who, ids)) => core
-                    .ack(&who, &ids)
-                    .await
-                    .map(|()| vec![])
-                    .map_err(Reject::from),
-                Err(reject) => Err(reject),
+    /// Queues a SEND_DM or SEND_ROOM; its reply comes once it commits.
+    fn queue_send(&mut self, asked: Asked, to: Dest<'_>, body: &str, client_msg_id: &str) {
+        let client_msg_id = Some(client_msg_id).filter(|id| !id.is_empty());
+        let sending = self
+            .identity()
+            .map(|who| self.core.send(who, &to.to_target(), body, client_msg_id));
+        let pending = async move {
+            let sent = match sending {
+                Ok(sending) => sending.await.map(Reply::Sent).map_err(Rejection::from),
+                Err(rejection) => Err(rejection),
             };
-            reply(&request, result)
-        }
-        .boxed()
+            asked.answer(sent)
+        };
+        self.replies.push_back(pending.boxed());
     }
 
-    async fn handle(&mut self, frame: &Frame) -> Reply {
-        let a = &frame.args;
-        match frame.opcode {
-            op::PING => return Ok(a.clone()),
-            op::REGISTER => {
-                let [name, password] = exact(a)?;
-                let from = Some(self.conn.peer);
-                let name = self
-                    .core
-                    .register(text(name)?, text(password)?, from)
-                    .await?;
-                return Ok(vec![arg::str(&name)]);
-            }
-            op::LOGIN => {
-                let [name, password] = exact(a)?;
-                if let Some(who) = &self.who {
-                    return Err(Reject::new(
-                        Status::Invalid,
-                        format!("already logged in as {}: log out first", who.name),
-                    ));
-                }
-                let from = Some(self.conn.peer);
-                let login = self.core.login(text(name)?, text(password)?, from).await?;
-                match self.core.attach(&login.identity).await {
-                    Ok(inbox) => self.inbox = Some(inbox),
-                    Err(e) => {
-                        let _ = self.core.logout(&login.identity).await;
-                        return Err(e.into());
-                    }
-                }
-                let name = arg::str(&login.identity.name);
-                self.who = Some(login.identity);
-                self.login_by = None;
-                return Ok(vec![name]);
-            }
-            opcode if !is_known(opcode) => {
-                return Err(Reject::new(
-                    Status::UnknownOpcode,
-                    format!("unknown opcode 0x{opcode:02x}"),
-                ));
-            }
-            _ => {}
-        }
-        let who = self.logged_in()?;
+    /// Queues an ACK; its reply comes once the store has taken it.
+    fn queue_ack(&mut self, asked: Asked, ids: Result<Vec<u64>, Rejection>) {
+        let acking = ids.and_then(|ids| Ok((self.identity()?.clone(), ids)));
         let core = self.core.clone();
-        match frame.opcode {
-            op::LOGOUT => {
-                let [] = exact(a)?;
-                self.inbox = None;
-                self.who = None;
-                self.login_by = Some(Instant::now() + self.conn.deadlines.login);
-                core.logout(&who).await?;
-                Ok(vec![])
+        let pending = async move {
+            let acked = match acking {
+                Ok((who, ids)) => core.ack(&who, &ids).await.map(|()| Reply::Done),
+                Err(rejection) => return asked.answer(Err(rejection)),
+            };
+            asked.answer(acked.map_err(Rejection::from))
+        };
+        self.replies.push_back(pending.boxed());
+    }
+
+    async fn register(&mut self, name: &str, password: &str) -> Outcome {
+        let from = Some(self.conn.peer);
+        Ok(Reply::Name(self.core.register(name, password, from).await?))
+    }
+
+    async fn login(&mut self, name: &str, password: &str) -> Outcome {
+        let from = Some(self.conn.peer);
+        let login = self.core.login(name, password, from).await?;
+        match self.core.attach(&login.identity).await {
+            Ok(inbox) => self.inbox = Some(inbox),
+            Err(e) => {
+                let _ = self.core.logout(&login.identity).await;
+                return Err(e.into());
             }
-            op::DELETE_ACCOUNT => {
-                let [password] = exact(a)?;
-                core.delete_account(&who, text(password)?).await?;
-                self.inbox = None;
-                self.who = None;
-                self.login_by = Some(Instant::now() + self.conn.deadlines.login);
-                Ok(vec![])
-            }
-            op::LIST_USERS => {
-                let [pattern] = exact(a)?;
-                let mut out = vec![];
-                for u in core.list_users(text(pattern)?)? {
-                    out.extend([arg::str(&u.name), arg::bool(u.online), arg::str(&u.node)]);
-                }
-                fits(out, "users match: use a narrower pattern")
-            }
-            op::HISTORY => {
-                let [kind, name, after, limit, newest] = exact(a)?;
-                let name = text(name)?.to_owned();
-                let of = match kind.as_ref() {
-                    [0] => Target::Room(name),
-                    [1] => Target::User(name),
-                    _ => {
-                        return Err(Reject::new(
-                            Status::Arguments,
-                            "kind is 0 (room) or 1 (user)",
-                        ));
-                    }
-                };
-                let after = arg::to_u64(after).ok_or_else(|| size("after", 8))?;
-                let limit = arg::to_u32(limit).ok_or_else(|| size("limit", 4))?;
-                let newest = arg::to_bool(newest).ok_or_else(|| size("newest", 1))?;
-                let mut out = vec![];
-                for m in core.history_reply(&who, &of, after, limit, newest).await? {
-                    message_args(&m, &mut out);
-                }
-                Ok(out)
-            }
-            op::JOIN => {
-                let [room] = exact(a)?;
-                let (room, joined) = core.join_room(&who, text(room)?).await?;
-                Ok(vec![arg::str(&room), arg::bool(joined)])
-            }
-            op::LEAVE => {
-                let [room] = exact(a)?;
-                Ok(vec![arg::bool(core.leave_room(&who, text(room)?).await?)])
-            }
-            op::ROOMS => {
-                let [] = exact(a)?;
-                let mut out = vec![];
-                for r in core.list_rooms(&who) {
-                    out.extend([arg::str(&r.name), arg::u32(r.members), arg::bool(r.joined)]);
-                }
-                fits(out, "rooms exist to list in one reply")
-            }
-            op::WHO => {
-                let [] = exact(a)?;
-                let who = core.who().await;
-                let mut out = vec![];
-                for u in &who.answers {
-                    out.extend([arg::str(&u.name), arg::str(&u.node)]);
-                }
-                // An empty name marks a node that did not answer.
-                for node in &who.missing {
-                    out.extend([arg::str(""), arg::str(node)]);
-                }
-                fits(out, "users are online to list in one reply")
-            }
-            op::STATS => {
-                let mesh = match &a[..] {
-                    [] => false,
-                    [mesh] => arg::to_bool(mesh).ok_or_else(|| size("mesh", 1))?,
-                    _ => {
-                        return Err(Reject::new(
-                            Status::Arguments,
-                            "STATS takes no argument or one: mesh",
-                        ));
-                    }
-                };
-                let (s, missing) = if mesh {
-                    core.mesh_stats().await?
-                } else {
-                    (core.stats().await?, Vec::new())
-                };
-                let mut out = vec![
-                    arg::u64(s.messages),
-                    arg::u64(s.accounts),
-                    arg::u64(s.sessions_online),
-                    arg::u64(s.rooms),
-                    arg::u64(s.uptime_secs),
-                    arg::str(&s.node),
-                ];
-                out.extend(missing.iter().map(|n| arg::str(n)));
-                Ok(out)
-            }
-            op::PEERS => {
-                let [] = exact(a)?;
-                let mut out = vec![];
-                for p in core.peers(&who)? {
-                    out.extend([
-                        arg::str(&p.node),
-                        arg::str(&p.address),
-                        arg::bool(p.outbound),
-                    ]);
-                }
-                fits(out, "peers to list in one reply")
-            }
-            op::TOPOLOGY => {
-                let [] = exact(a)?;
-                let topology = core.topology(&who)?;
-                let mut out = vec![arg::u32(topology.nodes.len() as u32)];
-                out.extend(topology.nodes.iter().map(|n| arg::str(n)));
-                for (from, to) in &topology.links {
-                    out.extend([arg::str(from), arg::str(to)]);
-                }
-                fits(out, "nodes and links to list in one reply")
-            }
-            op::PEER_LISTEN | op::PEER_CONNECT => {
-                let [host, port] = exact(a)?;
-                let port = arg::to_u16(port).ok_or_else(|| size("port", 2))?;
-                let host = text(host)?;
-                if frame.opcode == op::PEER_LISTEN {
-                    Ok(vec![arg::str(&core.peer_listen(&who, host, port).await?)])
-                } else {
-                    Ok(vec![arg::str(&core.peer_connect(&who, host, port).await?)])
-                }
-            }
-            op::PEER_KILL => {
-                let [node] = exact(a)?;
-                core.peer_kill(&who, text(node)?)?;
-                Ok(vec![])
-            }
-            opcode => Err(Reject::new(
-                Status::UnknownOpcode,
-                format!("unknown opcode 0x{opcode:02x}"),
-            )),
         }
+        let name = login.identity.name.clone();
+        self.who = Some(login.identity);
+        self.login_by = None;
+        Ok(Reply::Name(name))
+    }
+
+    /// Ends the session's login: pushes stop and the login deadline runs
+    /// again.
+    fn logged_out(&mut self) {
+        self.inbox = None;
+        self.who = None;
+        self.login_by = Some(Instant::now() + self.conn.deadlines.login);
+    }
+
+    async fn logout(&mut self) -> Outcome {
+        let who = self.identity()?.clone();
+        self.logged_out();
+        self.core.logout(&who).await?;
+        Ok(Reply::Done)
+    }
+
+    async fn delete_account(&mut self, password: &str) -> Outcome {
+        self.core.delete_account(self.identity()?, password).await?;
+        self.logged_out();
+        Ok(Reply::Done)
+    }
+
+    fn list_users(&self, pattern: &str) -> Outcome {
+        let users = Reply::Users(self.core.list_users(pattern)?);
+        fits(users, "users match: use a narrower pattern")
+    }
+
+    async fn history(&mut self, of: Dest<'_>, after: u64, limit: u32, newest: bool) -> Outcome {
+        let who = self.identity()?;
+        let of = of.to_target();
+        let page = self.core.history_reply(who, &of, after, limit, newest);
+        Ok(Reply::Messages(page.await?))
+    }
+
+    async fn join(&mut self, room: &str) -> Outcome {
+        let (room, joined) = self.core.join_room(self.identity()?, room).await?;
+        Ok(Reply::Joined { room, joined })
+    }
+
+    async fn leave(&mut self, room: &str) -> Outcome {
+        let left = self.core.leave_room(self.identity()?, room).await?;
+        Ok(Reply::Left(left))
+    }
+
+    fn rooms(&self) -> Outcome {
+        let rooms = Reply::Rooms(self.core.list_rooms(self.identity()?));
+        fits(rooms, "rooms exist to list in one reply")
+    }
+
+    async fn who(&mut self) -> Outcome {
+        let who = self.core.who().await;
+        let online = who.answers.into_iter();
+        let who = Reply::Who {
+            online: online
+                .map(|u| OnlineUser {
+                    name: u.name,
+                    node: u.node,
+                })
+                .collect(),
+            missing: who.missing,
+        };
+        fits(who, "users are online to list in one reply")
+    }
+
+    async fn stats(&mut self, mesh: bool) -> Outcome {
+        let (stats, missing) = if mesh {
+            self.core.mesh_stats().await?
+        } else {
+            (self.core.stats().await?, Vec::new())
+        };
+        Ok(Reply::Stats { stats, missing })
+    }
+
+    fn peers(&self) -> Outcome {
+        let peers = Reply::Peers(self.core.peers(self.identity()?)?);
+        fits(peers, "peers to list in one reply")
+    }
+
+    fn topology(&self) -> Outcome {
+        let topology = Reply::Topology(self.core.topology(self.identity()?)?);
+        fits(topology, "nodes and links to list in one reply")
+    }
+
+    /// PEER_CONNECT, or with `connect` false, PEER_LISTEN.
+    async fn peer_link(&mut self, connect: bool, host: &str, port: u16) -> Outcome {
+        let who = self.identity()?;
+        Ok(if connect {
+            Reply::Linked(self.core.peer_connect(who, host, port).await?)
+        } else {
+            Reply::Bound(self.core.peer_listen(who, host, port).await?)
+        })
+    }
+
+    fn peer_kill(&self, node: &str) -> Outcome {
+        self.core.peer_kill(self.identity()?, node)?;
+        Ok(Reply::Done)
     }
 }
 
-/// A reply's arguments, if their count fits the frame's 16-bit field.
-fn fits(args: Vec<Bytes>, what: &str) -> Reply {
-    if args.len() > u16::MAX as usize {
-        return Err(Reject::new(Status::Limit, format!("too many {what}")));
+/// A reply, if its arguments fit the frame's 16-bit count.
+fn fits(reply: Reply, what: &str) -> Outcome {
+    if reply.arg_count() > u16::MAX as usize {
+        return Err(Rejection::new(Status::Limit, format!("too many {what}")));
     }
-    Ok(args)
-}
-
-fn is_known(opcode: u8) -> bool {
-    matches!(opcode, op::REGISTER..=op::PING | op::PEERS..=op::PEER_KILL)
-}
-
-/// Exactly N arguments, or an error saying how many were expected.
-fn exact<const N: usize>(args: &[Bytes]) -> Result<&[Bytes; N], Reject> {
-    args.try_into().map_err(|_| {
-        Reject::new(
-            Status::Arguments,
-            format!("expected {N} arguments, got {}", args.len()),
-        )
-    })
-}
-
-fn text(b: &Bytes) -> Result<&str, Reject> {
-    std::str::from_utf8(b)
-        .map_err(|_| Reject::new(Status::Utf8, "a text argument is not valid UTF-8"))
-}
-
-fn size(what: &str, bytes: usize) -> Reject {
-    Reject::new(Status::Arguments, format!("{what} is {bytes} bytes"))
+    Ok(reply)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::Sent;
 
     #[test]
     fn the_first_reservation_is_sized_by_the_reply_to_a_send() {
-        let request = Frame::request(op::SEND_ROOM, 7, vec![]);
-        let sent = vec![arg::u64(1), arg::i64(2), arg::bool(false)];
-        assert_eq!(reply(&request, Ok(sent)).to_bytes().len(), SEND_REPLY);
+        let sent = Reply::Sent(Sent {
+            id: 1,
+            sent_at_ms: 2,
+            duplicate: false,
+        });
+        let mut out = Vec::new();
+        sent.encode(op::SEND_ROOM, 7, &mut out);
+        assert_eq!(out.len(), SEND_REPLY);
     }
 }
