@@ -12,6 +12,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
+use futures::FutureExt;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
@@ -664,6 +665,29 @@ fn stopped_reading() -> std::io::Error {
 }
 
 /// The next delivery of a logged-in connection; never resolves before login.
+/// Hands `first`, and whatever else the inbox has ready up to
+/// [`PUSH_BATCH`], to `take` with how many more are about to follow, so one
+/// flush writes them all. A stream found closed is left for the caller's
+/// next turn, which reports it.
+pub fn take_ready(
+    inbox: &mut Option<Inbox>,
+    first: Delivery,
+    mut take: impl FnMut(Delivery, usize),
+) {
+    let ready = inbox.as_ref().map_or(0, Inbox::ready);
+    take(first, ready.min(PUSH_BATCH - 1));
+    let Some(inbox) = inbox else { return };
+    for taken in 1..PUSH_BATCH {
+        match inbox.next().now_or_never() {
+            Some(Ok(message)) => {
+                let following = inbox.ready().min(PUSH_BATCH - 1 - taken);
+                take(message, following);
+            }
+            _ => break,
+        }
+    }
+}
+
 pub async fn next_delivery(inbox: &mut Option<Inbox>) -> Result<Delivery, Closed> {
     match inbox {
         Some(inbox) => inbox.next().await,

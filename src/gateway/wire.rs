@@ -17,8 +17,8 @@ use futures::{FutureExt, StreamExt};
 use tokio::time::Instant;
 
 use super::listener::{
-    self, Accepted, Deadlines, PUSH_BATCH, Pass, ReadHalf, Refusal, Shutdown, Stream, WriteHalf,
-    expires, next_delivery, read_more, write_out,
+    self, Accepted, Deadlines, Pass, ReadHalf, Refusal, Shutdown, Stream, WriteHalf, expires,
+    next_delivery, read_more, take_ready, write_out,
 };
 use crate::codec::frame::{
     Frame, FrameArgs, FrameError, FrameView, HEADER_LEN, Header, MAX_REQUEST, VERSION,
@@ -485,20 +485,10 @@ impl Session {
                 return Flow::Break(Some(bye));
             }
         };
-        let ready = self.inbox.as_ref().map_or(0, Inbox::ready);
-        self.conn.push_delivery(&message, ready.min(PUSH_BATCH - 1));
-        // Write whatever else is ready in the same flush.
-        for pushed in 1..PUSH_BATCH {
-            let Some(inbox) = &mut self.inbox else { break };
-            match inbox.next().now_or_never() {
-                Some(Ok(message)) => {
-                    let following = inbox.ready().min(PUSH_BATCH - 1 - pushed);
-                    self.conn.push_delivery(&message, following);
-                }
-                // A closed stream is reported on the next turn.
-                _ => break,
-            }
-        }
+        let conn = &mut self.conn;
+        take_ready(&mut self.inbox, message, |message, following| {
+            conn.push_delivery(&message, following)
+        });
         Flow::Continue(())
     }
 
@@ -579,14 +569,8 @@ impl Session {
 
     async fn login(&mut self, name: &str, password: &str) -> Outcome {
         let from = Some(self.conn.peer);
-        let login = self.core.login(name, password, from).await?;
-        match self.core.attach(&login.identity).await {
-            Ok(inbox) => self.inbox = Some(inbox),
-            Err(e) => {
-                let _ = self.core.logout(&login.identity).await;
-                return Err(e.into());
-            }
-        }
+        let (login, inbox) = self.core.login_attached(name, password, from).await?;
+        self.inbox = Some(inbox);
         let name = login.identity.name.clone();
         self.who = Some(login.identity);
         self.login_by = None;

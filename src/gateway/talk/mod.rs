@@ -15,7 +15,7 @@ use futures::{FutureExt, StreamExt};
 use tokio::time::Instant;
 
 use super::listener::{
-    self, Accepted, Deadlines, PUSH_BATCH, Refusal, Shutdown, Stream, expires, next_delivery,
+    self, Accepted, Deadlines, Refusal, Shutdown, Stream, expires, next_delivery, take_ready,
 };
 use crate::codec::line::{Command, ErrCode, HELP, LineError, ParseError, ServerLine};
 use crate::core::pace::{Pace, Pacer};
@@ -163,27 +163,12 @@ impl Session {
     /// Writes a delivery and whatever else is ready, then acknowledges them:
     /// a line written to the socket counts as shown.
     async fn deliver(&mut self, first: Delivery) -> std::io::Result<()> {
-        let following = self
-            .inbox
-            .as_ref()
-            .map_or(0, Inbox::ready)
-            .min(PUSH_BATCH - 1);
-        self.conn.push_delivery(&first, following);
-        let mut shown = Vec::with_capacity(1 + following);
-        shown.push(first);
-        if let Some(inbox) = &mut self.inbox {
-            while shown.len() < PUSH_BATCH {
-                match inbox.next().now_or_never() {
-                    Some(Ok(message)) => {
-                        let following = inbox.ready().min(PUSH_BATCH - 1 - shown.len());
-                        self.conn.push_delivery(&message, following);
-                        shown.push(message);
-                    }
-                    // A closed stream is reported on the next turn of the loop.
-                    _ => break,
-                }
-            }
-        }
+        let mut shown = Vec::new();
+        let conn = &mut self.conn;
+        take_ready(&mut self.inbox, first, |message, following| {
+            conn.push_delivery(&message, following);
+            shown.push(message);
+        });
         self.conn.flush().await?;
         if let Some(who) = &self.who {
             self.core.ack_shown(who, &shown);
