@@ -8,8 +8,7 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 
-use super::frame::{Facts, NodeState, PeerMessage, Speech};
-use super::peers::encode;
+use super::frame::{Facts, NodeState, PeerMessage, Speech, to_bytes};
 use super::state::Offer;
 use super::{Mesh, lock};
 use crate::core::{Message, Target};
@@ -77,7 +76,7 @@ impl Mesh {
 
     /// Sends `message` to every peer but `except`.
     pub(super) fn flood(&self, message: &PeerMessage, except: Option<&str>) {
-        let Some(bytes) = encode(message) else {
+        let Some(bytes) = to_bytes(message) else {
             return;
         };
         let peers = lock(&self.inner.peers);

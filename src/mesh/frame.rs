@@ -7,7 +7,7 @@
 //! travels inside Noise transport messages ([`super::handshake`]), never in
 //! clear. `docs/mesh.md` is the spec.
 
-use bytes::{Buf, BufMut, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
 
 /// The peer protocol version this node speaks.
@@ -219,6 +219,19 @@ pub fn decode_within(buf: &mut BytesMut, max: usize) -> Result<Option<PeerMessag
     serde_json::from_slice(&body)
         .map(Some)
         .map_err(|e| FrameError::Malformed(e.to_string()))
+}
+
+/// A peer message as bytes for the link queues, or `None` (logged) if it
+/// cannot be encoded.
+pub fn to_bytes(message: &PeerMessage) -> Option<Bytes> {
+    let mut buf = BytesMut::new();
+    match encode(message, &mut buf) {
+        Ok(()) => Some(buf.freeze()),
+        Err(e) => {
+            tracing::warn!(error = %e, "a peer message could not be encoded");
+            None
+        }
+    }
 }
 
 #[cfg(test)]

@@ -13,9 +13,41 @@ use tokio::sync::{Notify, Semaphore, mpsc, oneshot};
 
 use super::frame::{self, Facts, FrameError, PeerMessage, VERSION};
 use super::handshake::{self, NoiseError, Transport};
-use super::peers::{PEER_QUEUE, Peer, encode};
 use super::{Mesh, clean, lock};
 use crate::core::names::{account_key, room_key};
+
+/// Frames queued for one peer before the link is judged stuck and cut.
+pub(super) const PEER_QUEUE: usize = 8192;
+
+/// A registered live link.
+pub(super) struct Peer {
+    pub link: u64,
+    pub address: String,
+    pub outbound: bool,
+    pub tx: mpsc::Sender<Bytes>,
+    /// Set to cut the link.
+    pub cut: Arc<Notify>,
+}
+
+impl Peer {
+    /// Queues bytes for this peer, `node`. A peer whose queue is full is
+    /// cut, so one stuck link cannot hold up the rest; it resynchronises
+    /// when it relinks.
+    pub fn offer(&self, node: &str, bytes: &Bytes) -> bool {
+        match self.tx.try_send(bytes.clone()) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                tracing::warn!(
+                    peer = node,
+                    "peer {node} fell too far behind: cutting the link"
+                );
+                self.cut.notify_one();
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
+    }
+}
 
 /// Largest frame before a link is accepted: a hello is far smaller.
 const HANDSHAKE_FRAME: usize = 4096;
@@ -393,7 +425,7 @@ fn register(
     // matter. Encoded outside the locks that the commit path needs.
     let known: Vec<_> = mesh.state().records().cloned().collect();
     for record in known {
-        if let Some(bytes) = encode(&PeerMessage::State(record)) {
+        if let Some(bytes) = frame::to_bytes(&PeerMessage::State(record)) {
             let _ = tx.try_send(bytes);
         }
     }

@@ -46,7 +46,8 @@ use crate::core::{
     Stats, Topology, UserInfo,
 };
 use frame::{Answer, Facts, RoutedBody};
-use peers::{Dialer, Peer};
+use link::Peer;
+use peers::Dialer;
 use state::MeshState;
 
 /// Longest text from a peer (a refusal, an error) shown to a user.

@@ -6,9 +6,8 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Notify, Semaphore, mpsc, oneshot};
+use tokio::sync::{Semaphore, oneshot};
 use tokio::task::JoinHandle;
 
 use super::frame::{self, PeerMessage};
@@ -21,39 +20,6 @@ use crate::core::PeerLink;
 const FIRST_ATTEMPT: Duration = Duration::from_secs(11);
 /// Connections that may be in their handshake at once; more are dropped.
 const MAX_HANDSHAKES: usize = 64;
-/// Frames queued for one peer before the link is judged stuck and cut.
-pub(super) const PEER_QUEUE: usize = 8192;
-
-/// A registered live link.
-pub(super) struct Peer {
-    pub link: u64,
-    pub address: String,
-    pub outbound: bool,
-    pub tx: mpsc::Sender<Bytes>,
-    /// Set to cut the link.
-    pub cut: Arc<Notify>,
-}
-
-impl Peer {
-    /// Queues bytes for this peer, `node`. A peer whose queue is full is
-    /// cut, so one stuck link cannot hold up the rest; it resynchronises
-    /// when it relinks.
-    pub fn offer(&self, node: &str, bytes: &Bytes) -> bool {
-        match self.tx.try_send(bytes.clone()) {
-            Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                tracing::warn!(
-                    peer = node,
-                    "peer {node} fell too far behind: cutting the link"
-                );
-                self.cut.notify_one();
-                false
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
-        }
-    }
-}
-
 /// A standing wish to be linked to an address, kept by `/peer-connect` and
 /// `--peer` and retried with backoff until `/peer-kill`.
 pub(super) struct Dialer {
@@ -62,19 +28,6 @@ pub(super) struct Dialer {
     /// The node last reached at this address.
     pub node: Arc<Mutex<Option<String>>>,
     pub task: JoinHandle<()>,
-}
-
-/// A peer message as bytes for the link queues, or `None` (logged) if it
-/// cannot be encoded.
-pub(super) fn encode(message: &PeerMessage) -> Option<Bytes> {
-    let mut buf = BytesMut::new();
-    match frame::encode(message, &mut buf) {
-        Ok(()) => Some(buf.freeze()),
-        Err(e) => {
-            tracing::warn!(error = %e, "a peer message could not be encoded");
-            None
-        }
-    }
 }
 
 impl Mesh {
@@ -231,7 +184,7 @@ impl Mesh {
 
     /// Sends `message` to one linked peer.
     pub(super) fn send_to(&self, peer: &str, message: &PeerMessage) -> bool {
-        let Some(bytes) = encode(message) else {
+        let Some(bytes) = frame::to_bytes(message) else {
             return false;
         };
         match lock(&self.inner.peers).get(peer) {

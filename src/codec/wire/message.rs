@@ -4,7 +4,7 @@ use bytes::Bytes;
 
 use super::op;
 use crate::codec::frame::{ArgSink, Frame, FrameBuf, Header, VERSION, arg};
-use crate::core::{Message, Target};
+use crate::model::{Message, Target};
 
 /// Arguments per message in a push or a history reply.
 pub const MESSAGE_ARGS: usize = 6;

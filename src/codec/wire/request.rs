@@ -8,7 +8,7 @@ use std::borrow::Cow;
 
 use super::{Status, op};
 use crate::codec::frame::{ArgSink, Frame, FrameArgs, FrameBuf, FrameView, Header, arg};
-use crate::core::Target;
+use crate::model::Target;
 
 /// Whom a send goes to, or whose history is read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,6 +1,6 @@
 //! The status a reply or a BYE carries, and the error kind each stands for.
 
-use crate::core::ErrorKind;
+use crate::model::ErrorKind;
 
 /// Reply status codes; 0 is success.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
