@@ -302,4 +302,49 @@ impl Client {
             .await?
             .into_inner())
     }
+
+    /// Deletes the logged-in account; the password is asked for again.
+    pub async fn delete_account(&self, password: String) -> Result<(), ClientError> {
+        let request = self.request(proto::DeleteAccountRequest { password });
+        self.accounts().delete_account(request).await?;
+        Ok(())
+    }
+
+    /// The direct links of the node (operators only).
+    pub async fn peers(&self) -> Result<Vec<proto::Peer>, ClientError> {
+        let request = self.request(proto::PeersRequest {});
+        Ok(self.admin().peers(request).await?.into_inner().peers)
+    }
+
+    /// Every node and link the node knows of (operators only).
+    pub async fn topology(&self) -> Result<proto::TopologyResponse, ClientError> {
+        let request = self.request(proto::TopologyRequest {});
+        Ok(self.admin().topology(request).await?.into_inner())
+    }
+
+    /// Opens a port for other nodes to link to; the address it listens on.
+    pub async fn peer_listen(&self, host: String, port: u16) -> Result<String, ClientError> {
+        let port = port.into();
+        let request = self.request(proto::PeerListenRequest { host, port });
+        Ok(self
+            .admin()
+            .peer_listen(request)
+            .await?
+            .into_inner()
+            .address)
+    }
+
+    /// Links to another node; the name of the node reached.
+    pub async fn peer_connect(&self, host: String, port: u16) -> Result<String, ClientError> {
+        let port = port.into();
+        let request = self.request(proto::PeerConnectRequest { host, port });
+        Ok(self.admin().peer_connect(request).await?.into_inner().node)
+    }
+
+    /// Drops the link to a node.
+    pub async fn peer_kill(&self, node: String) -> Result<(), ClientError> {
+        let request = self.request(proto::PeerDisconnectRequest { node });
+        self.admin().peer_disconnect(request).await?;
+        Ok(())
+    }
 }

@@ -17,6 +17,8 @@ use crate::codec::line::{Command, HELP};
 use crate::core::names::LOBBY;
 use crate::proto;
 
+mod views;
+
 #[derive(Debug, Clone, Args)]
 pub struct ChatArgs {
     /// The account to log in as.
@@ -120,77 +122,26 @@ impl ChatSession {
                 vec![format!("-> @{to}: {text}")]
             }
             Command::Join(room) => {
-                let joined = c.join(&room).await?;
-                self.room = joined.room.clone();
-                vec![format!("* now in #{}", joined.room)]
+                self.room = c.join(&room).await?.room;
+                vec![format!("* now in #{}", self.room)]
             }
             Command::Leave(room) => {
                 let left = c.leave_room(&room).await?;
-                let bare = room.trim_start_matches('#');
-                self.room = left.room;
-                vec![if left.left {
-                    format!("* left #{bare}")
-                } else {
-                    format!("* you were not in #{bare}")
-                }]
+                self.room = left.room.clone();
+                vec![views::left(&room, &left)]
             }
-            Command::Rooms => c
-                .rooms()
-                .await?
-                .into_iter()
-                .map(|r| {
-                    let mark = if r.joined { " (joined)" } else { "" };
-                    format!("* #{} {} members{mark}", r.name, r.members)
-                })
-                .collect(),
-            Command::Users(pattern) => {
-                let users = c.users(&pattern).await?;
-                if users.is_empty() {
-                    vec![format!("* nobody matches {pattern}")]
-                } else {
-                    users
-                        .into_iter()
-                        .map(|u| {
-                            let state = if u.online { "online" } else { "offline" };
-                            format!("* {} {state} on {}", u.name, u.node)
-                        })
-                        .collect()
-                }
-            }
-            Command::History(n) => c
-                .recent(&To::Room(self.room.clone()), n)
-                .await?
-                .iter()
-                .map(render_message)
-                .collect(),
-            Command::Who => {
-                let who = c.who().await?;
-                let mut lines: Vec<String> = who
-                    .users
+            Command::Rooms => views::rooms(&c.rooms().await?),
+            Command::Users(pattern) => views::users(&pattern, &c.users(&pattern).await?),
+            Command::History(n) => {
+                let room = To::Room(self.room.clone());
+                c.recent(&room, n)
+                    .await?
                     .iter()
-                    .map(|u| format!("* {} on {}", u.name, u.node))
-                    .collect();
-                if !who.missing_nodes.is_empty() {
-                    lines.push(format!("* no answer from {}", who.missing_nodes.join(", ")));
-                }
-                lines
+                    .map(render_message)
+                    .collect()
             }
-            Command::Stats { mesh } => {
-                let s = c.stats(mesh).await?;
-                let scope = if mesh {
-                    s.node.clone()
-                } else {
-                    format!("node {}", s.node)
-                };
-                let mut lines = vec![format!(
-                    "* {scope}: {} messages, {} accounts, {} sessions online, {} rooms, up {}s",
-                    s.messages, s.accounts, s.sessions_online, s.rooms, s.uptime_secs
-                )];
-                if !s.missing_nodes.is_empty() {
-                    lines.push(format!("* no answer from {}", s.missing_nodes.join(", ")));
-                }
-                lines
-            }
+            Command::Who => views::who(&c.who().await?),
+            Command::Stats { mesh } => views::stats(mesh, &c.stats(mesh).await?),
             Command::Help => HELP.iter().map(|l| format!("* {l}")).collect(),
             Command::Register { .. } | Command::Login { .. } => {
                 vec![format!(
@@ -198,68 +149,21 @@ impl ChatSession {
                     self.name
                 )]
             }
-            Command::Logout => {
-                c.logout().await?;
-                vec![]
-            }
+            Command::Logout => c.logout().await.map(|()| vec![])?,
             Command::DeleteAccount { password } => {
-                c.accounts()
-                    .delete_account(c.request(proto::DeleteAccountRequest { password }))
-                    .await?;
-                vec![]
+                c.delete_account(password).await.map(|()| vec![])?
             }
-            Command::Peers => c
-                .admin()
-                .peers(c.request(proto::PeersRequest {}))
-                .await?
-                .into_inner()
-                .peers
-                .iter()
-                .map(|p| format!("* {} {}", p.node, p.address))
-                .chain(std::iter::once("* end of peers".to_owned()))
-                .collect(),
-            Command::Topology => {
-                let t = c
-                    .admin()
-                    .topology(c.request(proto::TopologyRequest {}))
-                    .await?
-                    .into_inner();
-                t.nodes
-                    .iter()
-                    .map(|n| format!("* node {n}"))
-                    .chain(
-                        t.links
-                            .iter()
-                            .map(|l| format!("* link {} {}", l.from, l.to)),
-                    )
-                    .collect()
-            }
+            Command::Peers => views::peers(&c.peers().await?),
+            Command::Topology => views::topology(&c.topology().await?),
             Command::PeerListen { host, port } => {
-                let r = c
-                    .admin()
-                    .peer_listen(c.request(proto::PeerListenRequest {
-                        host,
-                        port: port.into(),
-                    }))
-                    .await?
-                    .into_inner();
-                vec![format!("* listening for peers on {}", r.address)]
+                let address = c.peer_listen(host, port).await?;
+                vec![format!("* listening for peers on {address}")]
             }
             Command::PeerConnect { host, port } => {
-                let r = c
-                    .admin()
-                    .peer_connect(c.request(proto::PeerConnectRequest {
-                        host,
-                        port: port.into(),
-                    }))
-                    .await?
-                    .into_inner();
-                vec![format!("* linked to {}", r.node)]
+                vec![format!("* linked to {}", c.peer_connect(host, port).await?)]
             }
             Command::PeerKill(node) => {
-                c.admin()
-                    .peer_disconnect(c.request(proto::PeerDisconnectRequest { node: node.clone() }))
-                    .await?;
+                c.peer_kill(node.clone()).await?;
                 vec![format!("* unlinked {node}")]
             }
             Command::Quit => vec![],
