@@ -189,72 +189,7 @@ impl Command {
             return Ok(Some(Command::Say(line.to_owned())));
         };
         let (verb, tail) = rest.split_once(' ').unwrap_or((rest, ""));
-        let words: Vec<&str> = tail.split_whitespace().collect();
-        use Command as C;
-        use ParseError::Usage;
-        let command = match (verb.to_ascii_lowercase().as_str(), &words[..]) {
-            ("help", []) => C::Help,
-            ("register", [name, password]) => C::Register {
-                name: (*name).into(),
-                password: (*password).into(),
-            },
-            ("register", _) => return Err(Usage("/register NAME PASSWORD")),
-            ("login", [name, password]) => C::Login {
-                name: (*name).into(),
-                password: (*password).into(),
-            },
-            ("login", _) => return Err(Usage("/login NAME PASSWORD")),
-            ("logout", []) => C::Logout,
-            ("delete-account", [password]) => C::DeleteAccount {
-                password: (*password).into(),
-            },
-            ("delete-account", _) => return Err(Usage("/delete-account PASSWORD")),
-            ("users", []) => C::Users("*".into()),
-            ("users", [pattern]) => C::Users((*pattern).into()),
-            ("users", _) => return Err(Usage("/users [PATTERN]")),
-            ("who", []) => C::Who,
-            ("tell" | "msg", [to, _, ..]) => C::Tell {
-                to: (*to).into(),
-                text: tail.trim_start()[to.len()..].trim_start().into(),
-            },
-            ("tell" | "msg", _) => return Err(Usage("/tell NAME TEXT")),
-            ("join", [room]) => C::Join((*room).into()),
-            ("join", _) => return Err(Usage("/join ROOM")),
-            ("leave", [room]) => C::Leave((*room).into()),
-            ("leave", _) => return Err(Usage("/leave ROOM")),
-            ("rooms", []) => C::Rooms,
-            ("history", []) => C::History(DEFAULT_HISTORY),
-            ("history", [n]) => C::History(
-                n.parse()
-                    .ok()
-                    .filter(|n| (1..=MAX_HISTORY_LINES).contains(n))
-                    .ok_or(Usage("/history [N], N from 1 to 1000"))?,
-            ),
-            ("history", _) => return Err(Usage("/history [N]")),
-            ("stats", []) => C::Stats { mesh: false },
-            ("stats", [scope]) if scope.eq_ignore_ascii_case("mesh") => C::Stats { mesh: true },
-            ("stats", _) => return Err(Usage("/stats [mesh]")),
-            ("quit", []) => C::Quit,
-            ("peer-listen", [host, port]) => C::PeerListen {
-                host: (*host).into(),
-                port: port.parse().map_err(|_| Usage("/peer-listen HOST PORT"))?,
-            },
-            ("peer-listen", _) => return Err(Usage("/peer-listen HOST PORT")),
-            ("peer-connect", [host, port]) => C::PeerConnect {
-                host: (*host).into(),
-                port: port.parse().map_err(|_| Usage("/peer-connect HOST PORT"))?,
-            },
-            ("peer-connect", _) => return Err(Usage("/peer-connect HOST PORT")),
-            ("peer-kill", [node]) => C::PeerKill((*node).into()),
-            ("peer-kill", _) => return Err(Usage("/peer-kill NODE")),
-            ("peers", []) => C::Peers,
-            ("topology", []) => C::Topology,
-            ("help" | "logout" | "who" | "rooms" | "quit" | "peers" | "topology", _) => {
-                return Err(Usage("this command takes no arguments"));
-            }
-            (other, _) => return Err(ParseError::Unknown(other.to_owned())),
-        };
-        Ok(Some(command))
+        slash_command(&verb.to_ascii_lowercase(), tail).map(Some)
     }
 
     /// The line that says this command (without the line ending).
@@ -407,6 +342,78 @@ impl ServerLine {
         use std::io::Write;
         let _ = write!(out, "{self}\r\n");
     }
+}
+
+/// The command a `/VERB` line names. One table of every command and its
+/// usage, read top to bottom: split, it would no longer show at a glance
+/// which verbs exist and what each takes.
+fn slash_command(verb: &str, tail: &str) -> Result<Command, ParseError> {
+    let words: Vec<&str> = tail.split_whitespace().collect();
+    use Command as C;
+    use ParseError::Usage;
+    let command = match (verb, &words[..]) {
+        ("help", []) => C::Help,
+        ("register", [name, password]) => C::Register {
+            name: (*name).into(),
+            password: (*password).into(),
+        },
+        ("register", _) => return Err(Usage("/register NAME PASSWORD")),
+        ("login", [name, password]) => C::Login {
+            name: (*name).into(),
+            password: (*password).into(),
+        },
+        ("login", _) => return Err(Usage("/login NAME PASSWORD")),
+        ("logout", []) => C::Logout,
+        ("delete-account", [password]) => C::DeleteAccount {
+            password: (*password).into(),
+        },
+        ("delete-account", _) => return Err(Usage("/delete-account PASSWORD")),
+        ("users", []) => C::Users("*".into()),
+        ("users", [pattern]) => C::Users((*pattern).into()),
+        ("users", _) => return Err(Usage("/users [PATTERN]")),
+        ("who", []) => C::Who,
+        ("tell" | "msg", [to, _, ..]) => C::Tell {
+            to: (*to).into(),
+            text: tail.trim_start()[to.len()..].trim_start().into(),
+        },
+        ("tell" | "msg", _) => return Err(Usage("/tell NAME TEXT")),
+        ("join", [room]) => C::Join((*room).into()),
+        ("join", _) => return Err(Usage("/join ROOM")),
+        ("leave", [room]) => C::Leave((*room).into()),
+        ("leave", _) => return Err(Usage("/leave ROOM")),
+        ("rooms", []) => C::Rooms,
+        ("history", []) => C::History(DEFAULT_HISTORY),
+        ("history", [n]) => C::History(
+            n.parse()
+                .ok()
+                .filter(|n| (1..=MAX_HISTORY_LINES).contains(n))
+                .ok_or(Usage("/history [N], N from 1 to 1000"))?,
+        ),
+        ("history", _) => return Err(Usage("/history [N]")),
+        ("stats", []) => C::Stats { mesh: false },
+        ("stats", [scope]) if scope.eq_ignore_ascii_case("mesh") => C::Stats { mesh: true },
+        ("stats", _) => return Err(Usage("/stats [mesh]")),
+        ("quit", []) => C::Quit,
+        ("peer-listen", [host, port]) => C::PeerListen {
+            host: (*host).into(),
+            port: port.parse().map_err(|_| Usage("/peer-listen HOST PORT"))?,
+        },
+        ("peer-listen", _) => return Err(Usage("/peer-listen HOST PORT")),
+        ("peer-connect", [host, port]) => C::PeerConnect {
+            host: (*host).into(),
+            port: port.parse().map_err(|_| Usage("/peer-connect HOST PORT"))?,
+        },
+        ("peer-connect", _) => return Err(Usage("/peer-connect HOST PORT")),
+        ("peer-kill", [node]) => C::PeerKill((*node).into()),
+        ("peer-kill", _) => return Err(Usage("/peer-kill NODE")),
+        ("peers", []) => C::Peers,
+        ("topology", []) => C::Topology,
+        ("help" | "logout" | "who" | "rooms" | "quit" | "peers" | "topology", _) => {
+            return Err(Usage("this command takes no arguments"));
+        }
+        (other, _) => return Err(ParseError::Unknown(other.to_owned())),
+    };
+    Ok(command)
 }
 
 #[cfg(test)]

@@ -8,8 +8,10 @@ use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 
+use futures::future::BoxFuture;
 use futures::{Stream, StreamExt};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::task::JoinHandle;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -46,6 +48,28 @@ pub struct GrpcGateway {
 }
 
 impl GrpcGateway {
+    /// The client's frames, each send waiting its turn before the next
+    /// frame is read.
+    fn paced(
+        &self,
+        who: Identity,
+        inbound: Streaming<proto::ClientFrame>,
+    ) -> RpcStream<proto::ClientFrame> {
+        let gateway = self.clone();
+        Box::pin(inbound.then(move |frame| {
+            let (gateway, who) = (gateway.clone(), who.clone());
+            let paced: BoxFuture<'static, Result<proto::ClientFrame, Status>> =
+                Box::pin(async move {
+                    let frame = frame?;
+                    if matches!(frame.kind, Some(proto::client_frame::Kind::Send(_))) {
+                        gateway.take_turn(&who).await?;
+                    }
+                    Ok(frame)
+                });
+            paced
+        }))
+    }
+
     pub fn new(core: Core) -> Self {
         GrpcGateway {
             core,
@@ -171,6 +195,47 @@ fn status_of(kind: ErrorKind, message: String) -> Status {
     }
 }
 
+/// Answers a bidirectional call's frames: sends run concurrently up to
+/// [`PIPELINE`], their results going out in the order the sends came in.
+/// The call ends when the client stops sending, when its stream breaks (with
+/// that status), or when the delivery half ends (logout, overflow,
+/// shutdown).
+async fn answer_frames(
+    core: Core,
+    who: Identity,
+    frames: RpcStream<proto::ClientFrame>,
+    mut deliveries: JoinHandle<()>,
+    tx: mpsc::Sender<Result<proto::ServerFrame, Status>>,
+) {
+    let mut replies = frames
+        .map(|frame| {
+            let (core, who) = (core.clone(), who.clone());
+            async move {
+                match frame {
+                    Ok(frame) => client_frame(&core, &who, frame).await.map(Ok),
+                    Err(e) => Some(Err(e)),
+                }
+            }
+        })
+        .buffered(PIPELINE);
+    loop {
+        tokio::select! {
+            _ = &mut deliveries => break,
+            reply = replies.next() => match reply {
+                None => break,
+                Some(None) => {}
+                Some(Some(reply)) => {
+                    let failed = reply.is_err();
+                    if tx.send(reply).await.is_err() || failed {
+                        break;
+                    }
+                }
+            },
+        }
+    }
+    deliveries.abort();
+}
+
 fn closed_status(why: Closed) -> Status {
     status_of(why.kind(), why.to_string())
 }
@@ -232,7 +297,7 @@ fn forward<T: Send + 'static>(
     mut inbox: Inbox,
     tx: mpsc::Sender<Result<T, Status>>,
     wrap: fn(proto::Event) -> T,
-) -> tokio::task::JoinHandle<()> {
+) -> JoinHandle<()> {
     tokio::spawn(async move {
         loop {
             tokio::select! {
@@ -385,61 +450,17 @@ impl Chat for GrpcGateway {
         let who = self.identify(&request).await?;
         let inbox = self.core.attach(&who).await.map_err(status)?;
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
-        let mut deliveries = forward(inbox, tx.clone(), |event| proto::ServerFrame {
+        let deliveries = forward(inbox, tx.clone(), |event| proto::ServerFrame {
             kind: Some(proto::server_frame::Kind::Event(event)),
         });
-        let core = self.core.clone();
-        let gateway = self.clone();
-        let paced_who = who.clone();
-        // Each send waits its turn before the next frame is read.
-        let frames: RpcStream<proto::ClientFrame> =
-            Box::pin(request.into_inner().then(move |frame| {
-                let (gateway, who) = (gateway.clone(), paced_who.clone());
-                let paced: futures::future::BoxFuture<'static, Result<proto::ClientFrame, Status>> =
-                    Box::pin(async move {
-                        let frame = frame?;
-                        if matches!(frame.kind, Some(proto::client_frame::Kind::Send(_))) {
-                            gateway.take_turn(&who).await?;
-                        }
-                        Ok(frame)
-                    });
-                paced
-            }));
-        tokio::spawn(async move {
-            // Sends run concurrently up to PIPELINE, but their results go out
-            // in the order the sends came in. A broken client stream ends the
-            // call with its status.
-            let mut replies = frames
-                .map(|frame| {
-                    let (core, who) = (core.clone(), who.clone());
-                    async move {
-                        match frame {
-                            Ok(frame) => client_frame(&core, &who, frame).await.map(Ok),
-                            Err(e) => Some(Err(e)),
-                        }
-                    }
-                })
-                .buffered(PIPELINE);
-            loop {
-                tokio::select! {
-                    // The delivery half ended (logout, overflow, shutdown): so
-                    // does the call, sends included.
-                    _ = &mut deliveries => break,
-                    reply = replies.next() => match reply {
-                        // The client finished sending: the call is over.
-                        None => break,
-                        Some(None) => {}
-                        Some(Some(reply)) => {
-                            let failed = reply.is_err();
-                            if tx.send(reply).await.is_err() || failed {
-                                break;
-                            }
-                        }
-                    },
-                }
-            }
-            deliveries.abort();
-        });
+        let frames = self.paced(who.clone(), request.into_inner());
+        tokio::spawn(answer_frames(
+            self.core.clone(),
+            who,
+            frames,
+            deliveries,
+            tx,
+        ));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
