@@ -1,0 +1,268 @@
+//! Wires the store, the core and the gateways together, and takes them down
+//! in order.
+//!
+//! [`Server::start`] binds every listener before it returns, so a caller (a
+//! test on port 0, or `main`) knows the real addresses at once.
+//!
+//! Shutdown: health goes NOT_SERVING, new work is refused, every live stream
+//! and connection ends with a goodbye (gRPC UNAVAILABLE, `-ERR unavailable`,
+//! a BYE frame), listeners close, and the store commits what is already
+//! queued before the process exits.
+//!
+//! Split by concern, so this file reads as the order things start and stop
+//! in: `doors.rs` binds the three client doors and gives each the gate and
+//! TLS; `grpc.rs` is the tonic side of the gRPC door (its services, health,
+//! reflection, keepalive); here are the store, the core, the mesh and the
+//! shutdown that ties them together.
+
+mod doors;
+mod grpc;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+use tonic_health::server::HealthReporter;
+
+use crate::config::Settings;
+use crate::core::{Core, CoreConfig, CoreError};
+use crate::gateway::listener::Shutdown;
+use crate::mesh::{Mesh, MeshConfig, MeshError, QUERY_TIMEOUT};
+use crate::store::{DataDirLock, SqliteStore, Store, StoreError};
+
+pub use grpc::{MAX_GRPC_REQUEST, MAX_STREAMS_PER_CONNECTION};
+
+/// How long shutdown waits for open calls before it cuts them.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("cannot open the store: {0}")]
+    Store(#[from] StoreError),
+    #[error("cannot start the core: {0}")]
+    Core(#[from] CoreError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("cannot start the mesh: {0}")]
+    Mesh(#[from] MeshError),
+    #[error("cannot build the reflection service: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    #[error("cannot set up TLS: {0}")]
+    Tls(#[from] crate::tls::TlsError),
+    #[error(
+        "the {door} door would listen on {addr} without TLS, where anyone on the network \
+         could read passwords and messages: give --tls-cert and --tls-key (try \
+         `meshtalk cert`), bind it to 127.0.0.1, or pass --allow-plaintext if a \
+         TLS-terminating proxy stands in front"
+    )]
+    Plaintext {
+        door: &'static str,
+        addr: SocketAddr,
+    },
+}
+
+/// A running server.
+pub struct Server {
+    core: Core,
+    mesh: Mesh,
+    mesh_addr: Option<SocketAddr>,
+    grpc_addr: SocketAddr,
+    talk_addr: SocketAddr,
+    wire_addr: SocketAddr,
+    health: HealthReporter,
+    stop_grpc: Option<oneshot::Sender<()>>,
+    grpc: JoinHandle<()>,
+    /// Tells line and binary connections to say goodbye.
+    stop_sockets: watch::Sender<bool>,
+    /// Ends (yields `None`) once every socket connection task is gone.
+    sockets_drained: mpsc::Receiver<()>,
+    /// Held until the server is dropped: one server per data dir.
+    _lock: DataDirLock,
+}
+
+impl Server {
+    pub async fn start(settings: Settings) -> Result<Server, ServerError> {
+        let (lock, store) = open_store(&settings)?;
+        let core = open_core(store, &settings).await?;
+        let (mesh, mesh_addr) = start_mesh(&core, &settings).await?;
+        let listeners = doors::Listeners::bind(&settings).await?;
+        let doors = doors::Doors::new(&settings)?;
+        let (health, router) = grpc::router(&core).await?;
+
+        // What stops the serving tasks, and what tells shutdown they are done.
+        let (stop_grpc, stopped) = oneshot::channel::<()>();
+        let (stop_sockets, shutdown) = Shutdown::new();
+        let (draining, sockets_drained) = mpsc::channel(1);
+        let addrs = listeners.addrs;
+        let admitted = doors::serve(
+            listeners,
+            doors,
+            &core,
+            &settings.bounds,
+            shutdown,
+            draining,
+        );
+        let grpc = grpc::serve(router, admitted, stopped);
+
+        log_serving(&settings, addrs, mesh_addr);
+        Ok(Server {
+            core,
+            mesh,
+            mesh_addr,
+            grpc_addr: addrs.grpc,
+            talk_addr: addrs.talk,
+            wire_addr: addrs.wire,
+            health,
+            stop_grpc: Some(stop_grpc),
+            grpc,
+            stop_sockets,
+            sockets_drained,
+            _lock: lock,
+        })
+    }
+
+    pub fn grpc_addr(&self) -> SocketAddr {
+        self.grpc_addr
+    }
+
+    pub fn talk_addr(&self) -> SocketAddr {
+        self.talk_addr
+    }
+
+    pub fn wire_addr(&self) -> SocketAddr {
+        self.wire_addr
+    }
+
+    /// Where the mesh listener given at start is bound, if any.
+    pub fn mesh_addr(&self) -> Option<SocketAddr> {
+        self.mesh_addr
+    }
+
+    pub fn mesh(&self) -> &Mesh {
+        &self.mesh
+    }
+
+    pub fn core(&self) -> &Core {
+        &self.core
+    }
+
+    /// Takes the server down in order; returns once the store is closed.
+    pub async fn shutdown(mut self) {
+        tracing::info!("shutting down");
+        grpc::stop_serving(&self.health).await;
+        // Let health watchers see NOT_SERVING before the listener goes.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        self.core.begin_shutdown();
+        self.mesh.shutdown();
+        let _ = self.stop_sockets.send(true);
+        if let Some(stop) = self.stop_grpc.take() {
+            let _ = stop.send(());
+        }
+        let drained = async {
+            let _ = (&mut self.grpc).await;
+            let _ = self.sockets_drained.recv().await;
+        };
+        if tokio::time::timeout(SHUTDOWN_GRACE, drained).await.is_err() {
+            tracing::warn!("open calls outlived the grace period; cutting them");
+            self.grpc.abort();
+        }
+        self.core.close_store().await;
+        tracing::info!("stopped");
+    }
+}
+
+/// Takes the data dir's lock first, so a second server on the same data
+/// dir stops before it touches the database; then opens the store, which
+/// refuses new messages once the disk is nearly full.
+fn open_store(settings: &Settings) -> Result<(DataDirLock, Arc<dyn Store>), ServerError> {
+    let lock = DataDirLock::acquire(&settings.sqlite_path)?;
+    let store: Arc<dyn Store> = Arc::new(
+        SqliteStore::open(&settings.sqlite_path)?
+            .keep_free(&settings.sqlite_path, settings.min_free_disk),
+    );
+    Ok((lock, store))
+}
+
+async fn open_core(store: Arc<dyn Store>, settings: &Settings) -> Result<Core, ServerError> {
+    let config = CoreConfig {
+        node: settings.node.clone(),
+        operators: settings.operators.clone(),
+        limits: settings.limits.clone(),
+    };
+    Ok(Core::open(store, config).await?)
+}
+
+/// Starts the mesh and its listener, if one is given, and links to every
+/// peer given, in the background.
+async fn start_mesh(
+    core: &Core,
+    settings: &Settings,
+) -> Result<(Mesh, Option<SocketAddr>), ServerError> {
+    let mesh = Mesh::start(
+        core.clone(),
+        MeshConfig {
+            node: settings.node.clone(),
+            instance: crate::mesh::next_instance(
+                &settings.sqlite_path.with_file_name("mesh-instance"),
+            ),
+            secret: settings.mesh_secret.clone(),
+            query_timeout: QUERY_TIMEOUT,
+        },
+    );
+    let mesh_addr = match &settings.mesh_addr {
+        Some(addr) => Some(mesh.listen(addr).await?),
+        None => None,
+    };
+    if !settings.peers.is_empty() && settings.mesh_secret.is_none() {
+        return Err(MeshError::NoSecret.into());
+    }
+    for peer in &settings.peers {
+        let (mesh, peer) = (mesh.clone(), peer.clone());
+        tokio::spawn(async move {
+            match mesh.connect(&peer, true).await {
+                Ok(node) => tracing::info!(peer = %peer, "linked to {node} at {peer}"),
+                Err(e) => tracing::warn!("{e}; retrying in the background"),
+            }
+        });
+    }
+    Ok((mesh, mesh_addr))
+}
+
+fn log_serving(settings: &Settings, addrs: doors::Addrs, mesh_addr: Option<SocketAddr>) {
+    tracing::info!(
+        node = %settings.node,
+        grpc = %addrs.grpc,
+        talk = %addrs.talk,
+        wire = %addrs.wire,
+        mesh = %mesh_addr.map_or_else(|| "off".to_owned(), |a| a.to_string()),
+        store = %settings.sqlite_path.display(),
+        tls = settings.tls.is_some(),
+        "meshtalk is serving"
+    );
+}
+
+/// Grants NAME operator rights in the database at `db_path`, whose server
+/// must be stopped (its lock says so otherwise); returns the name as
+/// registered. A running server reads grants when it starts.
+pub async fn grant_operator_offline(db_path: &Path, name: &str) -> Result<String, CoreError> {
+    let key = crate::core::names::account_key(name)?;
+    let _lock = DataDirLock::acquire(db_path)?;
+    let store = SqliteStore::open(db_path)?;
+    let granted = async {
+        let account = store
+            .account_by_key(&key)
+            .await?
+            .ok_or_else(|| CoreError::NoSuchUser(name.to_owned()))?;
+        store.grant_operator(account.id).await?;
+        Ok(account.name)
+    }
+    .await;
+    store.close().await;
+    granted
+}
