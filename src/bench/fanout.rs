@@ -410,8 +410,8 @@ async fn publish(
         }
     };
     // Binary and gRPC: `pipeline` sends in flight, each lane paced. The
-    // lanes run in this one task, as one client's would: a task each cost
-    // the load generator a wake-up and a task switch per reply.
+    // lanes run in this one task, as one client's would: a task per lane
+    // would cost the load generator a wake-up and a task switch per reply.
     let lanes = (0..pipeline).map(|lane_no| {
         let (lane, room) = (&lane, &room);
         async move {

@@ -11,7 +11,7 @@ use tonic::Streaming;
 use super::receiver::{Ended, Received, unstamp};
 use super::{BenchError, PASSWORD, Target};
 use crate::client::Client;
-use crate::client::wire::Waiters;
+use crate::client::waiters::Waiters;
 use crate::proto;
 
 /// Logs in as NAME, or with `token`, reuses that login on a new channel

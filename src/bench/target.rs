@@ -2,8 +2,8 @@
 //! fresh server spawned in a temporary directory for the run.
 
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStderr, Command, Stdio};
 
 use clap::Args;
 
@@ -61,59 +61,23 @@ impl Target {
                 spawned: None,
             });
         }
-        let dir = tempfile::tempdir().map_err(|e| BenchError::Spawn(e.to_string()))?;
-        let exe = std::env::current_exe().map_err(|e| BenchError::Spawn(e.to_string()))?;
-        let mut command = Command::new(exe);
-        command.args(["serve", "--log-format", "json", "--node-name", "bench"]);
-        let tls = match args.tls {
-            false => None,
-            true => {
-                let made = crate::tls::make_certificates(&dir.path().join("tls"), &[])
-                    .map_err(|e| BenchError::Spawn(e.to_string()))?;
-                command
-                    .arg("--tls-cert")
-                    .arg(&made.cert)
-                    .arg("--tls-key")
-                    .arg(&made.key);
-                Some(Some(made.ca))
-            }
-        };
-        let mut child = command
-            .args(["--grpc-addr", "127.0.0.1:0", "--talk-addr", "127.0.0.1:0"])
-            .args(["--wire-addr", "127.0.0.1:0"])
-            // The load comes from one address, as fast as it can: no per-client limits.
-            .args(["--send-rate", "0", "--max-connections-per-ip", "1000000"])
-            .args(["--registrations-per-ip", "0"])
-            .arg("--data-dir")
-            .arg(dir.path())
-            .env("RUST_LOG", "warn,meshtalk::server=info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|e| BenchError::Spawn(e.to_string()))?;
+        Self::spawn(args.tls).await
+    }
+
+    /// Starts this binary as a server in a fresh temporary directory, on
+    /// ports of its choosing, and reads them from its log.
+    async fn spawn(tls: bool) -> Result<Target, BenchError> {
+        let dir = tempfile::tempdir().map_err(spawn_error)?;
+        let (mut command, tls) = server_command(dir.path(), tls)?;
+        let mut child = command.spawn().map_err(spawn_error)?;
         let stderr = child
             .stderr
             .take()
             .ok_or_else(|| BenchError::Spawn("no log".into()))?;
-        let (fields, lines) = tokio::task::spawn_blocking(move || {
-            let mut lines = BufReader::new(stderr).lines();
-            for line in lines.by_ref() {
-                let Ok(line) = line else { break };
-                let Ok(json) = serde_json::from_str::<serde_json::Value>(&line) else {
-                    continue;
-                };
-                let fields = &json["fields"];
-                if fields["grpc"].is_string() {
-                    return (Some(fields.clone()), lines);
-                }
-            }
-            (None, lines)
-        })
-        .await
-        .map_err(|e| BenchError::Spawn(e.to_string()))?;
-        // Keep draining the log so the server never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines {});
-        let fields = fields.ok_or_else(|| BenchError::Spawn("the server did not start".into()))?;
+        let fields = tokio::task::spawn_blocking(move || addresses(stderr))
+            .await
+            .map_err(spawn_error)?
+            .ok_or_else(|| BenchError::Spawn("the server did not start".into()))?;
         let field = |name: &str| fields[name].as_str().unwrap_or_default().to_owned();
         let pid = child.id();
         let scheme = if tls.is_some() { "https" } else { "http" };
@@ -175,4 +139,60 @@ impl Drop for Target {
             let _ = child.wait();
         }
     }
+}
+
+fn spawn_error(e: impl std::fmt::Display) -> BenchError {
+    BenchError::Spawn(e.to_string())
+}
+
+/// The command that starts a server in `dir` (with a fresh certificate
+/// if `tls`), and the CA to trust when it speaks TLS.
+fn server_command(dir: &Path, tls: bool) -> Result<(Command, Option<Option<PathBuf>>), BenchError> {
+    let exe = std::env::current_exe().map_err(spawn_error)?;
+    let mut command = Command::new(exe);
+    command.args(["serve", "--log-format", "json", "--node-name", "bench"]);
+    let tls = match tls {
+        false => None,
+        true => {
+            let made = crate::tls::make_certificates(&dir.join("tls"), &[]).map_err(spawn_error)?;
+            command
+                .arg("--tls-cert")
+                .arg(&made.cert)
+                .arg("--tls-key")
+                .arg(&made.key);
+            Some(Some(made.ca))
+        }
+    };
+    command
+        .args(["--grpc-addr", "127.0.0.1:0", "--talk-addr", "127.0.0.1:0"])
+        .args(["--wire-addr", "127.0.0.1:0"])
+        // The load comes from one address, as fast as it can: no per-client limits.
+        .args(["--send-rate", "0", "--max-connections-per-ip", "1000000"])
+        .args(["--registrations-per-ip", "0"])
+        .arg("--data-dir")
+        .arg(dir)
+        .env("RUST_LOG", "warn,meshtalk::server=info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    Ok((command, tls))
+}
+
+/// Reads the server's JSON log up to the line naming its addresses, and
+/// returns that line's fields (`None` if the log ends first). Blocks.
+fn addresses(stderr: ChildStderr) -> Option<serde_json::Value> {
+    let mut lines = BufReader::new(stderr).lines();
+    let mut fields = None;
+    for line in lines.by_ref() {
+        let Ok(line) = line else { break };
+        let Ok(json) = serde_json::from_str::<serde_json::Value>(&line) else {
+            continue;
+        };
+        if json["fields"]["grpc"].is_string() {
+            fields = Some(json["fields"].clone());
+            break;
+        }
+    }
+    // Keep draining the log so the server never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    fields
 }

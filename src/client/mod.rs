@@ -4,6 +4,7 @@
 pub mod chat;
 pub mod line;
 pub mod transport;
+pub mod waiters;
 pub mod wire;
 
 use std::path::Path;

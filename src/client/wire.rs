@@ -7,19 +7,17 @@
 //! request, and the server reads them in batches too.
 
 use std::borrow::Cow;
-use std::collections::HashMap;
-use std::hash::Hash;
 use std::io;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
 
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, ToSocketAddrs};
+use tokio::sync::mpsc;
 
 use super::transport::{self, ClientTls, Writer};
-use tokio::sync::{mpsc, oneshot};
-
+use super::waiters::Waiters;
 use crate::codec::frame::{Frame, Header, MAX_REPLY};
 use crate::codec::wire::{Dest, Rejection, Reply, ReplyError, Request, Status, op, parse_message};
 use crate::core::{Message, Sent};
@@ -65,60 +63,6 @@ impl From<ReplyError> for WireError {
         match e {
             ReplyError::Rejected(r) => r.into(),
             ReplyError::Malformed(what) => WireError::Reply(what),
-        }
-    }
-}
-
-/// Calls waiting for their replies, by request id: a reader hands each
-/// reply to the call that waits for it. Once closed (the connection is
-/// gone), every waiter hears so and later calls fail at once.
-pub struct Waiters<K, V> {
-    /// `None` once closed.
-    table: Arc<Mutex<Option<Table<K, V>>>>,
-}
-
-type Table<K, V> = HashMap<K, oneshot::Sender<V>>;
-
-impl<K, V> Clone for Waiters<K, V> {
-    fn clone(&self) -> Self {
-        Waiters {
-            table: self.table.clone(),
-        }
-    }
-}
-
-impl<K: Hash + Eq, V> Default for Waiters<K, V> {
-    fn default() -> Self {
-        Waiters {
-            table: Arc::new(Mutex::new(Some(HashMap::new()))),
-        }
-    }
-}
-
-impl<K: Hash + Eq, V> Waiters<K, V> {
-    /// Waits for the reply with this id; `None` once closed.
-    pub fn wait(&self, id: K) -> Option<oneshot::Receiver<V>> {
-        let (tx, rx) = oneshot::channel();
-        self.table.lock().ok()?.as_mut()?.insert(id, tx);
-        Some(rx)
-    }
-
-    /// Hands a reply to whoever waits for its id, if anyone does.
-    pub fn complete(&self, id: &K, reply: V) {
-        let waiter = self
-            .table
-            .lock()
-            .ok()
-            .and_then(|mut t| t.as_mut().and_then(|t| t.remove(id)));
-        if let Some(waiter) = waiter {
-            let _ = waiter.send(reply);
-        }
-    }
-
-    /// Drops every waiter and refuses new ones.
-    pub fn close(&self) {
-        if let Ok(mut table) = self.table.lock() {
-            table.take();
         }
     }
 }
