@@ -11,7 +11,8 @@ use clap::Args;
 use futures::StreamExt;
 use serde::Serialize;
 
-use super::receiver::{Ended, Received, Receiver};
+use super::delivery::{Ended, Received};
+use super::receiver::Receiver;
 use super::sender::Speaker;
 use super::{BenchError, Latency, PASSWORD, Proto, Target, TargetArgs, histogram, run_id};
 

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use futures::FutureExt;
 use tonic::Streaming;
 
-use super::receiver::{Ended, Received, unstamp};
+use super::delivery::{Ended, Received, unstamp};
 use super::{BenchError, PASSWORD, Target};
 use crate::client::Client;
 use crate::client::waiters::Waiters;

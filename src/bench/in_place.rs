@@ -10,7 +10,7 @@ use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::connect::{connect_from, line_login, wire_request};
-use super::receiver::{Ended, Received, unstamp};
+use super::delivery::{Ended, Received, unstamp};
 use super::{BenchError, PASSWORD, Target};
 use crate::client::transport::{self, Reader, Writer};
 use crate::codec::frame::{Frame, FrameView, MAX_REPLY, arg};

@@ -9,6 +9,7 @@
 
 mod connect;
 pub mod conns;
+mod delivery;
 pub mod dm;
 pub mod fanout;
 mod grpc;
