@@ -194,9 +194,9 @@ impl Drop for Sink {
 thread_local! {
     /// The deliveries held by the batch open on this thread, if any.
     static HELD: RefCell<Option<Held>> = const { RefCell::new(None) };
-    /// Emptied per-receiver lists of earlier batches, kept for the next:
-    /// a list grown from nothing one delivery at a time, for every
-    /// receiver of every batch, was a tenth of the fan-out's work.
+    /// Emptied per-receiver lists of earlier batches, kept for the next, so
+    /// no list is grown from nothing one delivery at a time for every
+    /// receiver of every batch (see docs/performance.md).
     static SPARE: RefCell<Vec<Vec<Delivery>>> = const { RefCell::new(Vec::new()) };
 }
 
@@ -332,10 +332,9 @@ impl Attachment {
             let mut state = self.queue.lock();
             if !state.items.is_empty() {
                 // The emptied buffer goes back to the queue for the next
-                // deliveries, so a busy receiver allocates nothing. (Giving
-                // back a large one instead cost a fifth of full-speed fan-out;
-                // what a burst leaves is at most two queues' worth of
-                // pointers, 16 KiB at the default depth.)
+                // deliveries, so a busy receiver allocates nothing. What a
+                // burst leaves in it is at most two queues' worth of
+                // pointers, 16 KiB at the default depth.
                 std::mem::swap(&mut state.items, &mut self.taken);
                 return Poll::Ready(());
             }

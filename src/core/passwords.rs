@@ -211,7 +211,7 @@ mod tests {
                 .verify_password(b"hunter2", &parsed)
                 .is_ok()
         );
-        // A hash made the usual way, as earlier versions stored them.
+        // A hash made with argon2's own defaults, not through the pool.
         let theirs = {
             use argon2::PasswordHasher;
             let salt = SaltString::generate(&mut OsRng);

@@ -89,8 +89,7 @@ impl Answer {
 /// line protocol's: a line speaker's next lines are already in the socket
 /// when a commit lands, where a binary client's next sends wait for their
 /// replies to reach it first, and a window that covers that round trip
-/// keeps the group commits as large (about 1.2 times the fan-out
-/// throughput of a window of 64; see docs/performance.md).
+/// keeps the group commits as large (see docs/performance.md).
 const PIPELINE: usize = 256;
 /// The bytes of the reply to a send: the header and three arguments.
 const SEND_REPLY: usize = HEADER_LEN + (4 + 8) + (4 + 8) + (4 + 1);
@@ -179,9 +178,9 @@ impl Connection {
     }
 
     fn push(&mut self, answer: &Answer) {
-        // The buffer is given back after every write (see `write_out`), and
-        // regrowing it by doubling for a batch of replies cost as much as
-        // encoding them: it starts at the size of a full pipeline's replies.
+        // The buffer is given back after every write (see `write_out`);
+        // it starts at the size of a full pipeline's replies rather than
+        // regrowing by doubling, which copies most of a batch again.
         if self.out.capacity() == 0 {
             self.out.reserve(REPLY_BATCH);
         }
