@@ -108,61 +108,10 @@ mod tests {
     use crate::store::sqlite::SqliteStore;
     use crate::store::{NewMessage, Store};
 
-    /// The schema as the store created it before versions were recorded:
-    /// a database made with it is at version 0.
-    const UNVERSIONED: &str = "
-CREATE TABLE IF NOT EXISTS accounts (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    name TEXT NOT NULL,
-    name_key TEXT NOT NULL UNIQUE,
-    password_hash TEXT NOT NULL,
-    created_ms INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS sessions (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    token_hash BLOB NOT NULL UNIQUE,
-    account_id INTEGER NOT NULL REFERENCES accounts(id) ON DELETE CASCADE,
-    created_ms INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS rooms (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    name TEXT NOT NULL,
-    name_key TEXT NOT NULL UNIQUE,
-    created_ms INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS memberships (
-    account_id INTEGER NOT NULL REFERENCES accounts(id) ON DELETE CASCADE,
-    room_id INTEGER NOT NULL REFERENCES rooms(id),
-    acked_id INTEGER NOT NULL,
-    PRIMARY KEY (account_id, room_id)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS messages (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    sender_id INTEGER NOT NULL,
-    sender_name TEXT NOT NULL,
-    recipient_id INTEGER,
-    recipient_name TEXT,
-    room_id INTEGER,
-    room_name TEXT,
-    body TEXT NOT NULL,
-    client_msg_id TEXT,
-    sent_ms INTEGER NOT NULL
-);
-CREATE UNIQUE INDEX IF NOT EXISTS messages_client_msg_id
-    ON messages (sender_id, client_msg_id) WHERE client_msg_id IS NOT NULL;
-CREATE INDEX IF NOT EXISTS messages_room ON messages (room_id, id) WHERE room_id IS NOT NULL;
-CREATE INDEX IF NOT EXISTS messages_direct
-    ON messages (sender_id, recipient_id, id) WHERE recipient_id IS NOT NULL;
-CREATE TABLE IF NOT EXISTS inbox (
-    account_id INTEGER NOT NULL REFERENCES accounts(id) ON DELETE CASCADE,
-    message_id INTEGER NOT NULL,
-    PRIMARY KEY (account_id, message_id)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS operators (
-    account_id INTEGER PRIMARY KEY REFERENCES accounts(id) ON DELETE CASCADE,
-    granted_ms INTEGER NOT NULL
-);
-";
+    /// A database made before versions were recorded holds exactly the
+    /// tables of migration 1 (which is why migration 1 may never change),
+    /// at version 0.
+    const UNVERSIONED: &str = TABLES;
 
     /// Every table and index with the SQL that made it.
     fn objects(conn: &Connection) -> Vec<(String, String, Option<String>)> {
