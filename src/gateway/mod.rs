@@ -6,5 +6,6 @@
 
 pub mod grpc;
 pub mod listener;
+mod seat;
 pub mod talk;
 pub mod wire;

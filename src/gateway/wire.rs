@@ -14,12 +14,12 @@ use bytes::{Buf, Bytes, BytesMut};
 use futures::future::BoxFuture;
 use futures::stream::FuturesOrdered;
 use futures::{FutureExt, StreamExt};
-use tokio::time::Instant;
 
 use super::listener::{
     self, Accepted, Deadlines, Pass, ReadHalf, Refusal, Shutdown, Stream, WriteHalf, expires,
     next_delivery, read_more, take_ready, write_out,
 };
+use super::seat::Seat;
 use crate::codec::frame::{
     Frame, FrameArgs, FrameError, FrameView, HEADER_LEN, Header, MAX_REQUEST, VERSION,
 };
@@ -27,8 +27,8 @@ use crate::codec::wire::request::ack_ids;
 use crate::codec::wire::{
     Dest, OnlineUser, Rejection, Reply, Request, RequestError, Status, encode_message_push, op,
 };
-use crate::core::pace::{Pace, Pacer};
-use crate::core::{Core, CoreError, Delivery, Encoding, ErrorKind, Identity, Inbox};
+use crate::core::pace::Pace;
+use crate::core::{Core, CoreError, Delivery, Encoding, ErrorKind, Identity};
 
 impl From<CoreError> for Rejection {
     fn from(e: CoreError) -> Rejection {
@@ -213,12 +213,7 @@ pub async fn refuse(stream: Stream, why: Refusal) {
 struct Session {
     core: Core,
     conn: Connection,
-    who: Option<Identity>,
-    /// When a connection that is not logged in is closed.
-    login_by: Option<Instant>,
-    /// The connection's sending allowance, if sends are limited.
-    pacer: Option<Pacer>,
-    inbox: Option<Inbox>,
+    seat: Seat,
     /// Replies still being worked out, in request order: sends wait for
     /// their commit here while the connection reads on.
     replies: FuturesOrdered<BoxFuture<'static, Answer>>,
@@ -237,8 +232,7 @@ pub async fn serve_connection(
 ) {
     let (reader, writer) = accepted.stream.split();
     let mut session = Session {
-        // The connection's, not the login's: logging in again earns no new burst.
-        pacer: core.limits().send_rate.map(Pacer::new),
+        seat: Seat::new(&core, deadlines.login),
         core,
         conn: Connection {
             peer: accepted.peer.ip(),
@@ -250,18 +244,12 @@ pub async fn serve_connection(
             started: None,
             deadlines,
         },
-        who: None,
-        login_by: Some(Instant::now() + deadlines.login),
-        inbox: None,
         replies: FuturesOrdered::new(),
     };
     if let Err(e) = session.run(&mut shutdown).await {
         tracing::debug!(error = %e, "binary connection ended");
     }
-    session.inbox = None;
-    if let Some(who) = session.who.take() {
-        let _ = session.core.logout(&who).await;
-    }
+    session.seat.close().await;
 }
 
 impl Session {
@@ -296,8 +284,8 @@ impl Session {
                     }
                     Flow::Continue(())
                 }
-                delivery = next_delivery(&mut self.inbox) => self.on_delivery(delivery),
-                _ = expires(self.login_by) => {
+                delivery = next_delivery(&mut self.seat.inbox) => self.on_delivery(delivery),
+                _ = expires(self.seat.login_by) => {
                     let text = format!(
                         "not logged in within {} s; closing",
                         self.conn.deadlines.login.as_secs()
@@ -416,7 +404,7 @@ impl Session {
             {
                 parsed
             }
-            op::LOGIN => match &self.who {
+            op::LOGIN => match &self.seat.who {
                 Some(who) => Err(Rejection::new(
                     Status::Invalid,
                     format!("already logged in as {}: log out first", who.name),
@@ -485,7 +473,7 @@ impl Session {
             }
         };
         let conn = &mut self.conn;
-        take_ready(&mut self.inbox, message, |message, following| {
+        take_ready(&mut self.seat.inbox, message, |message, following| {
             conn.push_delivery(&message, following)
         });
         Flow::Continue(())
@@ -496,10 +484,7 @@ impl Session {
     /// backpressure a fast sender feels. Returns the BYE for a session that
     /// floods.
     async fn take_turn(&mut self) -> std::io::Result<Option<Answer>> {
-        let Some(pacer) = &mut self.pacer else {
-            return Ok(None);
-        };
-        match pacer.admit(std::time::Instant::now()) {
+        match self.seat.pace() {
             Pace::Go => Ok(None),
             Pace::Wait(wait) => {
                 self.conn.flush().await?;
@@ -526,7 +511,8 @@ impl Session {
     }
 
     fn identity(&self) -> Result<&Identity, Rejection> {
-        self.who
+        self.seat
+            .who
             .as_ref()
             .ok_or_else(|| Rejection::new(Status::Auth, "log in first (opcode 0x02 LOGIN)"))
     }
@@ -567,33 +553,21 @@ impl Session {
     }
 
     async fn login(&mut self, name: &str, password: &str) -> Outcome {
-        let from = Some(self.conn.peer);
-        let (login, inbox) = self.core.login_attached(name, password, from).await?;
-        self.inbox = Some(inbox);
-        let name = login.identity.name.clone();
-        self.who = Some(login.identity);
-        self.login_by = None;
-        Ok(Reply::Name(name))
-    }
-
-    /// Ends the session's login: pushes stop and the login deadline runs
-    /// again.
-    fn logged_out(&mut self) {
-        self.inbox = None;
-        self.who = None;
-        self.login_by = Some(Instant::now() + self.conn.deadlines.login);
+        Ok(Reply::Name(
+            self.seat.log_in(name, password, self.conn.peer).await?,
+        ))
     }
 
     async fn logout(&mut self) -> Outcome {
         let who = self.identity()?.clone();
-        self.logged_out();
+        self.seat.vacate();
         self.core.logout(&who).await?;
         Ok(Reply::Done)
     }
 
     async fn delete_account(&mut self, password: &str) -> Outcome {
         self.core.delete_account(self.identity()?, password).await?;
-        self.logged_out();
+        self.seat.vacate();
         Ok(Reply::Done)
     }
 

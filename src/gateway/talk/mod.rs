@@ -12,14 +12,14 @@ mod replies;
 use futures::future::BoxFuture;
 use futures::stream::FuturesOrdered;
 use futures::{FutureExt, StreamExt};
-use tokio::time::Instant;
 
 use super::listener::{
     self, Accepted, Deadlines, Refusal, Shutdown, Stream, expires, next_delivery, take_ready,
 };
+use super::seat::Seat;
 use crate::codec::line::{Command, ErrCode, HELP, LineError, ParseError, ServerLine};
-use crate::core::pace::{Pace, Pacer};
-use crate::core::{Core, CoreError, Delivery, ErrorKind, Identity, Inbox, Sent, Target};
+use crate::core::pace::Pace;
+use crate::core::{Core, CoreError, Delivery, ErrorKind, Identity, Sent, Target};
 use connection::Connection;
 pub use replies::message_line;
 use replies::{closed_line, core_error, err, notice, ok};
@@ -31,12 +31,7 @@ const PIPELINE: usize = 64;
 struct Session {
     core: Core,
     conn: Connection,
-    who: Option<Identity>,
-    /// When a connection that is not logged in is closed.
-    login_by: Option<Instant>,
-    /// The connection's sending allowance, if sends are limited.
-    pacer: Option<Pacer>,
-    inbox: Option<Inbox>,
+    seat: Seat,
     /// Speech queued for the store, oldest first. Speech has no reply, so
     /// the connection reads on while it commits; only failures are reported.
     speech: FuturesOrdered<BoxFuture<'static, Result<Sent, CoreError>>>,
@@ -56,11 +51,7 @@ pub async fn serve_connection(
 ) {
     let mut session = Session {
         conn: Connection::new(accepted, deadlines),
-        who: None,
-        login_by: Some(Instant::now() + deadlines.login),
-        // The connection's, not the login's: logging in again earns no new burst.
-        pacer: core.limits().send_rate.map(Pacer::new),
-        inbox: None,
+        seat: Seat::new(&core, deadlines.login),
         speech: FuturesOrdered::new(),
         core,
     };
@@ -93,7 +84,7 @@ impl Session {
                     }
                     Flow::Continue
                 }
-                delivery = next_delivery(&mut self.inbox) => match delivery {
+                delivery = next_delivery(&mut self.seat.inbox) => match delivery {
                     Ok(message) => {
                         self.deliver(message).await?;
                         Flow::Continue
@@ -103,7 +94,7 @@ impl Session {
                         Flow::Quit
                     }
                 },
-                _ = expires(self.login_by) => {
+                _ = expires(self.seat.login_by) => {
                     self.conn.push(err(ErrCode::Timeout, format!(
                         "not logged in within {} s; closing",
                         self.conn.deadlines.login.as_secs()
@@ -165,12 +156,12 @@ impl Session {
     async fn deliver(&mut self, first: Delivery) -> std::io::Result<()> {
         let mut shown = Vec::new();
         let conn = &mut self.conn;
-        take_ready(&mut self.inbox, first, |message, following| {
+        take_ready(&mut self.seat.inbox, first, |message, following| {
             conn.push_delivery(&message, following);
             shown.push(message);
         });
         self.conn.flush().await?;
-        if let Some(who) = &self.who {
+        if let Some(who) = &self.seat.who {
             self.core.ack_shown(who, &shown);
         }
         Ok(())
@@ -178,10 +169,7 @@ impl Session {
 
     /// Logs the connection's session out.
     async fn end(&mut self) {
-        self.inbox = None;
-        if let Some(who) = self.who.take() {
-            let _ = self.core.logout(&who).await;
-        }
+        self.seat.close().await;
     }
 
     /// Waits for speech in flight, reporting failures, until at most
@@ -211,7 +199,7 @@ impl Session {
         if !matches!(command, Command::Say(_)) {
             self.settle_speech(0).await;
         }
-        let Some(who) = self.who.clone() else {
+        let Some(who) = self.seat.who.clone() else {
             return self.handle_anonymous(command).await;
         };
         match self.handle_logged_in(&who, command).await {
@@ -254,13 +242,7 @@ impl Session {
     }
 
     async fn login(&mut self, name: &str, password: &str) -> Result<String, CoreError> {
-        let from = Some(self.conn.peer);
-        let (login, inbox) = self.core.login_attached(name, password, from).await?;
-        self.inbox = Some(inbox);
-        self.login_by = None;
-        let name = login.identity.name.clone();
-        self.who = Some(login.identity);
-        Ok(name)
+        self.seat.log_in(name, password, self.conn.peer).await
     }
 
     fn help(&mut self) {
@@ -274,10 +256,7 @@ impl Session {
     /// that is the backpressure a fast sender feels. A session that floods
     /// is told why and closed.
     async fn take_turn(&mut self) -> Flow {
-        let Some(pacer) = &mut self.pacer else {
-            return Flow::Continue;
-        };
-        match pacer.admit(std::time::Instant::now()) {
+        match self.seat.pace() {
             Pace::Go => Flow::Continue,
             Pace::Wait(wait) => {
                 tokio::time::sleep(wait).await;
@@ -311,13 +290,13 @@ impl Session {
                 return Ok(Flow::Quit);
             }
             Command::Logout => {
-                self.log_out();
+                self.seat.vacate();
                 core.logout(who).await?;
                 self.conn.push(ok("logged out"));
             }
             Command::DeleteAccount { password } => {
                 core.delete_account(who, &password).await?;
-                self.log_out();
+                self.seat.vacate();
                 self.conn.push(ok("account deleted"));
             }
             Command::Help => self.help(),
@@ -374,13 +353,6 @@ impl Session {
             .await?;
         self.conn.push(ok(format!("sent to {to} ({})", sent.id)));
         Ok(Flow::Continue)
-    }
-
-    /// Forgets the session; the connection must log in again in time.
-    fn log_out(&mut self) {
-        self.inbox = None;
-        self.who = None;
-        self.login_by = Some(Instant::now() + self.conn.deadlines.login);
     }
 
     fn reply(&mut self, lines: Vec<ServerLine>) {
