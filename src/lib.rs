@@ -1,25 +1,30 @@
 //! meshtalk: a chat server and client.
 //!
 //! One server process speaks several client protocols over one shared core and
-//! keeps what users send in a durable store.
+//! keeps what users send in a durable store. The modules, lowest layer first;
+//! each imports only those above it in this list (`tests/layers.rs` checks,
+//! ARCHITECTURE.md says why):
 //!
-//! - [`model`]: the shared vocabulary — ids, stored messages, targets. A
-//!   leaf every other module may use.
-//! - [`core`]: the domain — accounts, sessions, rooms, delivery (the hub). No
+//! - [`model`]: the shared vocabulary: ids, stored messages, targets, kinds
+//!   of error, the clock.
+//! - [`store`]: the [`store::Store`] trait and its embedded SQLite backend
+//!   (group commit, numbered migrations). Knows nothing of the hub.
+//! - [`core`]: the domain: accounts, sessions, rooms, delivery (the hub). No
 //!   sockets, no SQL.
-//! - [`store`]: the [`store::Store`] trait and its embedded SQLite backend,
-//!   with group commit.
+//! - [`codec`]: the line and binary protocols' messages, typed, and their
+//!   bytes.
+//! - [`mesh`]: links to other nodes: handshake, flooding with dedup,
+//!   topology, routing and scatter-gather.
+//! - [`config`]: command-line flags, environment and the TOML config file.
 //! - [`gateway`]: one module per client protocol, each a thin translation
 //!   onto the core: gRPC, the line protocol and the binary protocol.
-//! - [`mesh`]: links to other nodes — handshake, flooding with dedup,
-//!   topology, routing and scatter-gather.
-//! - [`server`]: wires store, core and gateways together; signals and shutdown.
-//! - [`client`]: the client libraries (gRPC, line, binary) and the interactive chat.
-//! - [`codec`]: the line and binary wire formats, pure functions over bytes.
+//! - [`client`]: the client libraries (gRPC, line, binary) and the
+//!   interactive chat.
+//! - [`server`]: wires store, core, mesh and gateways together; signals and
+//!   shutdown.
 //! - [`bench`]: the load generator behind `meshtalk bench`.
-//! - [`config`]: command-line flags, environment and the TOML config file.
-//! - [`tls`]: TLS settings for servers and clients, and `meshtalk cert`.
-//! - [`proto`]: the generated gRPC types.
+//! - [`tls`], `accept`, [`proto`]: TLS settings and `meshtalk cert`; the
+//!   accept loop every listener runs; the generated gRPC types.
 
 mod accept;
 pub mod bench;
