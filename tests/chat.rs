@@ -547,23 +547,3 @@ async fn new_rooms_past_the_node_limit_are_refused() {
     // Existing rooms can still be joined.
     t.user("bob").await.join("two").await.unwrap();
 }
-
-#[tokio::test]
-async fn each_session_speaks_in_the_room_it_last_joined() {
-    let t = TestServer::start().await;
-    let alice = t.user("alice").await;
-    let other = t.session("alice").await;
-    alice.join("den").await.unwrap();
-    alice.join("Attic").await.unwrap();
-    // Leaving a room it does not speak in keeps the session where it is.
-    let left = alice.leave_room("den").await.unwrap();
-    assert_eq!((left.left, left.room.as_str()), (true, "Attic"));
-    // Leaving the room it speaks in sends it back to the lobby.
-    let left = alice.leave_room("#attic").await.unwrap();
-    assert_eq!((left.left, left.room.as_str()), (true, "lobby"));
-    // The place belongs to the session: another one of the same account
-    // never moved.
-    other.join("den").await.unwrap();
-    let left = other.leave_room("attic").await.unwrap();
-    assert_eq!((left.left, left.room.as_str()), (false, "den"));
-}

@@ -411,3 +411,39 @@ async fn a_burst_of_speech_is_stored_in_order_and_failures_come_before_the_next_
         .collect();
     assert_eq!(lines, expected);
 }
+
+#[tokio::test]
+async fn each_session_speaks_in_the_room_it_last_joined() {
+    let t = TestServer::start().await;
+    let mut alice = t.line_user("alice").await;
+    let mut again = LineClient::connect(t.server.talk_addr()).await.unwrap();
+    let login = again.request(&format!("/login alice {PASSWORD}")).await;
+    assert!(login.unwrap().is_ok());
+    for room in ["/join den", "/join Attic"] {
+        assert!(alice.request(room).await.unwrap().is_ok());
+    }
+    // Leaving a room it does not speak in keeps the session where it is;
+    // leaving the one it speaks in sends it back to the lobby.
+    let reply = alice.request("/leave den").await.unwrap();
+    assert_eq!(ok(&reply), "left #den; you are in #Attic");
+    let reply = alice.request("/leave #attic").await.unwrap();
+    assert_eq!(ok(&reply), "left #attic; you are in #lobby");
+    // The place is the session's: another session of the account never
+    // moved until it joined a room of its own.
+    assert!(again.request("/join den").await.unwrap().is_ok());
+    again.send_line("from the den").await.unwrap();
+    let reply = again.request("/leave attic").await.unwrap();
+    assert_eq!(ok(&reply), "you were not in #attic");
+    // History lines come as room lines, beside the reply.
+    assert_eq!(ok(&again.request("/history 1").await.unwrap()), "1 lines");
+    let shown = again.take_deliveries();
+    assert_eq!(
+        shown,
+        [ServerLine::Room {
+            room: "den".into(),
+            from: "alice".into(),
+            text: "from the den".into()
+        }]
+    );
+    assert_eq!(ok(&alice.request("/history 5").await.unwrap()), "0 lines");
+}

@@ -251,16 +251,12 @@ impl Client {
 
     /// Leaves a room; true if the caller was a member.
     pub async fn leave(&self, room: &str) -> Result<bool, ClientError> {
-        Ok(self.leave_room(room).await?.left)
-    }
-
-    /// Leaves a room, and hears which room the session speaks in now.
-    pub async fn leave_room(&self, room: &str) -> Result<proto::LeaveRoomResponse, ClientError> {
         Ok(self
             .chat()
             .leave_room(self.request(proto::LeaveRoomRequest { room: room.into() }))
             .await?
-            .into_inner())
+            .into_inner()
+            .left)
     }
 
     pub async fn rooms(&self) -> Result<Vec<proto::Room>, ClientError> {

@@ -425,12 +425,13 @@ impl Core {
     /// before.
     pub async fn join_room(&self, who: &Identity, name: &str) -> Result<(String, bool), CoreError> {
         self.check_running()?;
+        let seen = self.places_seen();
         let (bare, key) = names::room_key(name)?;
         let existing = self.rooms_read().by_key.get(&key).cloned();
         if let Some(room) = &existing
             && self.is_member(room.id, who.account)
         {
-            self.enter_room(who, &room.name);
+            self.enter_room(who, &room.name, seen);
             return Ok((room.name.clone(), false));
         }
         let joined_count = self
@@ -471,7 +472,7 @@ impl Core {
             .store
             .join(who.account, room.id, on_commit)
             .await?;
-        self.enter_room(who, &room.name);
+        self.enter_room(who, &room.name, seen);
         Ok((room.name, joined))
     }
 

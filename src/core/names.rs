@@ -22,6 +22,17 @@ pub fn room_key(name: &str) -> Result<(&str, String), CoreError> {
     Ok((bare, bare.to_ascii_lowercase()))
 }
 
+/// The room a session speaks in after leaving `left` while it spoke in
+/// `current`: the lobby if it left that very room, else where it was.
+pub fn room_after_leaving<'a>(current: &'a str, left: &str) -> &'a str {
+    let left = left.strip_prefix('#').unwrap_or(left);
+    if current.eq_ignore_ascii_case(left) {
+        LOBBY
+    } else {
+        current
+    }
+}
+
 pub fn check_password(password: &str) -> Result<(), CoreError> {
     if password.is_empty() {
         return Err(CoreError::invalid("password", "it is empty"));

@@ -11,7 +11,12 @@ use crate::model::{AccountId, SessionId};
 /// The room each session speaks in, for sessions that joined one since
 /// logging in; every other session speaks in the lobby.
 #[derive(Default)]
-pub(super) struct Places(HashMap<SessionId, (AccountId, String)>);
+pub(super) struct Places {
+    rooms: HashMap<SessionId, (AccountId, String)>,
+    /// How many times places were forgotten: a join that began before a
+    /// session ended must not give it a place back.
+    forgets: u64,
+}
 
 impl Core {
     /// Logs in and attaches the new session's live inbox. A session whose
@@ -35,34 +40,54 @@ impl Core {
 
     /// The room `who` speaks in: the last one it joined, or the lobby.
     pub fn current_room(&self, who: &Identity) -> String {
-        match self.places().0.get(&who.session) {
+        match self.places().rooms.get(&who.session) {
             Some((_, room)) => room.clone(),
             None => names::LOBBY.to_owned(),
         }
     }
 
-    /// Makes `room`, just joined, the one `who` speaks in.
-    pub(super) fn enter_room(&self, who: &Identity, room: &str) {
-        self.places()
-            .0
-            .insert(who.session, (who.account, room.to_owned()));
+    /// Where places stand before a join: pass it to [`Core::enter_room`].
+    pub(super) fn places_seen(&self) -> u64 {
+        self.places().forgets
+    }
+
+    /// Makes `room`, just joined, the one `who` speaks in, unless the
+    /// session ended since `seen` ([`Core::places_seen`]).
+    pub(super) fn enter_room(&self, who: &Identity, room: &str, seen: u64) {
+        let mut places = self.places();
+        if places.forgets != seen && !self.is_live(who) {
+            return;
+        }
+        if room.eq_ignore_ascii_case(names::LOBBY) {
+            places.rooms.remove(&who.session);
+        } else {
+            let place = (who.account, room.to_owned());
+            places.rooms.insert(who.session, place);
+        }
     }
 
     /// After `who` left `room`: if it spoke there, it speaks in the lobby.
     pub(super) fn left_room(&self, who: &Identity, room: &str) {
         let mut places = self.places();
-        if let Some((_, current)) = places.0.get(&who.session)
-            && current.eq_ignore_ascii_case(room)
+        if let Some((_, current)) = places.rooms.get(&who.session)
+            && names::room_after_leaving(current, room) == names::LOBBY
         {
-            places.0.remove(&who.session);
+            places.rooms.remove(&who.session);
         }
     }
 
     /// Forgets the places of sessions that ended.
     pub(super) fn forget_places(&self, ended: impl Fn(AccountId, SessionId) -> bool) {
-        self.places()
-            .0
+        let mut places = self.places();
+        places.forgets += 1;
+        places
+            .rooms
             .retain(|&session, (account, _)| !ended(*account, session));
+    }
+
+    /// Whether `who`'s session is still logged in.
+    fn is_live(&self, who: &Identity) -> bool {
+        self.sessions().values().any(|s| s.session == who.session)
     }
 
     fn places(&self) -> std::sync::MutexGuard<'_, Places> {

@@ -529,8 +529,7 @@ impl Chat for GrpcGateway {
             .leave_room(&who, &request.into_inner().room)
             .await
             .map_err(status)?;
-        let room = self.core.current_room(&who);
-        Ok(Response::new(proto::LeaveRoomResponse { left, room }))
+        Ok(Response::new(proto::LeaveRoomResponse { left }))
     }
 
     async fn list_rooms(

@@ -143,8 +143,8 @@ pub struct Stored {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RemoteError {
-    /// `invalid`, `exists`, `perm`, `not_found`, `limit`, `unavailable` or
-    /// `internal`.
+    /// The kind of error as [`ErrorKind::code`](crate::model::ErrorKind::code)
+    /// spells it; an unknown code reads as `internal`.
     pub code: String,
     pub message: String,
 }

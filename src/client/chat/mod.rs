@@ -14,7 +14,7 @@ use tonic::Code;
 
 use super::{Client, ClientError, To};
 use crate::codec::line::{Command, HELP};
-use crate::core::names::LOBBY;
+use crate::core::names::{LOBBY, room_after_leaving};
 use crate::proto;
 
 mod views;
@@ -126,9 +126,9 @@ impl ChatSession {
                 vec![format!("* now in #{}", self.room)]
             }
             Command::Leave(room) => {
-                let left = c.leave_room(&room).await?;
-                self.room = left.room.clone();
-                vec![views::left(&room, &left)]
+                let left = c.leave(&room).await?;
+                self.room = room_after_leaving(&self.room, &room).to_owned();
+                vec![views::left(&room, left)]
             }
             Command::Rooms => views::rooms(&c.rooms().await?),
             Command::Users(pattern) => views::users(&pattern, &c.users(&pattern).await?),

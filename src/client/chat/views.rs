@@ -3,9 +3,9 @@
 
 use crate::proto;
 
-pub(super) fn left(asked: &str, left: &proto::LeaveRoomResponse) -> String {
+pub(super) fn left(asked: &str, left: bool) -> String {
     let bare = asked.trim_start_matches('#');
-    if left.left {
+    if left {
         format!("* left #{bare}")
     } else {
         format!("* you were not in #{bare}")

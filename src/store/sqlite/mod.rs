@@ -3,9 +3,10 @@
 //! One writer thread owns the only write connection. Mutations queue to it;
 //! it takes everything waiting, runs it in one transaction, and commits once
 //! (one fsync with `synchronous=FULL`). Only then are the callers answered
-//! and the commit hooks run, in commit order, by a second thread, so that the
-//! writer, which every mutation waits for, goes on to the next batch instead
-//! of waking every caller and receiver itself. Reads go to a small pool of
+//! and the commit hooks run, in commit order: by a second thread, so that
+//! the writer, which every mutation waits for, goes on to the next batch
+//! instead of waking every caller and receiver itself, or by the writer
+//! when a small batch finds nothing else waiting. Reads go to a small pool of
 //! connections, which in WAL mode run beside the writer and see every
 //! committed batch.
 //!

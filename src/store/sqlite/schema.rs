@@ -10,7 +10,7 @@ use crate::store::StoreError;
 
 /// The migrations, in order: `MIGRATIONS[n - 1]` takes a database from
 /// version `n - 1` to `n`.
-const MIGRATIONS: &[&str] = &[TABLES];
+const MIGRATIONS: &[&str] = &[TABLES, NO_INBOX_TRIGGER];
 
 /// The schema version this code writes and reads.
 pub(super) const VERSION: i64 = MIGRATIONS.len() as i64;
@@ -71,6 +71,12 @@ CREATE TABLE IF NOT EXISTS operators (
     granted_ms INTEGER NOT NULL
 );
 ";
+
+/// Migration 2: an inbox row is written by the append that stores its
+/// message and by nothing else, so no trigger on `messages` may write one
+/// too (the inbox's primary key would refuse the second row, and with it
+/// the message).
+const NO_INBOX_TRIGGER: &str = "DROP TRIGGER IF EXISTS messages_inbox;";
 
 /// Brings the database to [`VERSION`]: applies every migration after the
 /// one it records, each once and in order, all in one transaction, so a
@@ -145,7 +151,8 @@ mod tests {
     }
 
     /// A database made before versions were recorded, with its data, opens
-    /// at the current version with nothing lost, and takes new messages.
+    /// at the current version with nothing lost, and takes new messages,
+    /// direct ones too though a trigger on `messages` wrote inbox rows.
     #[tokio::test]
     async fn an_unversioned_database_keeps_its_data() {
         let dir = tempfile::tempdir().unwrap();
@@ -161,6 +168,14 @@ mod tests {
              INSERT INTO messages (sender_id, sender_name, recipient_id, recipient_name, body, sent_ms)
                  VALUES (1, 'Alice', 2, 'bob', 'lunch?', 21);
              INSERT INTO inbox VALUES (2, 2);",
+        )
+        .unwrap();
+        conn.execute_batch(
+            "CREATE TRIGGER messages_inbox AFTER INSERT ON messages
+                 WHEN NEW.recipient_id IS NOT NULL
+             BEGIN
+                 INSERT INTO inbox (account_id, message_id) VALUES (NEW.recipient_id, NEW.id);
+             END;",
         )
         .unwrap();
         drop(conn);
