@@ -14,12 +14,13 @@ use futures::stream::FuturesOrdered;
 use futures::{FutureExt, StreamExt};
 
 use super::listener::{
-    self, Accepted, Deadlines, Refusal, Shutdown, Stream, expires, next_delivery, take_ready,
+    self, Accepted, Deadlines, PUSH_BATCH, Refusal, Shutdown, Stream, expires, next_delivery,
+    take_ready,
 };
 use super::seat::Seat;
 use crate::codec::line::{Command, ErrCode, HELP, LineError, ParseError, ServerLine};
 use crate::core::pace::Pace;
-use crate::core::{Core, CoreError, Delivery, ErrorKind, Identity, Sent, Target};
+use crate::core::{Core, CoreError, Delivery, ErrorKind, Identity, Inbox, Sent, Target};
 use connection::Connection;
 pub use replies::message_line;
 use replies::{closed_line, core_error, err, notice, ok};
@@ -154,7 +155,8 @@ impl Session {
     /// Writes a delivery and whatever else is ready, then acknowledges them:
     /// a line written to the socket counts as shown.
     async fn deliver(&mut self, first: Delivery) -> std::io::Result<()> {
-        let mut shown = Vec::new();
+        let ready = self.seat.inbox.as_ref().map_or(0, Inbox::ready);
+        let mut shown = Vec::with_capacity(1 + ready.min(PUSH_BATCH - 1));
         let conn = &mut self.conn;
         take_ready(&mut self.seat.inbox, first, |message, following| {
             conn.push_delivery(&message, following);
