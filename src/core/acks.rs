@@ -272,7 +272,7 @@ mod tests {
                 )
                 .await
                 .unwrap();
-            sent.push(appended.message.id);
+            sent.push(appended.id);
         }
         (dir, store, sent)
     }

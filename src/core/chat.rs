@@ -136,8 +136,8 @@ impl Core {
                 Queued::Here(pending) => {
                     let appended = pending.await?;
                     Ok(Sent {
-                        id: appended.message.id,
-                        sent_at_ms: appended.message.sent_at_ms,
+                        id: appended.id,
+                        sent_at_ms: appended.sent_at_ms,
                         duplicate: appended.duplicate,
                     })
                 }
@@ -219,7 +219,7 @@ impl Core {
             if appended.duplicate {
                 return;
             }
-            let delivery = &Delivery::new(appended.message.clone());
+            let delivery = &Delivery::new(appended.message);
             match (room, recipient) {
                 (Some(room), _) => {
                     core.fan_out_room(delivery, room, Some(except));

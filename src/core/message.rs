@@ -33,14 +33,14 @@ pub struct Delivery(Arc<Shared>);
 
 #[derive(Debug)]
 struct Shared {
-    message: Arc<Message>,
+    message: Message,
     encoded: [std::sync::OnceLock<Box<[u8]>>; ENCODINGS],
 }
 
 impl Delivery {
-    pub fn new(message: impl Into<Arc<Message>>) -> Delivery {
+    pub fn new(message: Message) -> Delivery {
         Delivery(Arc::new(Shared {
-            message: message.into(),
+            message,
             encoded: Default::default(),
         }))
     }

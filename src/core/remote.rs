@@ -79,7 +79,7 @@ impl Core {
                     if appended.duplicate {
                         return;
                     }
-                    core.fan_out_room(&Delivery::new(appended.message.clone()), room_id, None);
+                    core.fan_out_room(&Delivery::new(appended.message), room_id, None);
                 }),
             )
         });
@@ -135,7 +135,7 @@ impl Core {
                 Box::new(move |appended| {
                     if !appended.duplicate {
                         core.inner.hub.fan_out(
-                            &Delivery::new(appended.message.clone()),
+                            &Delivery::new(appended.message),
                             [&recipient],
                             None,
                         );
@@ -146,8 +146,8 @@ impl Core {
         async move {
             let appended = queued?.await?;
             Ok(Sent {
-                id: appended.message.id,
-                sent_at_ms: appended.message.sent_at_ms,
+                id: appended.id,
+                sent_at_ms: appended.sent_at_ms,
                 duplicate: appended.duplicate,
             })
         }

@@ -120,13 +120,33 @@ pub struct NewMessage {
     pub sent_at_ms: i64,
 }
 
-/// The outcome of appending: the stored message, or the earlier one with the
-/// same `client_msg_id`. Shared, so the commit hook can hand it on without
-/// copying its texts.
+/// What an append committed, for its commit hook: the stored message, or
+/// the earlier one with the same `client_msg_id`. The hook takes it whole,
+/// so it can hand the message on without copying its texts.
 #[derive(Debug, Clone)]
 pub struct Appended {
-    pub message: Arc<Message>,
+    pub message: Message,
     pub duplicate: bool,
+}
+
+/// The answer to an append, once committed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stored {
+    pub id: u64,
+    pub sent_at_ms: i64,
+    /// An earlier message had this `client_msg_id`; nothing new was stored.
+    pub duplicate: bool,
+}
+
+/// Hands what an append committed to its hook, and answers with the rest.
+pub(crate) fn run_commit_hook(appended: Appended, hook: CommitHook) -> Stored {
+    let stored = Stored {
+        id: appended.message.id,
+        sent_at_ms: appended.message.sent_at_ms,
+        duplicate: appended.duplicate,
+    };
+    hook(appended);
+    stored
 }
 
 /// Runs right after an account is created, with its id.
@@ -137,11 +157,11 @@ pub type MembershipHook = Box<dyn FnOnce(&bool) + Send>;
 
 /// A queued append: resolves once the message is committed.
 pub type PendingAppend =
-    std::pin::Pin<Box<dyn std::future::Future<Output = Result<Appended, StoreError>> + Send>>;
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<Stored, StoreError>> + Send>>;
 
 /// Runs right after the commit that stored a message, before the sender is
 /// answered, in commit order; it must not block.
-pub type CommitHook = Box<dyn FnOnce(&Appended) + Send>;
+pub type CommitHook = Box<dyn FnOnce(Appended) + Send>;
 
 /// Runs a run of commit hooks, passed as `run`. The store calls the hooks
 /// of commits that finish together inside one call, so whatever they notify

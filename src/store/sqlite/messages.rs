@@ -2,7 +2,6 @@
 //! and counts.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
 use rusqlite::{Connection, OptionalExtension, Statement, params};
 
@@ -34,7 +33,7 @@ fn row_to_message(row: &rusqlite::Row<'_>) -> rusqlite::Result<Message> {
 pub(super) fn append(c: &Writer<'_>, m: NewMessage) -> rusqlite::Result<Appended> {
     if let Some(message) = earlier(c, &m)? {
         return Ok(Appended {
-            message: Arc::new(message),
+            message,
             duplicate: true,
         });
     }
@@ -63,14 +62,14 @@ pub(super) fn append(c: &Writer<'_>, m: NewMessage) -> rusqlite::Result<Appended
         }
     }
     Ok(Appended {
-        message: Arc::new(Message {
+        message: Message {
             id: id as u64,
             from: m.sender_name,
             to: message_target(recipient_name, room_name),
             body: m.body,
             sent_at_ms: m.sent_at_ms,
             client_msg_id: m.client_msg_id,
-        }),
+        },
         duplicate: false,
     })
 }

@@ -208,7 +208,7 @@ mod tests {
             )
             .await
             .unwrap();
-        assert_eq!(sent.message.id, 3);
+        assert_eq!(sent.id, 3);
         store.close().await;
 
         let conn = Connection::open(&path).unwrap();

@@ -9,7 +9,7 @@ use crate::model::{AccountId, Message, RoomId, SessionId};
 use crate::store::{
     AccountAcks, AccountHook, AccountRecord, AccountSummary, CommitHook, Conversation, Counts,
     DiskReserve, HookScope, MembershipHook, NewMessage, PendingAppend, RoomRecord, SessionRecord,
-    Store, StoreError,
+    Store, StoreError, run_commit_hook,
 };
 
 #[async_trait]
@@ -127,7 +127,7 @@ impl Store for SqliteStore {
         }
         Box::pin(self.queue(
             move |c| messages::append(c, m).map_err(backend),
-            on_commit,
+            move |appended| run_commit_hook(appended, on_commit),
             false,
         ))
     }

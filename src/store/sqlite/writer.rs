@@ -125,18 +125,22 @@ impl SqliteStore {
         f: impl FnOnce(&Writer<'_>) -> Result<R, StoreError> + Send + 'static,
         then: impl FnOnce(&R) + Send + 'static,
     ) -> Result<R, StoreError> {
+        let then = |value: R| {
+            then(&value);
+            value
+        };
         self.queue(f, then, true).await
     }
 
     /// Queues a job now (so jobs keep the order they were queued in) and
     /// returns a future for its answer. Without `savepoint`, `f` must undo
     /// by itself whatever it wrote before failing.
-    pub(super) fn queue<R: Send + 'static>(
+    pub(super) fn queue<R: Send + 'static, S: Send + 'static>(
         &self,
         f: impl FnOnce(&Writer<'_>) -> Result<R, StoreError> + Send + 'static,
-        then: impl FnOnce(&R) + Send + 'static,
+        then: impl FnOnce(R) -> S + Send + 'static,
         savepoint: bool,
-    ) -> impl std::future::Future<Output = Result<R, StoreError>> + Send + 'static {
+    ) -> impl std::future::Future<Output = Result<S, StoreError>> + Send + 'static {
         let (reply, answer) = oneshot::channel();
         let run: Run = Box::new(move |writer| {
             let result = f(writer);
@@ -144,12 +148,7 @@ impl SqliteStore {
             let finish: Finish = Box::new(move |commit_error| {
                 let _ = reply.send(match commit_error {
                     Some(e) => Err(e.clone()),
-                    None => {
-                        if let Ok(value) = &result {
-                            then(value);
-                        }
-                        result
-                    }
+                    None => result.map(then),
                 });
             });
             (outcome, finish)
@@ -429,7 +428,7 @@ mod tests {
         let (gate, first, broken, last) = tokio::join!(gate, first, broken, last);
         gate.unwrap();
         assert!(broken.is_err(), "{broken:?}");
-        let (first, last) = (first.unwrap().message.id, last.unwrap().message.id);
+        let (first, last) = (first.unwrap().id, last.unwrap().id);
 
         assert_eq!(store.counts().await.unwrap().messages, 2);
         let waiting: Vec<u64> = store
@@ -468,7 +467,7 @@ mod tests {
         let order = Arc::new(Mutex::new(Vec::new()));
         let record = |pause: u64| -> CommitHook {
             let order = order.clone();
-            Box::new(move |appended: &Appended| {
+            Box::new(move |appended: Appended| {
                 std::thread::sleep(std::time::Duration::from_millis(pause));
                 order.lock().unwrap().push(appended.message.id);
             })
@@ -489,7 +488,6 @@ mod tests {
             .append(dm(alice, bob, "quiet"), record(0))
             .await
             .unwrap()
-            .message
             .id;
         let (gate, batch) = batch.await.unwrap();
         gate.unwrap();
