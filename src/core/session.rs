@@ -94,3 +94,67 @@ impl Core {
         self.inner.places.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::super::{CoreConfig, Limits};
+    use super::*;
+    use crate::store::SqliteStore;
+
+    async fn core(dir: &tempfile::TempDir) -> Core {
+        let store = SqliteStore::open(&dir.path().join("db")).unwrap();
+        let config = CoreConfig {
+            node: "n".into(),
+            operators: vec![],
+            limits: Limits::default(),
+        };
+        Core::open(Arc::new(store), config).await.unwrap()
+    }
+
+    fn held(core: &Core) -> usize {
+        core.places().rooms.len()
+    }
+
+    /// A place lives as long as its session: logging out, being evicted or
+    /// deleting the account leaves nothing behind, however often repeated.
+    #[tokio::test]
+    async fn places_end_with_their_sessions() {
+        let dir = tempfile::tempdir().unwrap();
+        let core = core(&dir).await;
+        core.register("ann", "pw-ann-1", None).await.unwrap();
+        for _ in 0..3 {
+            let (login, _inbox) = core.login_attached("ann", "pw-ann-1", None).await.unwrap();
+            core.join_room(&login.identity, "den").await.unwrap();
+            assert_eq!(core.current_room(&login.identity), "den");
+            assert_eq!(held(&core), 1);
+            core.logout(&login.identity).await.unwrap();
+            assert_eq!(held(&core), 0);
+        }
+        let (login, _inbox) = core.login_attached("ann", "pw-ann-1", None).await.unwrap();
+        core.join_room(&login.identity, "den").await.unwrap();
+        core.delete_account(&login.identity, "pw-ann-1")
+            .await
+            .unwrap();
+        assert_eq!(held(&core), 0);
+    }
+
+    /// A join whose session ended while it was being stored gives the
+    /// session no place back.
+    #[tokio::test]
+    async fn a_join_that_outlives_its_session_leaves_no_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let core = core(&dir).await;
+        core.register("bob", "pw-bob-1", None).await.unwrap();
+        let (login, _inbox) = core.login_attached("bob", "pw-bob-1", None).await.unwrap();
+        let seen = core.places_seen();
+        core.logout(&login.identity).await.unwrap();
+        core.enter_room(&login.identity, "den", seen);
+        assert_eq!(held(&core), 0);
+        // Unchanged places: the join stands.
+        let (login, _inbox) = core.login_attached("bob", "pw-bob-1", None).await.unwrap();
+        core.enter_room(&login.identity, "den", core.places_seen());
+        assert_eq!(held(&core), 1);
+    }
+}
