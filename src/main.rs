@@ -29,6 +29,9 @@ enum Command {
         /// The server's data dir [default: meshtalk-data].
         #[arg(long, env = "MESHTALK_DATA_DIR")]
         data_dir: Option<std::path::PathBuf>,
+        /// The server's store URL [default: sqlite://DATA_DIR/meshtalk.db].
+        #[arg(long, env = "MESHTALK_STORE")]
+        store: Option<String>,
     },
     /// Write a local CA and a server certificate it signs, for trying TLS.
     Cert(CertArgs),
@@ -62,11 +65,24 @@ async fn main() -> anyhow::Result<()> {
             meshtalk::bench::run(args).await
         }
         Command::Cert(args) => cert(args),
-        Command::Operator { name, data_dir } => {
-            let dir = data_dir.unwrap_or_else(|| meshtalk::config::DEFAULT_DATA_DIR.into());
-            let name =
-                meshtalk::server::grant_operator_offline(&dir.join("meshtalk.db"), &name).await?;
-            println!("{name} is now an operator of {}", dir.display());
+        Command::Operator {
+            name,
+            data_dir,
+            store,
+        } => {
+            let settings = meshtalk::config::ServeArgs {
+                data_dir,
+                store,
+                ..Default::default()
+            }
+            .resolve()?;
+            let name = meshtalk::server::grant_operator_offline(
+                &settings.store,
+                &settings.data_dir,
+                &name,
+            )
+            .await?;
+            println!("{name} is now an operator of {}", settings.store.shown());
             Ok(())
         }
     }

@@ -11,7 +11,7 @@ mod settings;
 use std::path::PathBuf;
 
 pub use args::{LogFormat, ServeArgs, parse_size};
-pub use settings::{ConnectionBounds, Settings, TlsFiles};
+pub use settings::{ConnectionBounds, Settings, StoreLocation, TlsFiles};
 
 pub const DEFAULT_GRPC_PORT: u16 = 50051;
 pub const DEFAULT_TALK_PORT: u16 = 8889;
@@ -40,7 +40,7 @@ pub enum ConfigError {
         path: PathBuf,
         source: Box<toml::de::Error>,
     },
-    #[error("unsupported store URL {0:?}: use sqlite://PATH")]
+    #[error("unsupported store URL {0:?}: use sqlite://PATH or postgres://USER@HOST:PORT/DB")]
     StoreUrl(String),
     #[error("{0}")]
     Invalid(String),
@@ -74,8 +74,8 @@ mod tests {
         assert_eq!(settings.operators, vec!["alice", "root"]);
         assert_eq!(settings.limits.max_body, 100);
         assert_eq!(
-            settings.sqlite_path,
-            PathBuf::from("meshtalk-data/meshtalk.db")
+            settings.store,
+            StoreLocation::Sqlite(PathBuf::from("meshtalk-data/meshtalk.db"))
         );
     }
 
@@ -98,5 +98,25 @@ mod tests {
         .resolve()
         .unwrap_err();
         assert!(matches!(err, ConfigError::StoreUrl(_)));
+    }
+
+    #[test]
+    fn a_postgres_store_keeps_the_nodes_own_files_in_the_data_dir() {
+        let settings = ServeArgs {
+            store: Some("postgres://chat:s3cret@db.internal:5432/meshtalk".into()),
+            data_dir: Some("/var/lib/meshtalk".into()),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap();
+        assert_eq!(
+            settings.store,
+            StoreLocation::Postgres("postgres://chat:s3cret@db.internal:5432/meshtalk".into())
+        );
+        assert_eq!(settings.data_dir, PathBuf::from("/var/lib/meshtalk"));
+        assert_eq!(
+            settings.store.shown(),
+            "postgres://chat:***@db.internal:5432/meshtalk"
+        );
     }
 }

@@ -38,10 +38,60 @@ pub struct TlsFiles {
     pub key: PathBuf,
 }
 
+/// Where the durable state lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreLocation {
+    /// The embedded SQLite file, one node's own.
+    Sqlite(PathBuf),
+    /// A PostgreSQL database several nodes may share, by its URL.
+    Postgres(String),
+}
+
+impl StoreLocation {
+    /// Parses a store URL: `sqlite://PATH` or `postgres://…`
+    /// (`postgresql://…`).
+    pub fn parse(url: &str) -> Result<StoreLocation, ConfigError> {
+        if let Some(path) = url.strip_prefix("sqlite://") {
+            if !path.is_empty() {
+                return Ok(StoreLocation::Sqlite(PathBuf::from(path)));
+            }
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            return Ok(StoreLocation::Postgres(url.to_owned()));
+        }
+        Err(ConfigError::StoreUrl(url.to_owned()))
+    }
+
+    /// The store as logs may show it: a PostgreSQL URL without its password.
+    pub fn shown(&self) -> String {
+        match self {
+            StoreLocation::Sqlite(path) => format!("sqlite://{}", path.display()),
+            StoreLocation::Postgres(url) => hide_password(url),
+        }
+    }
+}
+
+/// `postgres://user:secret@host/db` as `postgres://user:***@host/db`.
+fn hide_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let (authority, tail) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    match authority.rsplit_once('@') {
+        Some((credentials, host)) => match credentials.split_once(':') {
+            Some((user, _)) => format!("{scheme}://{user}:***@{host}{tail}"),
+            None => url.to_owned(),
+        },
+        None => url.to_owned(),
+    }
+}
+
 /// Settings resolved from flags, environment, file and defaults.
 #[derive(Debug, Clone)]
 pub struct Settings {
-    pub sqlite_path: PathBuf,
+    pub store: StoreLocation,
+    /// The node's own files: its lock, and its mesh instance counter (beside
+    /// the database, with SQLite).
+    pub data_dir: PathBuf,
     pub grpc_addr: String,
     pub talk_addr: String,
     pub wire_addr: String,
@@ -69,7 +119,7 @@ impl ServeArgs {
             None => ServeArgs::default(),
         };
         let args = self.over(file);
-        let sqlite_path = args.sqlite_path()?;
+        let (store, data_dir) = args.store()?;
         let limits = args.limits()?;
         let node = args.node()?;
         let mesh_secret = args.mesh_secret()?;
@@ -79,7 +129,8 @@ impl ServeArgs {
             grpc_addr: args.door_addr(&args.grpc_addr, DEFAULT_GRPC_PORT),
             talk_addr: args.door_addr(&args.talk_addr, DEFAULT_TALK_PORT),
             wire_addr: args.door_addr(&args.wire_addr, DEFAULT_WIRE_PORT),
-            sqlite_path,
+            store,
+            data_dir,
             bounds,
             tls,
             allow_plaintext: args.allow_plaintext,
@@ -100,20 +151,26 @@ impl ServeArgs {
             .unwrap_or_else(|| join_host_port(self.bind.as_deref().unwrap_or(DEFAULT_BIND), port))
     }
 
-    /// The database: a `sqlite://` store URL's path, else `meshtalk.db` in
-    /// the data dir.
-    fn sqlite_path(&self) -> Result<PathBuf, ConfigError> {
+    /// The store, from its URL, else `meshtalk.db` in the data dir; and the
+    /// directory for the node's own files: the SQLite file's, or the data
+    /// dir.
+    fn store(&self) -> Result<(StoreLocation, PathBuf), ConfigError> {
         let data_dir = self
             .data_dir
             .clone()
             .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
-        match &self.store {
-            None => Ok(data_dir.join("meshtalk.db")),
-            Some(url) => match url.strip_prefix("sqlite://") {
-                Some(path) if !path.is_empty() => Ok(PathBuf::from(path)),
-                _ => Err(ConfigError::StoreUrl(url.clone())),
+        let store = match &self.store {
+            None => StoreLocation::Sqlite(data_dir.join("meshtalk.db")),
+            Some(url) => StoreLocation::parse(url)?,
+        };
+        let own = match &store {
+            StoreLocation::Sqlite(path) => match path.parent() {
+                Some(dir) if !dir.as_os_str().is_empty() => dir.to_owned(),
+                _ => PathBuf::from("."),
             },
-        }
+            StoreLocation::Postgres(_) => data_dir,
+        };
+        Ok((store, own))
     }
 
     /// The core's limits. `max-connections` is checked with them, as the

@@ -19,7 +19,6 @@ mod doors;
 mod grpc;
 
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,11 +26,11 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tonic_health::server::HealthReporter;
 
-use crate::config::Settings;
+use crate::config::{Settings, StoreLocation};
 use crate::core::{Core, CoreConfig, CoreError};
 use crate::gateway::listener::Shutdown;
 use crate::mesh::{Mesh, MeshConfig, MeshError, QUERY_TIMEOUT};
-use crate::store::{DataDirLock, SqliteStore, Store, StoreError};
+use crate::store::{DataDirLock, PostgresStore, SqliteStore, Store, StoreError};
 
 pub use grpc::{MAX_GRPC_REQUEST, MAX_STREAMS_PER_CONNECTION};
 
@@ -82,13 +81,14 @@ pub struct Server {
     stop_sockets: watch::Sender<bool>,
     /// Ends (yields `None`) once every socket connection task is gone.
     sockets_drained: mpsc::Receiver<()>,
-    /// Held until the server is dropped: one server per data dir.
+    /// Held until the server is dropped: one server per data dir (and so
+    /// per SQLite file).
     _lock: DataDirLock,
 }
 
 impl Server {
     pub async fn start(settings: Settings) -> Result<Server, ServerError> {
-        let (lock, store) = open_store(&settings)?;
+        let (lock, store) = open_store(&settings).await?;
         let core = open_core(store, &settings).await?;
         let (mesh, mesh_addr) = start_mesh(&core, &settings).await?;
         let listeners = doors::Listeners::bind(&settings).await?;
@@ -178,15 +178,28 @@ impl Server {
 }
 
 /// Takes the data dir's lock first, so a second server on the same data
-/// dir stops before it touches the database; then opens the store, which
-/// refuses new messages once the disk is nearly full.
-fn open_store(settings: &Settings) -> Result<(DataDirLock, Arc<dyn Store>), ServerError> {
-    let lock = DataDirLock::acquire(&settings.sqlite_path)?;
-    let store: Arc<dyn Store> = Arc::new(
-        SqliteStore::open(&settings.sqlite_path)?
-            .keep_free(&settings.sqlite_path, settings.min_free_disk),
-    );
-    Ok((lock, store))
+/// dir stops before it touches the database; then opens the store. SQLite
+/// refuses new messages once the disk is nearly full; PostgreSQL's disk is
+/// the database server's.
+async fn open_store(settings: &Settings) -> Result<(DataDirLock, Arc<dyn Store>), ServerError> {
+    let lock = DataDirLock::acquire(&settings.data_dir)?;
+    Ok((
+        lock,
+        connect_store(&settings.store, settings.min_free_disk).await?,
+    ))
+}
+
+/// Opens the store at `location`.
+async fn connect_store(
+    location: &StoreLocation,
+    min_free_disk: u64,
+) -> Result<Arc<dyn Store>, StoreError> {
+    Ok(match location {
+        StoreLocation::Sqlite(path) => {
+            Arc::new(SqliteStore::open(path)?.keep_free(path, min_free_disk))
+        }
+        StoreLocation::Postgres(url) => Arc::new(PostgresStore::open(url).await?),
+    })
 }
 
 async fn open_core(store: Arc<dyn Store>, settings: &Settings) -> Result<Core, ServerError> {
@@ -208,9 +221,7 @@ async fn start_mesh(
         core.clone(),
         MeshConfig {
             node: settings.node.clone(),
-            instance: crate::mesh::next_instance(
-                &settings.sqlite_path.with_file_name("mesh-instance"),
-            ),
+            instance: crate::mesh::next_instance(&settings.data_dir.join("mesh-instance")),
             secret: settings.mesh_secret.clone(),
             query_timeout: QUERY_TIMEOUT,
         },
@@ -241,19 +252,28 @@ fn log_serving(settings: &Settings, addrs: doors::Addrs, mesh_addr: Option<Socke
         talk = %addrs.talk,
         wire = %addrs.wire,
         mesh = %mesh_addr.map_or_else(|| "off".to_owned(), |a| a.to_string()),
-        store = %settings.sqlite_path.display(),
+        store = %settings.store.shown(),
         tls = settings.tls.is_some(),
         "meshtalk is serving"
     );
 }
 
-/// Grants NAME operator rights in the database at `db_path`, whose server
-/// must be stopped (its lock says so otherwise); returns the name as
-/// registered. A running server reads grants when it starts.
-pub async fn grant_operator_offline(db_path: &Path, name: &str) -> Result<String, CoreError> {
+/// Grants NAME operator rights in the store at `location`; returns the
+/// name as registered. A running server reads grants when it starts, so a
+/// SQLite store's server must be stopped (its data dir lock, in
+/// `data_dir`, says so otherwise); the nodes on a PostgreSQL store see the
+/// grant once they restart.
+pub async fn grant_operator_offline(
+    location: &StoreLocation,
+    data_dir: &std::path::Path,
+    name: &str,
+) -> Result<String, CoreError> {
     let key = crate::core::names::account_key(name)?;
-    let _lock = DataDirLock::acquire(db_path)?;
-    let store = SqliteStore::open(db_path)?;
+    let _lock = match location {
+        StoreLocation::Sqlite(_) => Some(DataDirLock::acquire(data_dir)?),
+        StoreLocation::Postgres(_) => None,
+    };
+    let store = connect_store(location, 0).await?;
     let granted = async {
         let account = store
             .account_by_key(&key)

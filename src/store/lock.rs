@@ -25,14 +25,9 @@ pub struct DataDirLock {
 }
 
 impl DataDirLock {
-    /// Locks the directory holding the database at `db_path`, creating the
-    /// directory if needed, or says which process holds it.
-    pub fn acquire(db_path: &Path) -> Result<DataDirLock, StoreError> {
-        let dir = match db_path.parent() {
-            Some(dir) if !dir.as_os_str().is_empty() => dir.to_owned(),
-            _ => PathBuf::from("."),
-        };
-        std::fs::create_dir_all(&dir)
+    /// Locks `dir`, creating it if needed, or says which process holds it.
+    pub fn acquire(dir: &Path) -> Result<DataDirLock, StoreError> {
+        std::fs::create_dir_all(dir)
             .map_err(|e| StoreError::failed(format!("cannot create {}", dir.display()), e))?;
         let path = dir.join(LOCK_FILE);
         let cannot =
@@ -81,7 +76,7 @@ mod tests {
     #[test]
     fn a_second_lock_on_the_same_dir_names_the_holder_until_the_first_goes() {
         let dir = tempfile::tempdir().expect("temp dir");
-        let db = dir.path().join("data").join("meshtalk.db");
+        let db = dir.path().join("data");
         let first = DataDirLock::acquire(&db).expect("first lock");
         let refused = DataDirLock::acquire(&db).expect_err("second lock refused");
         let text = refused.to_string();

@@ -6,10 +6,12 @@
 //! transaction (group commit) so many sends share one fsync.
 
 mod lock;
+mod postgres;
 mod reserve;
 mod sqlite;
 
 pub use lock::{DataDirLock, LOCK_FILE};
+pub use postgres::PostgresStore;
 pub use reserve::DiskReserve;
 pub use sqlite::SqliteStore;
 

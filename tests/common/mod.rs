@@ -1,6 +1,12 @@
-//! Test harness: the real server on port 0 against a real SQLite file, and
-//! real tonic clients.
+//! Test harness: the real server on port 0 against a real SQLite file, or
+//! a real PostgreSQL database, and real tonic clients.
+//!
+//! One suite, two stores: a test file `NAME_pg.rs` includes `NAME.rs`
+//! whole, and every server its tests start, in process or as a child, runs
+//! on PostgreSQL (`postgres.rs` starts the cluster).
 #![allow(dead_code)]
+
+pub mod postgres;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -17,6 +23,21 @@ use tempfile::TempDir;
 use tonic::Streaming;
 
 pub const PASSWORD: &str = "correct-horse-battery-staple";
+
+/// Whether this test binary runs its servers on PostgreSQL.
+pub fn on_postgres() -> bool {
+    env!("CARGO_CRATE_NAME").ends_with("_pg")
+}
+
+/// The store URL for a server on `data_dir`: its own database on
+/// PostgreSQL, the SQLite file in it otherwise.
+pub fn store_url(data_dir: &Path) -> String {
+    if on_postgres() {
+        postgres::url_for(data_dir)
+    } else {
+        format!("sqlite://{}", data_dir.join("meshtalk.db").display())
+    }
+}
 
 /// A line client connected from a chosen loopback address (`127.x.y.z`),
 /// so a test can be several clients' addresses at once.
@@ -57,6 +78,10 @@ impl TestServer {
             ..args
         };
         args.node_name.get_or_insert_with(|| "test-node".into());
+        if on_postgres() && args.store.is_none() {
+            let data_dir = args.data_dir.clone().expect("a data dir");
+            args.store = Some(postgres::url_for(&data_dir));
+        }
         // Tests send as fast as they can; the ones about the rate limit set it.
         args.send_rate.get_or_insert(0.0);
         args.registrations_per_ip.get_or_insert(0);
@@ -257,7 +282,7 @@ pub fn mesh_node_args(
 
 pub fn make_operator(data_dir: &Path, name: &str) {
     use meshtalk::core::{Core, CoreConfig, CoreError, Limits};
-    use meshtalk::store::SqliteStore;
+    use meshtalk::store::{PostgresStore, SqliteStore, Store};
     let (data_dir, name) = (data_dir.to_owned(), name.to_owned());
     // A thread of its own: callers may be inside a runtime already.
     std::thread::spawn(move || {
@@ -266,15 +291,20 @@ pub fn make_operator(data_dir: &Path, name: &str) {
             .build()
             .expect("runtime");
         runtime.block_on(async {
-            let store = SqliteStore::open(&data_dir.join("meshtalk.db")).expect("store");
+            let store: std::sync::Arc<dyn Store> = if on_postgres() {
+                let url = postgres::url_for(&data_dir);
+                std::sync::Arc::new(PostgresStore::open(&url).await.expect("store"))
+            } else {
+                std::sync::Arc::new(
+                    SqliteStore::open(&data_dir.join("meshtalk.db")).expect("store"),
+                )
+            };
             let config = CoreConfig {
                 node: "setup".into(),
                 operators: vec![],
                 limits: Limits::default(),
             };
-            let core = Core::open(std::sync::Arc::new(store), config)
-                .await
-                .expect("core");
+            let core = Core::open(store, config).await.expect("core");
             match core.register(&name, PASSWORD, None).await {
                 Ok(_) | Err(CoreError::NameTaken(_)) => {}
                 Err(e) => panic!("register {name}: {e}"),
@@ -405,6 +435,10 @@ pub fn spawn_server_with(
             });
         }
     }
+    let mut store = Vec::new();
+    if on_postgres() && !extra.iter().any(|a| a == "--store") {
+        store = vec!["--store".to_owned(), postgres::url_for(data_dir)];
+    }
     let mut child = command
         .args(["serve", "--log-format", "json"])
         .args(["--grpc-addr", "127.0.0.1:0"])
@@ -413,6 +447,7 @@ pub fn spawn_server_with(
         .arg("--data-dir")
         .arg(data_dir)
         .args(extra)
+        .args(store)
         // Tests send and register as fast as they can; flags in `extra` win.
         .env("MESHTALK_SEND_RATE", "0")
         .env("MESHTALK_REGISTRATIONS_PER_IP", "0")

@@ -1,0 +1,4 @@
+//! `across.rs`, every server on PostgreSQL.
+
+#[path = "across.rs"]
+mod suite;

@@ -1,0 +1,4 @@
+//! `chat.rs`, every server on PostgreSQL.
+
+#[path = "chat.rs"]
+mod suite;

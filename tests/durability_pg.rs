@@ -1,0 +1,4 @@
+//! `durability.rs`, every server on PostgreSQL.
+
+#[path = "durability.rs"]
+mod suite;

@@ -1,0 +1,4 @@
+//! `unread.rs`, every server on PostgreSQL.
+
+#[path = "unread.rs"]
+mod suite;
