@@ -36,6 +36,11 @@ pub struct TargetArgs {
     /// [default: the system's roots].
     #[arg(long)]
     pub ca_cert: Option<PathBuf>,
+    /// With --spawn: the store URL the server runs on (a `postgres://`
+    /// database it shares with nothing else during the run) [default: a
+    /// SQLite file in the temporary directory].
+    #[arg(long, requires = "spawn")]
+    pub store: Option<String>,
 }
 
 /// A server under load.
@@ -61,14 +66,17 @@ impl Target {
                 spawned: None,
             });
         }
-        Self::spawn(args.tls).await
+        Self::spawn(args.tls, args.store.as_deref()).await
     }
 
     /// Starts this binary as a server in a fresh temporary directory, on
     /// ports of its choosing, and reads them from its log.
-    async fn spawn(tls: bool) -> Result<Target, BenchError> {
+    async fn spawn(tls: bool, store: Option<&str>) -> Result<Target, BenchError> {
         let dir = tempfile::tempdir().map_err(spawn_error)?;
         let (mut command, tls) = server_command(dir.path(), tls)?;
+        if let Some(store) = store {
+            command.args(["--store", store]);
+        }
         let mut child = command.spawn().map_err(spawn_error)?;
         let stderr = child
             .stderr
