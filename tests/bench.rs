@@ -15,6 +15,7 @@ fn target_args(t: &TestServer) -> TargetArgs {
         pid: Some(std::process::id()),
         tls: false,
         ca_cert: None,
+        store: None,
     }
 }
 

@@ -17,19 +17,25 @@ use crate::codec::line::{Command, HELP};
 use crate::core::names::{LOBBY, room_after_leaving};
 use crate::proto;
 
+mod failover;
 mod views;
+
+pub use failover::{Servers, is_unreachable};
 
 #[derive(Debug, Clone, Args)]
 pub struct ChatArgs {
     /// The account to log in as.
     pub name: String,
-    /// The server's gRPC URL.
+    /// The server's gRPC URL. Give several (repeated, or comma-separated)
+    /// for nodes that share one store: when the one in use stops answering,
+    /// the session goes on at the next.
     #[arg(
         long,
         env = "MESHTALK_SERVER",
+        value_delimiter = ',',
         default_value = "http://127.0.0.1:50051"
     )]
-    pub server: String,
+    pub server: Vec<String>,
     /// A PEM CA certificate to check an https:// server against [default: the system's roots].
     #[arg(long, env = "MESHTALK_CA_CERT")]
     pub ca_cert: Option<std::path::PathBuf>,
@@ -43,6 +49,10 @@ pub struct ChatSession {
     client: Client,
     name: String,
     room: String,
+    /// Where to go on when the server in use stops answering.
+    servers: Option<Servers>,
+    /// What happened on the way, shown before the command's own lines.
+    notices: Vec<String>,
 }
 
 /// What handling one line led to.
@@ -80,7 +90,28 @@ impl ChatSession {
             name: login.name,
             // Every session starts out speaking in the lobby.
             room: LOBBY.into(),
+            servers: None,
+            notices: Vec::new(),
         })
+    }
+
+    /// Logs in on the first of `servers` that answers (registering first
+    /// if asked), ready to go on at the next when that one stops.
+    pub async fn start_on(
+        servers: Servers,
+        name: &str,
+        password: &str,
+        register: bool,
+    ) -> Result<ChatSession, ClientError> {
+        let client = servers.connect().await?;
+        let mut session = Self::start_with(client, name, password, register).await?;
+        session.servers = Some(servers);
+        Ok(session)
+    }
+
+    /// The URL of the server in use, when the session knows its servers.
+    pub fn server(&self) -> Option<&str> {
+        self.servers.as_ref().map(Servers::current)
     }
 
     pub fn client(&self) -> &Client {
@@ -93,16 +124,27 @@ impl ChatSession {
 
     /// Handles one line the user typed.
     pub async fn handle(&mut self, line: &str) -> Outcome {
+        match self.outcome(line).await {
+            Outcome::Show(lines) => {
+                let mut shown = std::mem::take(&mut self.notices);
+                shown.extend(lines);
+                Outcome::Show(shown)
+            }
+            Outcome::Quit => Outcome::Quit,
+        }
+    }
+
+    async fn outcome(&mut self, line: &str) -> Outcome {
         match Command::parse(line) {
             Ok(None) => Outcome::Show(vec![]),
             Ok(Some(Command::Quit)) => Outcome::Quit,
             Ok(Some(command @ (Command::Logout | Command::DeleteAccount { .. }))) => {
-                match self.run(command).await {
+                match self.run_anywhere(command).await {
                     Ok(_) => Outcome::Quit,
                     Err(e) => Outcome::Show(vec![format!("! {e}")]),
                 }
             }
-            Ok(Some(command)) => Outcome::Show(match self.run(command).await {
+            Ok(Some(command)) => Outcome::Show(match self.run_anywhere(command).await {
                 Ok(lines) => lines,
                 Err(e) => vec![format!("! {e}")],
             }),
@@ -110,15 +152,36 @@ impl ChatSession {
         }
     }
 
-    async fn run(&mut self, command: Command) -> Result<Vec<String>, ClientError> {
+    /// Runs a command; if the server is gone, moves the session to the
+    /// next one that answers and runs it there. A send is safe to repeat:
+    /// it carries a `client_msg_id`, so one the first server stored is not
+    /// stored again.
+    async fn run_anywhere(&mut self, command: Command) -> Result<Vec<String>, ClientError> {
+        let send_id = format!("chat-{:016x}", rand::random::<u64>());
+        let failed = match self.run(command.clone(), &send_id).await {
+            Err(e) if is_unreachable(&e) && self.servers.is_some() => e,
+            done => return done,
+        };
+        let Some(servers) = self.servers.clone() else {
+            return Err(failed);
+        };
+        let gone = servers.current().to_owned();
+        self.client = servers.fail_over(&self.client, &gone).await?;
+        self.notices
+            .push(format!("* {gone} is gone; now on {}", servers.current()));
+        self.run(command, &send_id).await
+    }
+
+    async fn run(&mut self, command: Command, send_id: &str) -> Result<Vec<String>, ClientError> {
         let c = &self.client;
         Ok(match command {
             Command::Say(text) => {
-                c.send(&To::Room(self.room.clone()), &text, None).await?;
+                c.send(&To::Room(self.room.clone()), &text, Some(send_id))
+                    .await?;
                 vec![]
             }
             Command::Tell { to, text } => {
-                c.send(&To::User(to.clone()), &text, None).await?;
+                c.send(&To::User(to.clone()), &text, Some(send_id)).await?;
                 vec![format!("-> @{to}: {text}")]
             }
             Command::Join(room) => {
@@ -193,20 +256,21 @@ pub async fn run(args: ChatArgs) -> anyhow::Result<()> {
         Ok(password) => password,
         Err(_) => rpassword::prompt_password(format!("password for {}: ", args.name))?,
     };
-    let mut session = ChatSession::start_with(
-        Client::connect_with(&args.server, args.ca_cert.as_deref()).await?,
-        &args.name,
-        &password,
-        args.register,
-    )
-    .await?;
+    let servers = Servers::new(args.server, args.ca_cert);
+    let mut session =
+        ChatSession::start_on(servers.clone(), &args.name, &password, args.register).await?;
     let (mut readline, mut out) = Readline::new(session.prompt())?;
     writeln!(
         out,
         "* logged in as {} on {}; /help lists commands",
-        session.name, args.server
+        session.name,
+        servers.current()
     )?;
-    let incoming = tokio::spawn(show_incoming(session.client().clone(), out.clone()));
+    let incoming = tokio::spawn(show_incoming(
+        session.client().clone(),
+        servers,
+        out.clone(),
+    ));
     loop {
         match readline.readline().await {
             Ok(ReadlineEvent::Line(line)) => {
@@ -235,8 +299,8 @@ pub async fn run(args: ChatArgs) -> anyhow::Result<()> {
 
 /// Prints deliveries as they come and acknowledges each once shown;
 /// resubscribes after a dropped stream, where the server replays what was
-/// not acknowledged.
-async fn show_incoming(client: Client, mut out: SharedWriter) {
+/// not acknowledged, at the next server when the one in use is gone.
+async fn show_incoming(mut client: Client, servers: Servers, mut out: SharedWriter) {
     loop {
         match client.subscribe().await {
             Ok(mut stream) => loop {
@@ -259,6 +323,19 @@ async fn show_incoming(client: Client, mut out: SharedWriter) {
                     }
                 }
             },
+            Err(e) if is_unreachable(&e) => {
+                let gone = servers.current().to_owned();
+                match servers.fail_over(&client, &gone).await {
+                    Ok(moved) => {
+                        client = moved;
+                        let _ = writeln!(out, "* receiving from {}", servers.current());
+                        continue;
+                    }
+                    Err(e) => {
+                        let _ = writeln!(out, "* cannot receive messages: {e}");
+                    }
+                }
+            }
             Err(e) => {
                 let _ = writeln!(out, "* cannot receive messages: {e}");
             }

@@ -74,6 +74,7 @@ impl PostgresStore {
             .parse()
             .map_err(|e| StoreError::failed(format!("bad PostgreSQL URL {url:?}"), e))?;
         let client = connect(&config).await?;
+        warn_if_commits_are_not_durable(&client).await;
         schema::migrate(&client).await?;
         let manager = Manager::from_config(
             config.clone(),
@@ -124,6 +125,22 @@ async fn connect(config: &tokio_postgres::Config) -> Result<tokio_postgres::Clie
         }
     });
     Ok(client)
+}
+
+/// An acknowledgement promises the message survives a crash of the
+/// database server too; with `synchronous_commit` off it would not, so the
+/// operator is told.
+async fn warn_if_commits_are_not_durable(client: &tokio_postgres::Client) {
+    let setting = match client.query_one("SHOW synchronous_commit", &[]).await {
+        Ok(row) => row.get::<_, String>(0),
+        Err(_) => return,
+    };
+    if setting == "off" {
+        tracing::warn!(
+            "synchronous_commit is off on this database: a message acknowledged just before \
+             the database server crashes may be lost; turn it on for meshtalk's guarantee"
+        );
+    }
 }
 
 fn backend(e: tokio_postgres::Error) -> StoreError {
