@@ -16,6 +16,7 @@ fn target_args(t: &TestServer) -> TargetArgs {
         tls: false,
         ca_cert: None,
         store: None,
+        nodes: 1,
     }
 }
 

@@ -241,7 +241,7 @@ proptest! {
 }
 
 fn peer_message() -> impl Strategy<Value = PeerMessage> {
-    use meshtalk::mesh::frame::{Facts, NodeState, Routed, RoutedBody, Speech};
+    use meshtalk::mesh::frame::{Facts, NodeState, Routed, RoutedBody, Speech, StoredSpeech};
     prop_oneof![
         (word(), any::<u64>(), any::<u32>()).prop_map(|(node, instance, version)| {
             PeerMessage::Hello {
@@ -255,14 +255,15 @@ fn peer_message() -> impl Strategy<Value = PeerMessage> {
             word(),
             any::<u64>(),
             any::<u64>(),
-            prop::collection::vec(word(), 0..5)
+            prop::collection::vec(word(), 0..5),
+            prop::option::of(word())
         )
             .prop_map(
-                |(node, instance, version, peers)| PeerMessage::State(NodeState {
+                |(node, instance, version, peers, store)| PeerMessage::State(NodeState {
                     node,
                     instance,
                     version,
-                    facts: Facts::Links { peers },
+                    facts: Facts::Links { peers, store },
                 })
             ),
         (
@@ -272,19 +273,28 @@ fn peer_message() -> impl Strategy<Value = PeerMessage> {
             word(),
             word(),
             text(),
-            any::<i64>()
+            any::<i64>(),
+            prop::option::of((word(), any::<u64>(), any::<i64>(), word()))
         )
-            .prop_map(|(origin, instance, seq, room, from, body, sent_ms)| {
-                PeerMessage::Speech(Speech {
-                    origin,
-                    instance,
-                    seq,
-                    room,
-                    from,
-                    body,
-                    sent_ms,
-                })
-            }),
+            .prop_map(
+                |(origin, instance, seq, room, from, body, sent_ms, stored)| {
+                    PeerMessage::Speech(Speech {
+                        origin,
+                        instance,
+                        seq,
+                        room,
+                        from,
+                        body,
+                        sent_ms,
+                        stored: stored.map(|(store, id, room_id, shown)| StoredSpeech {
+                            store,
+                            id,
+                            room_id,
+                            shown,
+                        }),
+                    })
+                }
+            ),
         (
             word(),
             word(),

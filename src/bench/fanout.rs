@@ -288,10 +288,22 @@ async fn prepare(
 pub async fn run(target: &Target, args: &FanoutArgs) -> Result<FanoutReport, BenchError> {
     let (room, subs, pubs) = prepare(target, args).await?;
     eprintln!("connecting {} subscribers", subs.len());
-    let receivers = Receiver::connect_all(target, args.proto, &subs, Some(&room)).await?;
+    // Spread over the nodes in turn, when the run has several.
+    let mut receivers = Vec::with_capacity(subs.len());
+    for node in 0..target.nodes() {
+        let names: Vec<String> = subs
+            .iter()
+            .skip(node)
+            .step_by(target.nodes())
+            .cloned()
+            .collect();
+        receivers.extend(
+            Receiver::connect_all(target.node(node), args.proto, &names, Some(&room)).await?,
+        );
+    }
     let mut senders = Vec::new();
-    for name in &pubs {
-        senders.push(Speaker::connect(target, args.proto, name, &room).await?);
+    for (p, name) in pubs.iter().enumerate() {
+        senders.push(Speaker::connect(target.node(p), args.proto, name, &room).await?);
     }
 
     let delivered = Arc::new(AtomicU64::new(0));

@@ -41,6 +41,11 @@ pub struct TargetArgs {
     /// SQLite file in the temporary directory].
     #[arg(long, requires = "spawn")]
     pub store: Option<String>,
+    /// With --spawn and a PostgreSQL --store: start this many nodes on the
+    /// database, linked as a mesh; the run's connections are spread over
+    /// them in turn.
+    #[arg(long, default_value_t = 1, requires = "store")]
+    pub nodes: usize,
 }
 
 /// A server under load.
@@ -51,7 +56,11 @@ pub struct Target {
     pub pid: Option<u32>,
     /// With --tls: the CA to trust, if not the system's roots.
     tls: Option<Option<PathBuf>>,
+    /// A spawned node's mesh address, when it has one.
+    mesh: Option<String>,
     spawned: Option<(Child, tempfile::TempDir)>,
+    /// The further nodes spawned on the same store, linked to this one.
+    siblings: Vec<Target>,
 }
 
 impl Target {
@@ -62,27 +71,76 @@ impl Target {
                 talk: args.talk.clone(),
                 wire: args.wire.clone(),
                 pid: args.pid,
+                mesh: None,
                 tls: args.tls.then(|| args.ca_cert.clone()),
                 spawned: None,
+                siblings: Vec::new(),
             });
         }
-        Self::spawn(args.tls, args.store.as_deref()).await
+        if args.nodes <= 1 {
+            return Self::spawn(args.tls, args.store.as_deref(), None).await;
+        }
+        let store = args.store.as_deref();
+        let secret = tempfile::NamedTempFile::new().map_err(spawn_error)?;
+        std::fs::write(secret.path(), run_secret()).map_err(spawn_error)?;
+        let mesh = Mesh {
+            secret: secret.path(),
+            node: 1,
+            peer: None,
+        };
+        let mut first = Self::spawn(args.tls, store, Some(mesh)).await?;
+        let peer = first.mesh.clone();
+        for node in 2..=args.nodes {
+            let mesh = Mesh {
+                secret: secret.path(),
+                node,
+                peer: peer.as_deref(),
+            };
+            first
+                .siblings
+                .push(Self::spawn(args.tls, store, Some(mesh)).await?);
+        }
+        Ok(first)
+    }
+
+    /// The `i`th node, counting round: where the `i`th connection of a run
+    /// goes.
+    pub fn node(&self, i: usize) -> &Target {
+        match i % (self.siblings.len() + 1) {
+            0 => self,
+            k => &self.siblings[k - 1],
+        }
+    }
+
+    /// How many nodes the run spreads its connections over.
+    pub fn nodes(&self) -> usize {
+        self.siblings.len() + 1
     }
 
     /// Starts this binary as a server in a fresh temporary directory, on
-    /// ports of its choosing, and reads them from its log.
-    async fn spawn(tls: bool, store: Option<&str>) -> Result<Target, BenchError> {
+    /// ports of its choosing, and reads them from its log; as a node of a
+    /// mesh with `mesh`, once it has linked to its peer.
+    async fn spawn(
+        tls: bool,
+        store: Option<&str>,
+        mesh: Option<Mesh<'_>>,
+    ) -> Result<Target, BenchError> {
         let dir = tempfile::tempdir().map_err(spawn_error)?;
         let (mut command, tls) = server_command(dir.path(), tls)?;
         if let Some(store) = store {
             command.args(["--store", store]);
+        }
+        let linking = mesh.as_ref().is_some_and(|m| m.peer.is_some());
+        match mesh {
+            Some(mesh) => mesh.args(&mut command),
+            None => drop(command.args(["--node-name", "bench"])),
         }
         let mut child = command.spawn().map_err(spawn_error)?;
         let stderr = child
             .stderr
             .take()
             .ok_or_else(|| BenchError::Spawn("no log".into()))?;
-        let fields = tokio::task::spawn_blocking(move || addresses(stderr))
+        let fields = tokio::task::spawn_blocking(move || addresses(stderr, linking))
             .await
             .map_err(spawn_error)?
             .ok_or_else(|| BenchError::Spawn("the server did not start".into()))?;
@@ -95,7 +153,12 @@ impl Target {
             wire: field("wire"),
             pid: Some(pid),
             tls,
+            mesh: fields["mesh"]
+                .as_str()
+                .filter(|m| *m != "off")
+                .map(str::to_owned),
             spawned: Some((child, dir)),
+            siblings: Vec::new(),
         })
     }
 
@@ -158,7 +221,7 @@ fn spawn_error(e: impl std::fmt::Display) -> BenchError {
 fn server_command(dir: &Path, tls: bool) -> Result<(Command, Option<Option<PathBuf>>), BenchError> {
     let exe = std::env::current_exe().map_err(spawn_error)?;
     let mut command = Command::new(exe);
-    command.args(["serve", "--log-format", "json", "--node-name", "bench"]);
+    command.args(["serve", "--log-format", "json"]);
     let tls = match tls {
         false => None,
         true => {
@@ -185,9 +248,37 @@ fn server_command(dir: &Path, tls: bool) -> Result<(Command, Option<Option<PathB
     Ok((command, tls))
 }
 
-/// Reads the server's JSON log up to the line naming its addresses, and
-/// returns that line's fields (`None` if the log ends first). Blocks.
-fn addresses(stderr: ChildStderr) -> Option<serde_json::Value> {
+/// How a spawned node joins the run's mesh.
+struct Mesh<'a> {
+    secret: &'a Path,
+    /// Its number, for its name.
+    node: usize,
+    /// The first node's mesh address, for every node after it.
+    peer: Option<&'a str>,
+}
+
+impl Mesh<'_> {
+    fn args(&self, command: &mut Command) {
+        command
+            .arg("--node-name")
+            .arg(format!("bench{}", self.node))
+            .args(["--mesh-addr", "127.0.0.1:0", "--mesh-secret-file"])
+            .arg(self.secret);
+        if let Some(peer) = self.peer {
+            command.args(["--peer", peer]);
+        }
+    }
+}
+
+/// A mesh secret for one run: its nodes are the only ones that know it.
+fn run_secret() -> String {
+    format!("{:032x}", rand::random::<u128>())
+}
+
+/// Reads the server's JSON log up to the line naming its addresses (and,
+/// if `linking`, on to the line saying it linked to its peer), and returns
+/// the addresses line's fields (`None` if the log ends first). Blocks.
+fn addresses(stderr: ChildStderr, linking: bool) -> Option<serde_json::Value> {
     let mut lines = BufReader::new(stderr).lines();
     let mut fields = None;
     for line in lines.by_ref() {
@@ -197,6 +288,11 @@ fn addresses(stderr: ChildStderr) -> Option<serde_json::Value> {
         };
         if json["fields"]["grpc"].is_string() {
             fields = Some(json["fields"].clone());
+        }
+        let linked = json["fields"]["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("linked to"));
+        if fields.is_some() && (!linking || linked) {
             break;
         }
     }

@@ -15,7 +15,7 @@ use crate::store::StoreError;
 
 impl Core {
     /// Drops cached sessions, and tells concurrent look-ups not to re-add them.
-    fn revoke(&self, matches: impl Fn(AccountId, SessionId) -> bool) {
+    pub(super) fn revoke(&self, matches: impl Fn(AccountId, SessionId) -> bool) {
         let mut sessions = self.sessions();
         self.inner.revocations.fetch_add(1, Ordering::SeqCst);
         sessions.retain(|_, s| !matches(s.account, s.session));
@@ -131,16 +131,14 @@ impl Core {
             .await?;
         // The oldest sessions made room for this one: their tokens stop working.
         for old in evicted {
-            self.revoke(|_, session| session == old);
-            self.inner
-                .hub
-                .close_session(account.id, old, Closed::LoggedOut);
+            self.end_session(account.id, old);
         }
         let identity = Identity {
             account: account.id,
             name: account.name,
             session,
         };
+        self.know_from_store(&identity).await?;
         self.sessions().insert(token_hash, identity.clone());
         Ok(Login { token, identity })
     }
@@ -165,6 +163,7 @@ impl Core {
             name: record.name,
             session: record.id,
         };
+        self.know_from_store(&identity).await?;
         let mut sessions = self.sessions();
         // A logout that ran while the store was being read must not have its
         // session put back in the cache.
@@ -177,11 +176,20 @@ impl Core {
     /// Ends a session: its token stops working and its streams close.
     pub async fn logout(&self, who: &Identity) -> Result<(), CoreError> {
         self.inner.store.delete_session(who.session).await?;
-        self.revoke(|_, session| session == who.session);
+        self.end_session(who.account, who.session);
+        Ok(())
+    }
+
+    /// A session is over: its token stops working, here and on the
+    /// siblings, which may have it cached, and its streams close.
+    fn end_session(&self, account: AccountId, session: SessionId) {
+        self.revoke(|_, s| s == session);
         self.inner
             .hub
-            .close_session(who.account, who.session, Closed::LoggedOut);
-        Ok(())
+            .close_session(account, session, Closed::LoggedOut);
+        if let Some(siblings) = self.siblings() {
+            siblings.session_ended(session);
+        }
     }
 
     /// Deletes the caller's account after checking its password.
@@ -209,18 +217,11 @@ impl Core {
         }
         drop(turn);
         self.inner.store.delete_account(who.account).await?;
-        // Rights belong to the account: a new one under this name has none.
-        self.operators_write().remove(&who.account);
         self.directory_write()
             .remove(&account.name.to_ascii_lowercase());
+        // The siblings learn of it from the accounts this node publishes.
         self.inner.changed.notify_one();
-        for members in self.rooms_write().members.values_mut() {
-            members.remove(&who.account);
-        }
-        self.revoke(|account, _| account == who.account);
-        self.inner
-            .hub
-            .close_account(who.account, Closed::AccountDeleted);
+        self.forget_deleted(who.account);
         Ok(())
     }
 }

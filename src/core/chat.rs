@@ -130,8 +130,26 @@ impl Core {
         body: &str,
         client_msg_id: Option<&str>,
     ) -> impl Future<Output = Result<Sent, CoreError>> + Send + use<> {
-        let queued = self.queue_send(who, to, body, client_msg_id);
+        let mut queued = self.queue_send(who, to, body, client_msg_id);
+        // On a shared store, a name unknown here may be an account a
+        // sibling made a moment ago: learn it from the store and try again.
+        let retry = match (&queued, to) {
+            (Err(CoreError::NoSuchUser(_)), Target::User(name)) if self.inner.shared.is_some() => {
+                let again = (self.clone(), who.clone(), to.clone(), body.to_owned());
+                Some((
+                    self.learn_account(name),
+                    again,
+                    client_msg_id.map(str::to_owned),
+                ))
+            }
+            _ => None,
+        };
         async move {
+            if let Some((learned, (core, who, to, body), client_msg_id)) = retry
+                && learned.await
+            {
+                queued = core.queue_send(&who, &to, &body, client_msg_id.as_deref());
+            }
             match queued? {
                 Queued::Here(pending) => {
                     let appended = pending.await?;
@@ -224,11 +242,14 @@ impl Core {
                 (Some(room), _) => {
                     core.fan_out_room(delivery, room, Some(except));
                     if let Some(remote) = core.remote() {
-                        remote.flood(delivery);
+                        remote.flood(delivery, room);
                     }
                 }
                 (None, Some(recipient)) => {
                     core.inner.hub.fan_out(delivery, [&recipient], Some(except));
+                    if let Some(siblings) = core.siblings() {
+                        siblings.to_siblings(delivery);
+                    }
                 }
                 (None, None) => {}
             }
@@ -385,7 +406,14 @@ impl Core {
         limit: u32,
         newest: bool,
     ) -> Result<Vec<Message>, CoreError> {
-        let conversation = self.conversation(who, of)?;
+        let conversation = match (self.conversation(who, of), of) {
+            (Err(CoreError::NoSuchUser(_)), Target::User(name))
+                if self.learn_account(name).await =>
+            {
+                self.conversation(who, of)?
+            }
+            (conversation, _) => conversation?,
+        };
         Ok(self
             .inner
             .store
@@ -462,7 +490,10 @@ impl Core {
         // The member list changes on the commit path, so the first message
         // committed after the join already reaches the new member.
         let (core, account, record) = (self.clone(), who.account, room.clone());
-        let on_commit: crate::store::MembershipHook = Box::new(move |_| {
+        let on_commit: crate::store::MembershipHook = Box::new(move |joined| {
+            if *joined && let Some(siblings) = core.siblings() {
+                siblings.membership(&record, account, true);
+            }
             let mut rooms = core.rooms_write();
             rooms.members.entry(record.id).or_default().insert(account);
             rooms.by_key.insert(key, record);
@@ -484,9 +515,12 @@ impl Core {
         if room.id == self.inner.lobby {
             return Err(CoreError::invalid("room", "nobody leaves #lobby"));
         }
-        let (core, account, room_id) = (self.clone(), who.account, room.id);
-        let on_commit: crate::store::MembershipHook = Box::new(move |_| {
-            if let Some(members) = core.rooms_write().members.get_mut(&room_id) {
+        let (core, account, record) = (self.clone(), who.account, room.clone());
+        let on_commit: crate::store::MembershipHook = Box::new(move |left| {
+            if *left && let Some(siblings) = core.siblings() {
+                siblings.membership(&record, account, false);
+            }
+            if let Some(members) = core.rooms_write().members.get_mut(&record.id) {
                 members.remove(&account);
             }
         });
@@ -528,13 +562,19 @@ impl Core {
             ));
         }
         let glob = WildMatch::new_case_insensitive(pattern);
+        // Online on a sibling is online: the account is the same one.
+        let elsewhere = self
+            .siblings()
+            .map(|s| s.sibling_online())
+            .unwrap_or_default();
         let mut users: Vec<UserInfo> = self
             .directory_read()
             .values()
             .filter(|account| glob.matches(&account.name))
             .map(|account| UserInfo {
                 name: account.name.clone(),
-                online: self.inner.hub.is_online(account.id),
+                online: self.inner.hub.is_online(account.id)
+                    || elsewhere.contains(&account.name.to_ascii_lowercase()),
                 node: self.inner.node.clone(),
             })
             .collect();
@@ -605,9 +645,13 @@ impl Core {
         let gathered = remote.gather_stats().await;
         for s in &gathered.answers {
             // The figures come from other nodes: no overflow on their word.
+            total.sessions_online = total.sessions_online.saturating_add(s.sessions_online);
+            // A sibling's messages, accounts and rooms are this node's own.
+            if remote.is_sibling(&s.node) {
+                continue;
+            }
             total.messages = total.messages.saturating_add(s.messages);
             total.accounts = total.accounts.saturating_add(s.accounts);
-            total.sessions_online = total.sessions_online.saturating_add(s.sessions_online);
             total.rooms = total.rooms.saturating_add(s.rooms);
         }
         total.node = format!("mesh of {} nodes", gathered.answers.len() + 1);

@@ -8,8 +8,11 @@ use std::sync::Arc;
 
 use futures::future::BoxFuture;
 
+use std::collections::BTreeSet;
+
 use super::{Core, CoreError, Message, Sent, names};
-use crate::model::AccountId;
+use crate::model::{AccountId, RoomId, SessionId};
+use crate::store::RoomRecord;
 
 /// An account as a listing shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -99,7 +102,18 @@ pub trait Remote: Send + Sync + 'static {
     fn accounts(&self) -> Vec<UserInfo>;
     /// Passes committed room speech on to the other nodes. Must not block:
     /// it runs on the commit path.
-    fn flood(&self, message: &Message);
+    fn flood(&self, message: &Message, room: RoomId);
+    /// Whether `node` runs on this node's shared store.
+    fn is_sibling(&self, node: &str) -> bool;
+    /// Name keys of the accounts online on the siblings.
+    fn sibling_online(&self) -> BTreeSet<String>;
+    /// Hands a direct message committed to the shared store to the
+    /// siblings, for the recipient's sessions there. Must not block.
+    fn to_siblings(&self, message: &Message);
+    /// Tells the siblings of a membership committed to the shared store.
+    fn membership(&self, room: &RoomRecord, account: AccountId, joined: bool);
+    /// Tells the siblings that a session ended: its token stops working.
+    fn session_ended(&self, session: SessionId);
     /// Routes a direct message to its recipient's home node; resolves once
     /// that node has committed it.
     fn send_direct(&self, message: RemoteDirect) -> BoxFuture<'static, Result<Sent, CoreError>>;
@@ -124,6 +138,12 @@ impl Core {
     /// The mesh, if one is attached; without one this node has no peers.
     pub(super) fn remote(&self) -> Option<&Arc<dyn Remote>> {
         self.inner.remote.get()
+    }
+
+    /// The mesh, when this node runs on a shared store and so may have
+    /// siblings to tell of what it commits.
+    pub(super) fn siblings(&self) -> Option<&Arc<dyn Remote>> {
+        self.inner.shared.as_ref().and(self.remote())
     }
 
     /// Resolves a user name: `name@node` names one node's account; a bare

@@ -23,6 +23,7 @@ mod passwords;
 pub mod recent;
 mod remote;
 mod session;
+mod siblings;
 pub mod throttle;
 
 use std::collections::{HashMap, HashSet};
@@ -139,6 +140,9 @@ struct Inner {
     /// Counts logouts and deletions, so a token look-up that raced one does
     /// not cache a session that is gone.
     revocations: AtomicU64,
+    /// The id of the shared store, when this node runs on one: other nodes
+    /// on it (siblings) serve the same accounts.
+    shared: Option<String>,
     /// The mesh, once one is attached.
     remote: OnceLock<Arc<dyn Remote>>,
     /// Woken when accounts are added or removed, or an account comes online
@@ -180,6 +184,7 @@ impl Core {
                 recent: recent::RecentRooms::default(),
                 changed,
                 remote: OnceLock::new(),
+                shared: store.shared_id(),
                 node: config.node,
                 operators: RwLock::new(operators),
                 throttle: throttle::Throttle::new(config.limits.registrations_per_ip),

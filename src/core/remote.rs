@@ -76,7 +76,9 @@ impl Core {
             self.inner.store.append(
                 message,
                 Box::new(move |appended| {
-                    if appended.duplicate {
+                    // On a shared store a sibling may have stored it first;
+                    // this node's members still get it, from this node.
+                    if appended.duplicate && core.inner.shared.is_none() {
                         return;
                     }
                     core.fan_out_room(&Delivery::new(appended.message), room_id, None);
@@ -134,11 +136,11 @@ impl Core {
                 message,
                 Box::new(move |appended| {
                     if !appended.duplicate {
-                        core.inner.hub.fan_out(
-                            &Delivery::new(appended.message),
-                            [&recipient],
-                            None,
-                        );
+                        let delivery = Delivery::new(appended.message);
+                        core.inner.hub.fan_out(&delivery, [&recipient], None);
+                        if let Some(siblings) = core.siblings() {
+                            siblings.to_siblings(&delivery);
+                        }
                     }
                 }),
             ))

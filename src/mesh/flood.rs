@@ -8,10 +8,11 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 
-use super::frame::{Facts, NodeState, PeerMessage, Speech, to_bytes};
+use super::frame::{Facts, NodeState, PeerMessage, RoutedBody, Speech, StoredSpeech, to_bytes};
 use super::state::Offer;
 use super::{Mesh, lock};
 use crate::core::{Message, Target};
+use crate::model::RoomId;
 
 /// How long a burst of local changes gathers before it is published.
 const CHANGE_BURST: Duration = Duration::from_millis(20);
@@ -31,7 +32,8 @@ impl Mesh {
         let _publishing = lock(&self.inner.publishing);
         let mut peers: Vec<String> = lock(&self.inner.peers).keys().cloned().collect();
         peers.sort();
-        self.publish(Facts::Links { peers });
+        let store = self.inner.store.clone();
+        self.publish(Facts::Links { peers, store });
     }
 
     /// Publishes a record about this node to every node.
@@ -89,7 +91,7 @@ impl Mesh {
 
     /// Floods room speech committed here, stamped with this node's next
     /// sequence number.
-    pub(super) fn flood_speech(&self, message: &Message) {
+    pub(super) fn flood_speech(&self, message: &Message, room_id: RoomId) {
         let Target::Room(room) = &message.to else {
             return;
         };
@@ -112,15 +114,60 @@ impl Mesh {
                 .to_owned(),
             body: message.body.clone(),
             sent_ms: message.sent_at_ms,
+            stored: self.inner.store.as_ref().map(|store| StoredSpeech {
+                store: store.clone(),
+                id: message.id,
+                room_id: room_id.0,
+                shown: message.from.clone(),
+            }),
         };
         self.flood(&PeerMessage::Speech(speech), None);
     }
 
+    /// Hands a direct message committed to the shared store to every
+    /// reachable sibling, for the recipient's sessions there.
+    pub(super) fn deliver_to_siblings(&self, message: &Message) {
+        let Target::User(to) = &message.to else {
+            return;
+        };
+        self.to_each_sibling(|| RoutedBody::Deliver {
+            id: message.id,
+            from: message.from.clone(),
+            to: to.clone(),
+            body: message.body.clone(),
+            sent_ms: message.sent_at_ms,
+        });
+    }
+
+    /// Routes what `body` makes to every reachable sibling. Cheap when this
+    /// node has no peers, since it runs on the commit path.
+    pub(super) fn to_each_sibling(&self, body: impl Fn() -> RoutedBody) {
+        if lock(&self.inner.peers).is_empty() {
+            return;
+        }
+        let siblings = self.state().siblings();
+        for node in siblings {
+            self.route_to(&node, body());
+        }
+    }
+
     /// Takes a record from `peer` if it is news, and passes it on.
     pub(super) fn received_record(&self, peer: &str, record: NodeState) {
-        let offer = self.state().offer(record.clone());
+        let (offer, sibling) = {
+            let mut state = self.state();
+            let offer = state.offer(record.clone());
+            (offer, state.is_sibling(&record.node))
+        };
         match offer {
-            Offer::Accepted => self.flood(&PeerMessage::State(record), Some(peer)),
+            Offer::Accepted => {
+                // A sibling's accounts are in the store this node reads:
+                // the directory catches up with the ones it lists or dropped.
+                if let (true, Facts::Accounts { accounts }) = (sibling, &record.facts) {
+                    let names = accounts.iter().map(|(name, _)| name.clone()).collect();
+                    tokio::spawn(self.inner.core.clone().sibling_accounts(names));
+                }
+                self.flood(&PeerMessage::State(record), Some(peer))
+            }
             Offer::Forged => {
                 tracing::debug!(peer, "dropped a record about this node from {peer}")
             }
@@ -137,6 +184,25 @@ impl Mesh {
         speech: Speech,
     ) -> Option<BoxFuture<'static, ()>> {
         if !self.state().first_sight(&speech) {
+            return None;
+        }
+        if let Some(stored) = speech
+            .stored
+            .as_ref()
+            .filter(|s| Some(&s.store) == self.inner.store.as_ref())
+        {
+            self.inner.core.deliver_stored_speech(
+                Message {
+                    id: stored.id,
+                    from: stored.shown.clone(),
+                    to: Target::Room(speech.room.clone()),
+                    body: speech.body.clone(),
+                    sent_at_ms: speech.sent_ms,
+                    client_msg_id: None,
+                },
+                RoomId(stored.room_id),
+            );
+            self.flood(&PeerMessage::Speech(speech), Some(peer));
             return None;
         }
         let stored = self.inner.core.deliver_remote_speech(

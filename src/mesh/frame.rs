@@ -60,8 +60,14 @@ pub struct NodeState {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Facts {
-    /// The nodes this node has a live link to.
-    Links { peers: Vec<String> },
+    /// The nodes this node has a live link to, and the id of the shared
+    /// store it runs on, if any: nodes with the same store id are siblings,
+    /// which find each other's accounts and messages in that store.
+    Links {
+        peers: Vec<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        store: Option<String>,
+    },
     /// The accounts homed on this node: `[name, created_ms]`.
     Accounts { accounts: Vec<(String, i64)> },
     /// The accounts online on this node.
@@ -94,6 +100,23 @@ pub struct Speech {
     pub from: String,
     pub body: String,
     pub sent_ms: i64,
+    /// Set when the origin committed the speech to a shared store: its
+    /// siblings deliver it as stored there instead of storing it again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stored: Option<StoredSpeech>,
+}
+
+/// Where speech committed to a shared store lies in it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StoredSpeech {
+    /// The shared store's id.
+    pub store: String,
+    /// The message's id in that store.
+    pub id: u64,
+    /// The room's id in that store.
+    pub room_id: i64,
+    /// The sender as the store holds it.
+    pub shown: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -132,6 +155,25 @@ pub enum RoutedBody {
     Query { req: u64, query: Query },
     /// One node's answer to a query.
     Answer { req: u64, answer: Answer },
+    /// A direct message a sibling committed to the shared store: deliver it
+    /// to the recipient's sessions here, without storing it again.
+    Deliver {
+        id: u64,
+        from: String,
+        to: String,
+        body: String,
+        sent_ms: i64,
+    },
+    /// A membership a sibling committed to the shared store.
+    Member {
+        room_id: i64,
+        room: String,
+        account: i64,
+        joined: bool,
+    },
+    /// A session a sibling ended (logged out, or evicted): its token stops
+    /// working here too.
+    Ended { session: i64 },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -252,7 +294,8 @@ mod tests {
                 instance: 7,
                 version: 2,
                 facts: Facts::Links {
-                    peers: vec!["b".into()]
+                    peers: vec!["b".into()],
+                    store: None,
                 },
             })))
         );

@@ -11,7 +11,7 @@ use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{Notify, Semaphore, mpsc, oneshot};
 
-use super::frame::{self, Facts, FrameError, PeerMessage, VERSION};
+use super::frame::{self, Facts, FrameError, PeerMessage, RoutedBody, VERSION};
 use super::handshake::{self, NoiseError, Transport};
 use super::{Mesh, clean, lock};
 use crate::core::names::{account_key, room_key};
@@ -579,7 +579,10 @@ fn well_formed(message: &PeerMessage) -> Result<(), String> {
         PeerMessage::State(record) => {
             node(&record.node)?;
             match &record.facts {
-                Facts::Links { peers } => peers.iter().try_for_each(|p| node(p)),
+                Facts::Links { peers, store } => {
+                    store.as_deref().map_or(Ok(()), store_id)?;
+                    peers.iter().try_for_each(|p| node(p))
+                }
                 Facts::Accounts { accounts } => accounts.iter().try_for_each(|(a, _)| account(a)),
                 Facts::Presence { online } => online.iter().try_for_each(|a| account(a)),
             }
@@ -587,15 +590,45 @@ fn well_formed(message: &PeerMessage) -> Result<(), String> {
         PeerMessage::Speech(speech) => {
             node(&speech.origin)?;
             account(&speech.from)?;
+            if let Some(stored) = &speech.stored {
+                store_id(&stored.store)?;
+                shown(&stored.shown)?;
+            }
             room_key(&speech.room)
                 .map(|_| ())
                 .map_err(|_| format!("invalid room name {:?}", truncate(&speech.room)))
         }
         PeerMessage::Routed(routed) => {
             node(&routed.src)?;
-            node(&routed.dst)
+            node(&routed.dst)?;
+            match &routed.body {
+                RoutedBody::Deliver { from, to, .. } => {
+                    shown(from)?;
+                    account(to)
+                }
+                _ => Ok(()),
+            }
         }
         _ => Ok(()),
+    }
+}
+
+/// A sender as a store holds it: an account name, or `name@node`.
+fn shown(name: &str) -> Result<(), String> {
+    let (account, node) = name.split_once('@').unwrap_or((name, "x"));
+    if account_key(account).is_ok() && valid_node_name(node) {
+        Ok(())
+    } else {
+        Err(format!("invalid sender {:?}", truncate(name)))
+    }
+}
+
+/// A shared store's id: short and printable.
+fn store_id(id: &str) -> Result<(), String> {
+    if !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_graphic()) {
+        Ok(())
+    } else {
+        Err(format!("invalid store id {:?}", truncate(id)))
     }
 }
 

@@ -31,7 +31,7 @@ pub mod state;
 pub use link::valid_node_name;
 pub use requests::QUERY_TIMEOUT;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -45,6 +45,8 @@ use crate::core::{
     Claim, Core, CoreError, ErrorKind, Gathered, Message, PeerLink, Remote, RemoteDirect, Sent,
     Stats, Topology, UserInfo,
 };
+use crate::model::{AccountId, RoomId, SessionId};
+use crate::store::RoomRecord;
 use frame::{Answer, Facts, RoutedBody};
 use link::Peer;
 use peers::Dialer;
@@ -103,6 +105,8 @@ struct Inner {
     core: Core,
     me: String,
     instance: u64,
+    /// The id of the shared store this node runs on, if any.
+    store: Option<String>,
     secret: Option<Vec<u8>>,
     query_timeout: Duration,
     state: Mutex<MeshState>,
@@ -142,13 +146,15 @@ impl Mesh {
     /// other nodes about changes here. No link exists until one is made.
     pub fn start(core: Core, config: MeshConfig) -> Mesh {
         let (shutdown, _) = watch::channel(false);
+        let store = core.shared_store();
         let mesh = Mesh {
             inner: Arc::new(Inner {
                 me: config.node.clone(),
                 instance: config.instance,
+                store: store.clone(),
                 secret: config.secret,
                 query_timeout: config.query_timeout,
-                state: Mutex::new(MeshState::new(&config.node)),
+                state: Mutex::new(MeshState::new(&config.node, store)),
                 next_id: AtomicU64::new(1),
                 shutdown,
                 version: AtomicU64::new(0),
@@ -261,8 +267,33 @@ impl Remote for Mesh {
             .collect()
     }
 
-    fn flood(&self, message: &Message) {
-        self.flood_speech(message);
+    fn flood(&self, message: &Message, room: RoomId) {
+        self.flood_speech(message, room);
+    }
+
+    fn is_sibling(&self, node: &str) -> bool {
+        self.state().is_sibling(node)
+    }
+
+    fn sibling_online(&self) -> BTreeSet<String> {
+        self.state().sibling_online()
+    }
+
+    fn to_siblings(&self, message: &Message) {
+        self.deliver_to_siblings(message);
+    }
+
+    fn membership(&self, room: &RoomRecord, account: AccountId, joined: bool) {
+        self.to_each_sibling(|| RoutedBody::Member {
+            room_id: room.id.0,
+            room: room.name.clone(),
+            account: account.0,
+            joined,
+        });
+    }
+
+    fn session_ended(&self, session: SessionId) {
+        self.to_each_sibling(|| RoutedBody::Ended { session: session.0 });
     }
 
     fn send_direct(&self, message: RemoteDirect) -> BoxFuture<'static, Result<Sent, CoreError>> {

@@ -12,7 +12,11 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::frame::{self, Answer, Query, RemoteError, Routed, RoutedBody};
 use super::{Mesh, clean, lock};
-use crate::core::{CoreError, ErrorKind, Gathered, RemoteDirect, Sent, Stats, UserInfo};
+use crate::core::{
+    CoreError, ErrorKind, Gathered, Message, RemoteDirect, Sent, Stats, Target, UserInfo,
+};
+use crate::model::{AccountId, RoomId, SessionId};
+use crate::store::RoomRecord;
 
 /// How long a scatter-gather query waits for answers.
 pub const QUERY_TIMEOUT: Duration = Duration::from_secs(2);
@@ -74,6 +78,51 @@ impl Mesh {
                 if let Some(tx) = lock(&self.inner.queries).get(&req) {
                     let _ = tx.try_send((src, answer));
                 }
+                None
+            }
+            // Only a sibling has committed to the store this node reads.
+            RoutedBody::Deliver { .. } | RoutedBody::Member { .. } | RoutedBody::Ended { .. }
+                if !self.state().is_sibling(&src) =>
+            {
+                tracing::debug!(src, "a node on another store sent what only siblings send");
+                None
+            }
+            RoutedBody::Deliver {
+                id,
+                from,
+                to,
+                body,
+                sent_ms,
+            } => {
+                self.inner.core.deliver_stored_direct(Message {
+                    id,
+                    from,
+                    to: Target::User(to),
+                    body,
+                    sent_at_ms: sent_ms,
+                    client_msg_id: None,
+                });
+                None
+            }
+            RoutedBody::Member {
+                room_id,
+                room,
+                account,
+                joined,
+            } => {
+                if crate::core::names::room_key(&room).is_ok() {
+                    let room = RoomRecord {
+                        id: RoomId(room_id),
+                        name: room,
+                    };
+                    self.inner
+                        .core
+                        .sibling_membership(room, AccountId(account), joined);
+                }
+                None
+            }
+            RoutedBody::Ended { session } => {
+                self.inner.core.session_ended_elsewhere(SessionId(session));
                 None
             }
         }

@@ -21,6 +21,8 @@ const SEEN_WINDOW: u64 = 4096;
 #[derive(Debug)]
 pub struct MeshState {
     me: String,
+    /// The shared store this node runs on, if any (see [`MeshState::is_sibling`]).
+    my_store: Option<String>,
     records: BTreeMap<(String, Kind), NodeState>,
     /// Node → first hop, for every node reachable from here.
     routes: HashMap<String, String>,
@@ -53,9 +55,10 @@ pub enum Offer {
 }
 
 impl MeshState {
-    pub fn new(me: &str) -> Self {
+    pub fn new(me: &str, my_store: Option<String>) -> Self {
         MeshState {
             me: me.to_owned(),
+            my_store,
             records: BTreeMap::new(),
             routes: HashMap::new(),
             claims: HashMap::new(),
@@ -154,11 +157,50 @@ impl MeshState {
     fn peers_of(&self, node: &str) -> &[String] {
         match self.records.get(&(node.to_owned(), Kind::Links)) {
             Some(NodeState {
-                facts: Facts::Links { peers },
+                facts: Facts::Links { peers, .. },
                 ..
             }) => peers,
             _ => &[],
         }
+    }
+
+    /// Whether `node` runs on the same shared store as this node: its
+    /// accounts are this node's accounts, its messages already stored here.
+    pub fn is_sibling(&self, node: &str) -> bool {
+        let Some(mine) = &self.my_store else {
+            return false;
+        };
+        matches!(
+            self.records.get(&(node.to_owned(), Kind::Links)),
+            Some(NodeState { facts: Facts::Links { store: Some(theirs), .. }, .. }) if theirs == mine
+        )
+    }
+
+    /// The siblings (see [`MeshState::is_sibling`]) reachable now, sorted.
+    pub fn siblings(&self) -> Vec<String> {
+        let mut nodes: Vec<String> = self
+            .routes
+            .keys()
+            .filter(|n| self.is_sibling(n))
+            .cloned()
+            .collect();
+        nodes.sort();
+        nodes
+    }
+
+    /// Name keys of the accounts online on reachable siblings.
+    pub fn sibling_online(&self) -> BTreeSet<String> {
+        let mut online = BTreeSet::new();
+        for node in self.siblings() {
+            if let Some(NodeState {
+                facts: Facts::Presence { online: names },
+                ..
+            }) = self.records.get(&(node, Kind::Presence))
+            {
+                online.extend(names.iter().map(|n| n.to_ascii_lowercase()));
+            }
+        }
+        online
     }
 
     /// A link counts only when both ends list it: a node that died leaves
@@ -234,18 +276,22 @@ impl MeshState {
     }
 
     /// Claims on a name (by key) from other nodes: (node, name, created_ms).
+    /// A sibling's accounts are this node's own, so they claim nothing.
     pub fn claims(&self, key: &str) -> Vec<(String, String, i64)> {
-        self.claims
+        let mut claims = self
+            .claims
             .get(&key.to_ascii_lowercase())
             .cloned()
-            .unwrap_or_default()
+            .unwrap_or_default();
+        claims.retain(|(node, _, _)| !self.is_sibling(node));
+        claims
     }
 
     /// Accounts of other nodes: (node, name, online now).
     pub fn remote_accounts(&self) -> Vec<(String, String, bool)> {
         let mut users = Vec::new();
         for ((node, kind), record) in &self.records {
-            if *kind != Kind::Accounts || *node == self.me {
+            if *kind != Kind::Accounts || *node == self.me || self.is_sibling(node) {
                 continue;
             }
             let reachable = self.is_reachable(node);
@@ -317,6 +363,7 @@ mod tests {
             version,
             facts: Facts::Links {
                 peers: peers.iter().map(|p| p.to_string()).collect(),
+                store: None,
             },
         }
     }
@@ -330,12 +377,13 @@ mod tests {
             from: "x".into(),
             body: "y".into(),
             sent_ms: 0,
+            stored: None,
         }
     }
 
     /// A ring a-b-c-d-a seen from a.
     fn ring() -> MeshState {
-        let mut s = MeshState::new("a");
+        let mut s = MeshState::new("a", None);
         s.publish(links("a", 1, 1, &["b", "d"]));
         assert_eq!(s.offer(links("b", 1, 1, &["a", "c"])), Offer::Accepted);
         assert_eq!(s.offer(links("c", 1, 1, &["b", "d"])), Offer::Accepted);
@@ -387,7 +435,7 @@ mod tests {
 
     #[test]
     fn claims_follow_the_newest_accounts_record_of_each_node() {
-        let mut s = MeshState::new("a");
+        let mut s = MeshState::new("a", None);
         s.offer(accounts("b", 1, &["Bob", "cat"]));
         s.offer(accounts("c", 1, &["bob"]));
         let mut bobs = s.claims("BOB");
@@ -405,7 +453,7 @@ mod tests {
 
     #[test]
     fn flooded_messages_are_seen_once_even_out_of_order() {
-        let mut s = MeshState::new("a");
+        let mut s = MeshState::new("a", None);
         assert!(s.first_sight(&speech("b", 1, 2)));
         assert!(s.first_sight(&speech("b", 1, 1)));
         assert!(!s.first_sight(&speech("b", 1, 2)));

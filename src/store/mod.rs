@@ -84,6 +84,7 @@ pub struct AccountRecord {
     pub id: AccountId,
     pub name: String,
     pub password_hash: String,
+    pub created_ms: i64,
 }
 
 /// An account as the directory knows it.
@@ -234,6 +235,15 @@ pub trait Store: Send + Sync + 'static {
     async fn rooms(&self) -> Result<Vec<RoomRecord>, StoreError>;
     /// Every (room, account) membership.
     async fn memberships(&self) -> Result<Vec<(RoomId, AccountId)>, StoreError>;
+    /// The rooms one account is a member of.
+    async fn rooms_of(&self, account: AccountId) -> Result<Vec<RoomRecord>, StoreError>;
+    /// The id the database keeps of itself: the same for every node that
+    /// opens it, so nodes that find they share one know that accounts,
+    /// rooms and messages stored by one are there for the others. `None`
+    /// for a store only one node ever opens.
+    fn shared_id(&self) -> Option<String> {
+        None
+    }
     /// Adds a membership; the member's catch-up cursor starts at the newest
     /// message, so joining does not replay old speech. False if already a
     /// member. `on_commit` runs right after the commit, in commit order with

@@ -92,6 +92,20 @@ impl TestServer {
         TestServer { server, url, dir }
     }
 
+    /// Waits until this node sees `links` links in the mesh, each listed
+    /// by both its ends.
+    pub async fn linked(&self, links: usize) {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(15);
+        while self.server.mesh().topology().links.len() < links {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "never saw {links} links: {:?}",
+                self.server.mesh().topology()
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
     /// A line-protocol client, logged in as a newly registered NAME.
     pub async fn line_user(&self, name: &str) -> LineClient {
         let mut c = LineClient::connect(self.server.talk_addr())

@@ -64,6 +64,8 @@ pub struct PostgresStore {
     pool: Pool,
     /// What the hooks of each committed batch run inside; set once.
     hook_scope: Arc<OnceLock<HookScope>>,
+    /// The database's id, the same for every node on it.
+    shared_id: String,
 }
 
 impl PostgresStore {
@@ -76,6 +78,7 @@ impl PostgresStore {
         let client = connect(&config).await?;
         warn_if_commits_are_not_durable(&client).await;
         schema::migrate(&client).await?;
+        let shared_id = schema::store_id(&client).await?;
         let manager = Manager::from_config(
             config.clone(),
             NoTls,
@@ -97,6 +100,7 @@ impl PostgresStore {
             writer_task: Mutex::new(Some(task)),
             pool,
             hook_scope,
+            shared_id,
         })
     }
 

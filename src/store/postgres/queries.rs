@@ -70,7 +70,7 @@ impl PostgresStore {
     ) -> Result<Option<AccountRecord>, StoreError> {
         let rows = self
             .rows(
-                "SELECT id, name, password_hash FROM accounts WHERE name_key = $1",
+                "SELECT id, name, password_hash, created_ms FROM accounts WHERE name_key = $1",
                 &[&key],
             )
             .await?;
@@ -83,7 +83,7 @@ impl PostgresStore {
     ) -> Result<Option<AccountRecord>, StoreError> {
         let rows = self
             .rows(
-                "SELECT id, name, password_hash FROM accounts WHERE id = $1",
+                "SELECT id, name, password_hash, created_ms FROM accounts WHERE id = $1",
                 &[&id.0],
             )
             .await?;
@@ -184,6 +184,20 @@ impl PostgresStore {
     pub(super) async fn all_rooms(&self) -> Result<Vec<RoomRecord>, StoreError> {
         let rows = self
             .rows("SELECT id, name FROM rooms ORDER BY name_key", &[])
+            .await?;
+        Ok(rows.iter().map(room_record).collect())
+    }
+
+    pub(super) async fn rooms_of_account(
+        &self,
+        account: AccountId,
+    ) -> Result<Vec<RoomRecord>, StoreError> {
+        let rows = self
+            .rows(
+                "SELECT r.id, r.name FROM memberships m JOIN rooms r ON r.id = m.room_id
+                  WHERE m.account_id = $1 ORDER BY r.name_key",
+                &[&account.0],
+            )
             .await?;
         Ok(rows.iter().map(room_record).collect())
     }
@@ -346,6 +360,7 @@ fn account_record(r: &Row) -> AccountRecord {
         id: AccountId(r.get(0)),
         name: r.get(1),
         password_hash: r.get(2),
+        created_ms: r.get(3),
     }
 }
 

@@ -13,7 +13,7 @@ use crate::store::StoreError;
 
 /// The migrations, in order: `MIGRATIONS[n - 1]` takes a database from
 /// version `n - 1` to `n`.
-const MIGRATIONS: &[&str] = &[TABLES];
+const MIGRATIONS: &[&str] = &[TABLES, STORE_ID];
 
 /// The schema version this code writes and reads.
 pub(super) const VERSION: i64 = MIGRATIONS.len() as i64;
@@ -82,6 +82,25 @@ CREATE TABLE operators (
     granted_ms BIGINT NOT NULL
 );
 ";
+
+/// Migration 2: the database's own id, which every node opening it reads
+/// (see [`Store::shared_id`](crate::store::Store::shared_id)).
+const STORE_ID: &str = "
+CREATE TABLE meshtalk_store (
+    only_row BOOLEAN PRIMARY KEY DEFAULT TRUE CHECK (only_row),
+    id TEXT NOT NULL
+);
+INSERT INTO meshtalk_store (only_row, id) VALUES (TRUE, gen_random_uuid()::TEXT);
+";
+
+/// The id of the database, from migration 2.
+pub(super) async fn store_id(client: &Client) -> Result<String, StoreError> {
+    Ok(client
+        .query_one("SELECT id FROM meshtalk_store", &[])
+        .await
+        .map_err(backend)?
+        .get(0))
+}
 
 /// Brings the database to [`VERSION`], each migration in its own
 /// transaction with the version it reaches, under the migration lock.

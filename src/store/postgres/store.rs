@@ -128,6 +128,14 @@ impl Store for PostgresStore {
         self.all_memberships().await
     }
 
+    async fn rooms_of(&self, account: AccountId) -> Result<Vec<RoomRecord>, StoreError> {
+        self.rooms_of_account(account).await
+    }
+
+    fn shared_id(&self) -> Option<String> {
+        Some(self.shared_id.clone())
+    }
+
     async fn join(
         &self,
         account: AccountId,

@@ -38,13 +38,15 @@ pub(super) fn create(
 }
 
 pub(super) fn by_key(c: &Connection, key: &str) -> rusqlite::Result<Option<AccountRecord>> {
-    c.prepare_cached("SELECT id, name, password_hash FROM accounts WHERE name_key = ?1")?
-        .query_row([key], account_record)
-        .optional()
+    c.prepare_cached(
+        "SELECT id, name, password_hash, created_ms FROM accounts WHERE name_key = ?1",
+    )?
+    .query_row([key], account_record)
+    .optional()
 }
 
 pub(super) fn by_id(c: &Connection, id: AccountId) -> rusqlite::Result<Option<AccountRecord>> {
-    c.prepare_cached("SELECT id, name, password_hash FROM accounts WHERE id = ?1")?
+    c.prepare_cached("SELECT id, name, password_hash, created_ms FROM accounts WHERE id = ?1")?
         .query_row([id], account_record)
         .optional()
 }
@@ -54,6 +56,7 @@ fn account_record(r: &rusqlite::Row<'_>) -> rusqlite::Result<AccountRecord> {
         id: r.get(0)?,
         name: r.get(1)?,
         password_hash: r.get(2)?,
+        created_ms: r.get(3)?,
     })
 }
 

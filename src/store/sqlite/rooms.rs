@@ -31,6 +31,15 @@ fn room_record(r: &rusqlite::Row<'_>) -> rusqlite::Result<RoomRecord> {
     })
 }
 
+pub(super) fn of_account(c: &Connection, account: AccountId) -> rusqlite::Result<Vec<RoomRecord>> {
+    c.prepare_cached(
+        "SELECT r.id, r.name FROM memberships m JOIN rooms r ON r.id = m.room_id
+          WHERE m.account_id = ?1 ORDER BY r.name_key",
+    )?
+    .query_map([account], room_record)?
+    .collect()
+}
+
 pub(super) fn memberships(c: &Connection) -> rusqlite::Result<Vec<(RoomId, AccountId)>> {
     c.prepare_cached("SELECT room_id, account_id FROM memberships")?
         .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?

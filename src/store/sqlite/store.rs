@@ -91,6 +91,10 @@ impl Store for SqliteStore {
         self.read(rooms::memberships).await
     }
 
+    async fn rooms_of(&self, account: AccountId) -> Result<Vec<RoomRecord>, StoreError> {
+        self.read(move |c| rooms::of_account(c, account)).await
+    }
+
     async fn join(
         &self,
         account: AccountId,
