@@ -194,6 +194,11 @@ impl Core {
         let Ok(key) = names::account_key(name) else {
             return name.to_owned();
         };
+        // A sibling's accounts are this node's own.
+        let node = match self.siblings() {
+            Some(siblings) if node != self.node() && siblings.is_sibling(node) => self.node(),
+            _ => node,
+        };
         let remote = self.remote().map(|r| r.claims(&key)).unwrap_or_default();
         // Every local send asks: with no other claim, a local name is bare.
         if remote.is_empty() && node == self.node() {

@@ -204,6 +204,8 @@ pub struct ChildServer {
     pub child: Child,
     pub url: String,
     pub talk: std::net::SocketAddr,
+    /// Its mesh listener, when it has one.
+    pub mesh: Option<std::net::SocketAddr>,
     /// What it has logged since it started serving.
     pub log: Log,
 }
@@ -231,6 +233,7 @@ impl ChildServer {
             child,
             url: format!("http://{addr}"),
             talk,
+            mesh: log_field(&serving, "mesh").and_then(|a| a.parse().ok()),
             log,
         }
     }

@@ -6,11 +6,9 @@
 //! the input line without garbling what the user is typing.
 
 use std::io::Write;
-use std::time::Duration;
 
 use clap::Args;
-use rustyline_async::{Readline, ReadlineEvent, SharedWriter};
-use tonic::Code;
+use rustyline_async::{Readline, ReadlineEvent};
 
 use super::{Client, ClientError, To};
 use crate::codec::line::{Command, HELP};
@@ -18,9 +16,11 @@ use crate::core::names::{LOBBY, room_after_leaving};
 use crate::proto;
 
 mod failover;
+mod receive;
 mod views;
 
 pub use failover::{Servers, is_unreachable};
+pub use receive::{ShownIds, show_incoming};
 
 #[derive(Debug, Clone, Args)]
 pub struct ChatArgs {
@@ -266,7 +266,7 @@ pub async fn run(args: ChatArgs) -> anyhow::Result<()> {
         session.name,
         servers.current()
     )?;
-    let incoming = tokio::spawn(show_incoming(
+    let incoming = tokio::spawn(receive::show_incoming(
         session.client().clone(),
         servers,
         out.clone(),
@@ -295,51 +295,4 @@ pub async fn run(args: ChatArgs) -> anyhow::Result<()> {
     incoming.abort();
     readline.flush()?;
     Ok(())
-}
-
-/// Prints deliveries as they come and acknowledges each once shown;
-/// resubscribes after a dropped stream, where the server replays what was
-/// not acknowledged, at the next server when the one in use is gone.
-async fn show_incoming(mut client: Client, servers: Servers, mut out: SharedWriter) {
-    loop {
-        match client.subscribe().await {
-            Ok(mut stream) => loop {
-                match stream.message().await {
-                    Ok(Some(event)) => {
-                        if let Some((line, id)) = render_event(&event) {
-                            let _ = writeln!(out, "{line}");
-                            if let Some(id) = id {
-                                let _ = client.ack(vec![id]).await;
-                            }
-                        }
-                    }
-                    Ok(None) => break,
-                    Err(status) => {
-                        let _ = writeln!(out, "* {}", status.message());
-                        if status.code() == Code::Unauthenticated {
-                            return;
-                        }
-                        break;
-                    }
-                }
-            },
-            Err(e) if is_unreachable(&e) => {
-                let gone = servers.current().to_owned();
-                match servers.fail_over(&client, &gone).await {
-                    Ok(moved) => {
-                        client = moved;
-                        let _ = writeln!(out, "* receiving from {}", servers.current());
-                        continue;
-                    }
-                    Err(e) => {
-                        let _ = writeln!(out, "* cannot receive messages: {e}");
-                    }
-                }
-            }
-            Err(e) => {
-                let _ = writeln!(out, "* cannot receive messages: {e}");
-            }
-        }
-        tokio::time::sleep(Duration::from_secs(2)).await;
-    }
 }

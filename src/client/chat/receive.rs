@@ -1,0 +1,122 @@
+//! What arrives: deliveries printed as they come, each acknowledged once
+//! shown, and shown once even when the server delivers it again.
+//!
+//! Delivery is at least once: an acknowledgement still on its way when a
+//! node dies is lost with it, and the next node replays that message. The
+//! ids are the store's, the same on every node of a shared store, so the
+//! client recognises the repeat and only acknowledges it again.
+
+use std::collections::{HashSet, VecDeque};
+use std::io::Write;
+use std::time::Duration;
+
+use tonic::Code;
+
+use super::{Servers, is_unreachable, render_event};
+use crate::client::Client;
+
+/// How many of the latest shown ids are remembered: far more than can be
+/// in flight unacknowledged when a node dies.
+pub const REMEMBERED: usize = 4096;
+
+/// The ids of the latest messages shown.
+#[derive(Debug, Default)]
+pub struct ShownIds {
+    ids: HashSet<u64>,
+    order: VecDeque<u64>,
+}
+
+impl ShownIds {
+    /// Records `id` as shown; false if it was shown already.
+    pub fn first_showing(&mut self, id: u64) -> bool {
+        if !self.ids.insert(id) {
+            return false;
+        }
+        self.order.push_back(id);
+        if self.order.len() > REMEMBERED
+            && let Some(oldest) = self.order.pop_front()
+        {
+            self.ids.remove(&oldest);
+        }
+        true
+    }
+}
+
+/// Prints deliveries as they come and acknowledges each once shown;
+/// resubscribes after a dropped stream, where the server replays what was
+/// not acknowledged, at the next server when the one in use is gone.
+pub async fn show_incoming(mut client: Client, servers: Servers, mut out: impl Write) {
+    let mut shown = ShownIds::default();
+    loop {
+        match client.subscribe().await {
+            Ok(mut stream) => loop {
+                match stream.message().await {
+                    Ok(Some(event)) => {
+                        let Some((line, id)) = render_event(&event) else {
+                            continue;
+                        };
+                        if id.is_none_or(|id| shown.first_showing(id)) {
+                            let _ = writeln!(out, "{line}");
+                        }
+                        if let Some(id) = id {
+                            let _ = client.ack(vec![id]).await;
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(status) => {
+                        let _ = writeln!(out, "* {}", status.message());
+                        if status.code() == Code::Unauthenticated {
+                            return;
+                        }
+                        break;
+                    }
+                }
+            },
+            Err(e) if is_unreachable(&e) => {
+                let gone = servers.current().to_owned();
+                match servers.fail_over(&client, &gone).await {
+                    Ok(moved) => {
+                        client = moved;
+                        let _ = writeln!(out, "* receiving from {}", servers.current());
+                        continue;
+                    }
+                    Err(e) => {
+                        let _ = writeln!(out, "* cannot receive messages: {e}");
+                    }
+                }
+            }
+            Err(e) => {
+                let _ = writeln!(out, "* cannot receive messages: {e}");
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Within the last [`REMEMBERED`] distinct ids, each is shown once.
+        #[test]
+        fn a_repeat_of_a_recent_id_is_not_shown(ids in prop::collection::vec(0u64..500, 0..2000)) {
+            let mut shown = ShownIds::default();
+            let mut seen = HashSet::new();
+            for id in ids {
+                prop_assert_eq!(shown.first_showing(id), seen.insert(id));
+            }
+        }
+    }
+
+    #[test]
+    fn memory_is_bounded() {
+        let mut shown = ShownIds::default();
+        for id in 0..(REMEMBERED as u64 * 3) {
+            assert!(shown.first_showing(id));
+        }
+        assert_eq!(shown.ids.len(), REMEMBERED);
+        assert!(shown.first_showing(0), "the oldest is forgotten");
+    }
+}
