@@ -219,9 +219,11 @@ impl Core {
         self.inner.store.delete_account(who.account).await?;
         self.directory_write()
             .remove(&account.name.to_ascii_lowercase());
-        // The siblings learn of it from the accounts this node publishes.
         self.inner.changed.notify_one();
         self.forget_deleted(who.account);
+        if let Some(siblings) = self.siblings() {
+            siblings.account_deleted(who.account);
+        }
         Ok(())
     }
 }

@@ -112,6 +112,8 @@ pub trait Remote: Send + Sync + 'static {
     fn to_siblings(&self, message: &Message);
     /// Tells the siblings of a membership committed to the shared store.
     fn membership(&self, room: &RoomRecord, account: AccountId, joined: bool);
+    /// Tells the siblings that an account was deleted.
+    fn account_deleted(&self, account: AccountId);
     /// Tells the siblings that a session ended: its token stops working.
     fn session_ended(&self, session: SessionId);
     /// Routes a direct message to its recipient's home node; resolves once

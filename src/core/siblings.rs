@@ -69,6 +69,21 @@ impl Core {
         }
     }
 
+    /// An account a sibling deleted: gone from here too.
+    pub fn sibling_deleted(&self, account: AccountId) {
+        let key = self
+            .directory_read()
+            .iter()
+            .find(|(_, a)| a.id == account)
+            .map(|(key, _)| key.clone());
+        if let Some(key) = key {
+            self.directory_write().remove(&key);
+            self.inner.changed.notify_one();
+        }
+        // Its sessions may be cached here though its name was not known.
+        self.forget_deleted(account);
+    }
+
     /// A membership a sibling committed, for the room members kept here.
     pub fn sibling_membership(&self, room: RoomRecord, account: AccountId, joined: bool) {
         let mut rooms = self.rooms_write();

@@ -171,6 +171,8 @@ pub enum RoutedBody {
         account: i64,
         joined: bool,
     },
+    /// An account deleted through a sibling: its sessions here end.
+    Deleted { account: i64 },
     /// A session a sibling ended (logged out, or evicted): its token stops
     /// working here too.
     Ended { session: i64 },
@@ -325,6 +327,26 @@ mod tests {
             r#"{"type":"routed","src":"a","dst":"c","hops":32,"op":"direct","req":1,"from":"alice","to":"bob","body":"hi","sent_ms":5}"#
         );
         assert_eq!(decode(&mut buf), Ok(Some(message)));
+    }
+
+    #[test]
+    fn sibling_frames_read_as_documented() {
+        let doc = include_str!("../../docs/mesh.md");
+        let start = doc
+            .find("Between siblings")
+            .expect("the siblings' examples");
+        let examples: Vec<&str> = doc[start..]
+            .lines()
+            .skip_while(|l| !l.starts_with("```"))
+            .skip(1)
+            .take_while(|l| !l.starts_with("```"))
+            .collect();
+        assert_eq!(examples.len(), 6);
+        for json in examples {
+            let message: PeerMessage = serde_json::from_str(json).expect(json);
+            // Written back as the documentation shows it.
+            assert_eq!(serde_json::to_string(&message).unwrap(), json);
+        }
     }
 
     #[test]

@@ -292,6 +292,10 @@ impl Remote for Mesh {
         });
     }
 
+    fn account_deleted(&self, account: AccountId) {
+        self.to_each_sibling(|| RoutedBody::Deleted { account: account.0 });
+    }
+
     fn session_ended(&self, session: SessionId) {
         self.to_each_sibling(|| RoutedBody::Ended { session: session.0 });
     }

@@ -81,7 +81,10 @@ impl Mesh {
                 None
             }
             // Only a sibling has committed to the store this node reads.
-            RoutedBody::Deliver { .. } | RoutedBody::Member { .. } | RoutedBody::Ended { .. }
+            RoutedBody::Deliver { .. }
+            | RoutedBody::Member { .. }
+            | RoutedBody::Deleted { .. }
+            | RoutedBody::Ended { .. }
                 if !self.state().is_sibling(&src) =>
             {
                 tracing::debug!(src, "a node on another store sent what only siblings send");
@@ -119,6 +122,10 @@ impl Mesh {
                         .core
                         .sibling_membership(room, AccountId(account), joined);
                 }
+                None
+            }
+            RoutedBody::Deleted { account } => {
+                self.inner.core.sibling_deleted(AccountId(account));
                 None
             }
             RoutedBody::Ended { session } => {

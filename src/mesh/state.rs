@@ -472,4 +472,53 @@ mod tests {
         assert!(!s.first_sight(&speech("b", 2, 5)));
         assert!(s.seen["b"].recent.len() <= SEEN_WINDOW as usize);
     }
+
+    #[test]
+    fn siblings_are_nodes_on_the_same_store_and_claim_no_names() {
+        let record = |node: &str, version, facts| NodeState {
+            node: String::from(node),
+            instance: 1,
+            version,
+            facts,
+        };
+        let on = |node: &str, peers: &[&str], store: Option<&str>| {
+            record(
+                node,
+                1,
+                Facts::Links {
+                    peers: peers.iter().map(|p| p.to_string()).collect(),
+                    store: store.map(String::from),
+                },
+            )
+        };
+        let bob = |node: &str| {
+            record(
+                node,
+                2,
+                Facts::Accounts {
+                    accounts: vec![("bob".into(), 5)],
+                },
+            )
+        };
+        let mut s = MeshState::new("a", Some("db1".into()));
+        s.publish(on("a", &["b", "c", "d"], Some("db1")));
+        s.offer(on("b", &["a"], Some("db1")));
+        s.offer(on("c", &["a"], Some("db2")));
+        s.offer(on("d", &["a"], None));
+        for node in ["b", "c", "d"] {
+            s.offer(bob(node));
+        }
+        assert!(s.is_sibling("b"));
+        assert!(!s.is_sibling("c"), "another database");
+        assert!(!s.is_sibling("d"), "a store of its own");
+        assert_eq!(s.siblings(), ["b"]);
+        let claims: Vec<String> = s.claims("bob").into_iter().map(|c| c.0).collect();
+        assert_eq!(claims.len(), 2);
+        assert!(!claims.contains(&"b".to_owned()));
+        // A node on no shared store has no siblings, whatever others say.
+        let mut lone = MeshState::new("a", None);
+        lone.publish(on("a", &["b"], None));
+        lone.offer(on("b", &["a"], None));
+        assert!(!lone.is_sibling("b"));
+    }
 }
