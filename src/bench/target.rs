@@ -80,6 +80,16 @@ impl Target {
         if args.nodes <= 1 {
             return Self::spawn(args.tls, args.store.as_deref(), None).await;
         }
+        // Nodes serve one set of accounts only when they share one store.
+        if !args
+            .store
+            .as_deref()
+            .is_some_and(|s| s.starts_with("postgres"))
+        {
+            return Err(BenchError::Spawn(
+                "--nodes above 1 needs a PostgreSQL --store for the nodes to share".into(),
+            ));
+        }
         let store = args.store.as_deref();
         let secret = tempfile::NamedTempFile::new().map_err(spawn_error)?;
         std::fs::write(secret.path(), run_secret()).map_err(spawn_error)?;
@@ -140,10 +150,21 @@ impl Target {
             .stderr
             .take()
             .ok_or_else(|| BenchError::Spawn("no log".into()))?;
-        let fields = tokio::task::spawn_blocking(move || addresses(stderr, linking))
-            .await
-            .map_err(spawn_error)?
-            .ok_or_else(|| BenchError::Spawn("the server did not start".into()))?;
+        let reading = tokio::task::spawn_blocking(move || addresses(stderr, linking));
+        let fields = match tokio::time::timeout(START_TIMEOUT, reading).await {
+            Ok(Ok(Some(fields))) => fields,
+            outcome => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(BenchError::Spawn(match outcome {
+                    Err(_) => format!(
+                        "the server did not start (and link, in a mesh) within {} s",
+                        START_TIMEOUT.as_secs()
+                    ),
+                    _ => "the server did not start".into(),
+                }));
+            }
+        };
         let field = |name: &str| fields[name].as_str().unwrap_or_default().to_owned();
         let pid = child.id();
         let scheme = if tls.is_some() { "https" } else { "http" };
@@ -270,6 +291,9 @@ impl Mesh<'_> {
     }
 }
 
+/// How long a spawned server may take to start serving (and link).
+const START_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// A mesh secret for one run: its nodes are the only ones that know it.
 fn run_secret() -> String {
     format!("{:032x}", rand::random::<u128>())
@@ -281,6 +305,8 @@ fn run_secret() -> String {
 fn addresses(stderr: ChildStderr, linking: bool) -> Option<serde_json::Value> {
     let mut lines = BufReader::new(stderr).lines();
     let mut fields = None;
+    // The link may come up before the addresses line is logged.
+    let mut linked = !linking;
     for line in lines.by_ref() {
         let Ok(line) = line else { break };
         let Ok(json) = serde_json::from_str::<serde_json::Value>(&line) else {
@@ -289,10 +315,10 @@ fn addresses(stderr: ChildStderr, linking: bool) -> Option<serde_json::Value> {
         if json["fields"]["grpc"].is_string() {
             fields = Some(json["fields"].clone());
         }
-        let linked = json["fields"]["message"]
+        linked |= json["fields"]["message"]
             .as_str()
             .is_some_and(|m| m.starts_with("linked to"));
-        if fields.is_some() && (!linking || linked) {
+        if fields.is_some() && linked {
             break;
         }
     }
