@@ -6,7 +6,9 @@ mod common;
 
 use common::{PASSWORD, TestServer, next_message};
 use meshtalk::client::chat::{ChatSession, Outcome, Servers, render_message};
+use meshtalk::client::{Client, ClientError, To};
 use meshtalk::config::ServeArgs;
+use tonic::Code;
 
 /// A node on `store`, linked as a mesh to the node at `peer`, if any:
 /// nodes that share a store carry live traffic to one another.
@@ -89,4 +91,98 @@ async fn the_chat_client_goes_on_at_the_next_node_when_its_node_stops() {
     // The session is the same one: its history is there on b.
     let history = show(&mut alice, "/join lobby").await;
     assert_eq!(history, ["* now in #lobby"]);
+}
+
+/// Two nodes on one database with no mesh between them: the worst case of
+/// a link that is down, where no word of a change made through one node
+/// reaches the other; the store has it, and the other node goes by it.
+async fn unlinked_pair() -> (TestServer, TestServer) {
+    let store = common::postgres::fresh_database();
+    let start = |name: &str| ServeArgs {
+        store: Some(store.clone()),
+        node_name: Some(name.to_owned()),
+        ..Default::default()
+    };
+    let a = TestServer::start_with(start("a")).await;
+    let b = TestServer::start_with(start("b")).await;
+    (a, b)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_logout_through_one_node_ends_the_token_on_another_that_never_heard_of_it() {
+    let (a, b) = unlinked_pair().await;
+    Client::connect(&a.url)
+        .await
+        .unwrap()
+        .register("ann", PASSWORD)
+        .await
+        .unwrap();
+    let (on_a, login) = Client::connect(&a.url)
+        .await
+        .unwrap()
+        .login("ann", PASSWORD)
+        .await
+        .unwrap();
+    let on_b = Client::connect(&b.url)
+        .await
+        .unwrap()
+        .with_token(&login.token)
+        .unwrap();
+    let mut stream = on_b.subscribe().await.expect("a's token works on b");
+    on_a.logout().await.unwrap();
+    // What b's audit, which runs every few seconds, does.
+    b.server.core().audit_sessions().await.unwrap();
+    let refused = on_b.rooms().await.expect_err("the token is dead on b");
+    assert!(
+        matches!(&refused, ClientError::Rpc(s) if s.code() == Code::Unauthenticated),
+        "{refused:?}"
+    );
+    let ended = tokio::time::timeout(std::time::Duration::from_secs(5), stream.message()).await;
+    assert!(
+        matches!(&ended, Ok(Err(s)) if s.code() == Code::Unauthenticated)
+            || matches!(ended, Ok(Ok(None))),
+        "b's stream of the session ends: {ended:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_room_left_through_one_node_is_left_on_another_at_the_next_login_there() {
+    let (a, b) = unlinked_pair().await;
+    Client::connect(&a.url)
+        .await
+        .unwrap()
+        .register("bob", PASSWORD)
+        .await
+        .unwrap();
+    let login_on = |url: String| async move {
+        Client::connect(&url)
+            .await
+            .unwrap()
+            .login("bob", PASSWORD)
+            .await
+            .unwrap()
+            .0
+    };
+    let on_b = login_on(b.url.clone()).await;
+    on_b.join("ops").await.unwrap();
+    let on_a = login_on(a.url.clone()).await;
+    assert!(
+        on_a.leave("ops").await.unwrap(),
+        "a reads the join from the store"
+    );
+    let on_b = login_on(b.url.clone()).await;
+    let refused = on_b
+        .send(&To::Room("ops".into()), "still here?", None)
+        .await
+        .expect_err("no longer a member, on b either");
+    assert!(
+        matches!(&refused, ClientError::Rpc(s) if s.code() == Code::PermissionDenied),
+        "{refused:?}"
+    );
+    let rooms = on_b.rooms().await.unwrap();
+    let ops = rooms
+        .iter()
+        .find(|r| r.name == "ops")
+        .expect("#ops is listed");
+    assert!(!ops.joined, "{rooms:?}");
 }

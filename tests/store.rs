@@ -162,8 +162,17 @@ async fn sessions_beyond_the_cap_end_oldest_first(store: Arc<dyn Store>) {
         (live.id, live.account_id, live.name.as_str()),
         (opened[2], ann, "ann")
     );
+    assert_eq!(
+        store.sessions_alive(opened.clone()).await.unwrap(),
+        opened[1..],
+        "the evicted one is gone, the others are there"
+    );
     store.delete_session(opened[2]).await.unwrap();
     assert!(store.session_by_token([2; 32]).await.unwrap().is_none());
+    assert_eq!(
+        store.sessions_alive(opened.clone()).await.unwrap(),
+        [opened[1]]
+    );
 }
 
 async fn a_direct_message_waits_in_the_inbox_until_acknowledged(store: Arc<dyn Store>) {

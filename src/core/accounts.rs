@@ -118,6 +118,8 @@ impl Core {
         }
         turn.succeeded();
         drop(turn);
+        // Before the session exists, so a failure leaves nothing behind.
+        self.know_from_store(account.id).await?;
         let token = new_token();
         let token_hash = hash_token(&token);
         let (session, evicted) = self
@@ -138,7 +140,6 @@ impl Core {
             name: account.name,
             session,
         };
-        self.know_from_store(&identity).await?;
         self.sessions().insert(token_hash, identity.clone());
         Ok(Login { token, identity })
     }
@@ -163,7 +164,7 @@ impl Core {
             name: record.name,
             session: record.id,
         };
-        self.know_from_store(&identity).await?;
+        self.know_from_store(identity.account).await?;
         let mut sessions = self.sessions();
         // A logout that ran while the store was being read must not have its
         // session put back in the cache.

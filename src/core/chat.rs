@@ -2,6 +2,7 @@
 
 use std::collections::VecDeque;
 use std::future::Future;
+use std::sync::atomic::Ordering;
 
 use wildmatch::WildMatch;
 
@@ -145,10 +146,13 @@ impl Core {
             _ => None,
         };
         async move {
-            if let Some((learned, (core, who, to, body), client_msg_id)) = retry
-                && learned.await
-            {
-                queued = core.queue_send(&who, &to, &body, client_msg_id.as_deref());
+            if let Some((learned, (core, who, to, body), client_msg_id)) = retry {
+                // One look-up at a time, first come first served: two sends
+                // to a name learned this way are queued in the order made.
+                let _turn = core.inner.learning.lock().await;
+                if learned.await {
+                    queued = core.queue_send(&who, &to, &body, client_msg_id.as_deref());
+                }
             }
             match queued? {
                 Queued::Here(pending) => {
@@ -248,7 +252,7 @@ impl Core {
                 (None, Some(recipient)) => {
                     core.inner.hub.fan_out(delivery, [&recipient], Some(except));
                     if let Some(siblings) = core.siblings() {
-                        siblings.to_siblings(delivery);
+                        siblings.to_siblings(delivery, recipient);
                     }
                 }
                 (None, None) => {}
@@ -491,8 +495,9 @@ impl Core {
         // committed after the join already reaches the new member.
         let (core, account, record) = (self.clone(), who.account, room.clone());
         let on_commit: crate::store::MembershipHook = Box::new(move |joined| {
+            core.inner.memberships_seen.fetch_add(1, Ordering::SeqCst);
             if *joined && let Some(siblings) = core.siblings() {
-                siblings.membership(&record, account, true);
+                siblings.membership(record.id, &record.name, account, true);
             }
             let mut rooms = core.rooms_write();
             rooms.members.entry(record.id).or_default().insert(account);
@@ -517,8 +522,9 @@ impl Core {
         }
         let (core, account, record) = (self.clone(), who.account, room.clone());
         let on_commit: crate::store::MembershipHook = Box::new(move |left| {
+            core.inner.memberships_seen.fetch_add(1, Ordering::SeqCst);
             if *left && let Some(siblings) = core.siblings() {
-                siblings.membership(&record, account, false);
+                siblings.membership(record.id, &record.name, account, false);
             }
             if let Some(members) = core.rooms_write().members.get_mut(&record.id) {
                 members.remove(&account);

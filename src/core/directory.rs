@@ -12,7 +12,6 @@ use std::collections::BTreeSet;
 
 use super::{Core, CoreError, Message, Sent, names};
 use crate::model::{AccountId, RoomId, SessionId};
-use crate::store::RoomRecord;
 
 /// An account as a listing shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -109,9 +108,9 @@ pub trait Remote: Send + Sync + 'static {
     fn sibling_online(&self) -> BTreeSet<String>;
     /// Hands a direct message committed to the shared store to the
     /// siblings, for the recipient's sessions there. Must not block.
-    fn to_siblings(&self, message: &Message);
+    fn to_siblings(&self, message: &Message, recipient: AccountId);
     /// Tells the siblings of a membership committed to the shared store.
-    fn membership(&self, room: &RoomRecord, account: AccountId, joined: bool);
+    fn membership(&self, room: RoomId, name: &str, account: AccountId, joined: bool);
     /// Tells the siblings that an account was deleted.
     fn account_deleted(&self, account: AccountId);
     /// Tells the siblings that a session ended: its token stops working.
@@ -161,7 +160,7 @@ impl Core {
         let local = self.directory_read().get(&key).cloned();
         let remote = self.remote().map(|r| r.claims(&key)).unwrap_or_default();
         if let Some(node) = node {
-            if node.eq_ignore_ascii_case(self.node()) {
+            if self.is_this_store(node) {
                 return local
                     .map(|a| Recipient::Local(a.id, a.name))
                     .ok_or_else(no_such);

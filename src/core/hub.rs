@@ -454,6 +454,19 @@ impl Hub {
     }
 
     /// Ends every sink of one session.
+    /// Closes the sinks of a session whose account is not known here.
+    pub fn close_session_anywhere(&self, session: SessionId, why: Closed) {
+        let account = self
+            .lock()
+            .by_account
+            .iter()
+            .find(|(_, list)| list.iter().any(|s| s.session == session))
+            .map(|(account, _)| *account);
+        if let Some(account) = account {
+            self.close_session(account, session, why);
+        }
+    }
+
     pub fn close_session(&self, account: AccountId, session: SessionId, why: Closed) {
         let mut guard = self.lock();
         let sinks = &mut guard.by_account;

@@ -143,6 +143,11 @@ struct Inner {
     /// The id of the shared store, when this node runs on one: other nodes
     /// on it (siblings) serve the same accounts.
     shared: Option<String>,
+    /// Counts membership changes, so a read of one account's rooms from
+    /// the store that raced one is not taken as current.
+    memberships_seen: AtomicU64,
+    /// Taken in turn by sends that wait to learn a name from the store.
+    learning: tokio::sync::Mutex<()>,
     /// The mesh, once one is attached.
     remote: OnceLock<Arc<dyn Remote>>,
     /// Woken when accounts are added or removed, or an account comes online
@@ -185,6 +190,8 @@ impl Core {
                 changed,
                 remote: OnceLock::new(),
                 shared: store.shared_id(),
+                memberships_seen: AtomicU64::new(0),
+                learning: tokio::sync::Mutex::new(()),
                 node: config.node,
                 operators: RwLock::new(operators),
                 throttle: throttle::Throttle::new(config.limits.registrations_per_ip),

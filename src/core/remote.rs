@@ -139,7 +139,7 @@ impl Core {
                         let delivery = Delivery::new(appended.message);
                         core.inner.hub.fan_out(&delivery, [&recipient], None);
                         if let Some(siblings) = core.siblings() {
-                            siblings.to_siblings(&delivery);
+                            siblings.to_siblings(&delivery, recipient);
                         }
                     }
                 }),

@@ -11,6 +11,7 @@
 
 use std::collections::HashSet;
 use std::future::Future;
+use std::sync::atomic::Ordering;
 
 use super::message::Delivery;
 use super::{Closed, Core, CoreError, Identity, Message, names};
@@ -18,55 +19,112 @@ use crate::model::{AccountId, RoomId, SessionId};
 use crate::store::{AccountSummary, RoomRecord};
 
 impl Core {
+    /// Whether `node` is this node or a sibling: either way its accounts
+    /// are the ones in this node's store.
+    pub(super) fn is_this_store(&self, node: &str) -> bool {
+        node.eq_ignore_ascii_case(self.node())
+            || self.siblings().is_some_and(|s| s.is_sibling(node))
+    }
+
     /// The id of the shared store this node runs on, if it runs on one.
     pub fn shared_store(&self) -> Option<String> {
         self.inner.shared.clone()
     }
 
-    /// Hands room speech a sibling committed to its members' sessions here.
-    /// The room is unknown here when none of its members ever came here, and
-    /// then there is nobody to hand it to.
-    pub fn deliver_stored_speech(&self, message: Message, room: RoomId) {
-        if self.check_body(&message.body).is_err() {
+    /// Hands room speech a sibling committed (as message `id` of room
+    /// `room_id`, from `shown`) to its members' sessions here. A room this
+    /// node has not loaded has no members here that it could reach.
+    pub fn deliver_stored_speech(
+        &self,
+        id: u64,
+        shown: &str,
+        room: &str,
+        room_id: RoomId,
+        body: &str,
+        sent_ms: i64,
+    ) {
+        let Ok(record) = self.room(room) else {
+            return;
+        };
+        if record.id != room_id || self.check_body(body).is_err() {
             return;
         }
-        self.fan_out_room(&Delivery::new(message), room, None);
+        let message = Message {
+            id,
+            from: shown.to_owned(),
+            to: super::Target::Room(record.name),
+            body: body.to_owned(),
+            sent_at_ms: sent_ms,
+            client_msg_id: None,
+        };
+        self.fan_out_room(&Delivery::new(message), room_id, None);
     }
 
-    /// Hands a direct message a sibling committed to its recipient's
-    /// sessions here.
-    pub fn deliver_stored_direct(&self, message: Message) {
-        let super::Target::User(to) = &message.to else {
-            return;
-        };
-        let Ok(key) = names::account_key(to) else {
-            return;
-        };
-        let Some(account) = self.directory_read().get(&key).map(|a| a.id) else {
-            return;
-        };
+    /// Hands a direct message a sibling committed to the sessions of its
+    /// recipient here.
+    pub fn deliver_stored_direct(&self, message: Message, recipient: AccountId) {
         if self.check_body(&message.body).is_err() {
             return;
         }
         self.inner
             .hub
-            .fan_out(&Delivery::new(message), [&account], None);
+            .fan_out(&Delivery::new(message), [&recipient], None);
     }
 
     /// A session a sibling ended: its token stops working here too, and its
     /// streams here close.
     pub fn session_ended_elsewhere(&self, session: SessionId) {
-        let account = self
-            .sessions()
-            .values()
-            .find(|s| s.session == session)
-            .map(|s| s.account);
         self.revoke(|_, s| s == session);
-        if let Some(account) = account {
+        self.inner
+            .hub
+            .close_session_anywhere(session, Closed::LoggedOut);
+    }
+
+    /// Ends the sessions cached here that are gone from the shared store:
+    /// logged out or deleted through a sibling whose word did not arrive
+    /// (a link was down, a peer queue overflowed).
+    pub async fn audit_sessions(&self) -> Result<(), CoreError> {
+        let cached: Vec<Identity> = self.sessions().values().cloned().collect();
+        if cached.is_empty() {
+            return Ok(());
+        }
+        let ids = cached.iter().map(|s| s.session).collect();
+        let alive: HashSet<SessionId> = self
+            .inner
+            .store
+            .sessions_alive(ids)
+            .await?
+            .into_iter()
+            .collect();
+        for gone in cached.iter().filter(|s| !alive.contains(&s.session)) {
+            self.revoke(|_, s| s == gone.session);
             self.inner
                 .hub
-                .close_session(account, session, Closed::LoggedOut);
+                .close_session(gone.account, gone.session, Closed::LoggedOut);
         }
+        Ok(())
+    }
+
+    /// On a shared store, audits the cached sessions every `every` until
+    /// the node shuts down.
+    pub fn start_session_audit(&self, every: std::time::Duration) {
+        if self.inner.shared.is_none() {
+            return;
+        }
+        let core = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                if core.inner.shutting_down.load(Ordering::SeqCst) {
+                    return;
+                }
+                if let Err(e) = core.audit_sessions().await {
+                    tracing::warn!(error = %e, "could not check the cached sessions");
+                }
+            }
+        });
     }
 
     /// An account a sibling deleted: gone from here too.
@@ -85,12 +143,14 @@ impl Core {
     }
 
     /// A membership a sibling committed, for the room members kept here.
-    pub fn sibling_membership(&self, room: RoomRecord, account: AccountId, joined: bool) {
+    pub fn sibling_membership(&self, room: RoomId, name: String, account: AccountId, joined: bool) {
+        self.inner.memberships_seen.fetch_add(1, Ordering::SeqCst);
         let mut rooms = self.rooms_write();
         if joined {
-            rooms.members.entry(room.id).or_default().insert(account);
-            rooms.by_key.insert(room.name.to_ascii_lowercase(), room);
-        } else if let Some(members) = rooms.members.get_mut(&room.id) {
+            rooms.members.entry(room).or_default().insert(account);
+            let key = name.to_ascii_lowercase();
+            rooms.by_key.insert(key, RoomRecord { id: room, name });
+        } else if let Some(members) = rooms.members.get_mut(&room) {
             members.remove(&account);
         }
     }
@@ -184,13 +244,13 @@ impl Core {
     }
 
     /// On a shared store, an account that logs in here may have been made,
-    /// or have joined rooms, through a sibling: the directory and the room
-    /// members learn of it from the store before its session starts.
-    pub(super) async fn know_from_store(&self, who: &Identity) -> Result<(), CoreError> {
+    /// or have joined or left rooms, through a sibling: the directory and
+    /// the room members take the store's word before its session starts.
+    pub(super) async fn know_from_store(&self, account: AccountId) -> Result<(), CoreError> {
         if self.inner.shared.is_none() {
             return Ok(());
         }
-        if let Some(record) = self.inner.store.account_by_id(who.account).await?
+        if let Some(record) = self.inner.store.account_by_id(account).await?
             && self.know_account(AccountSummary {
                 id: record.id,
                 name: record.name,
@@ -199,15 +259,26 @@ impl Core {
         {
             self.inner.changed.notify_one();
         }
-        let rooms = self.inner.store.rooms_of(who.account).await?;
-        let mut cache = self.rooms_write();
-        for room in rooms {
-            cache
-                .members
-                .entry(room.id)
-                .or_default()
-                .insert(who.account);
-            cache.by_key.insert(room.name.to_ascii_lowercase(), room);
+        // A membership change that lands while the store is read makes the
+        // read stale: read again, a few times at most.
+        for _ in 0..3 {
+            let seen = self.inner.memberships_seen.load(Ordering::SeqCst);
+            let rooms = self.inner.store.rooms_of(account).await?;
+            let mut cache = self.rooms_write();
+            if self.inner.memberships_seen.load(Ordering::SeqCst) != seen {
+                continue;
+            }
+            let ids: HashSet<RoomId> = rooms.iter().map(|r| r.id).collect();
+            for (room, members) in cache.members.iter_mut() {
+                if !ids.contains(room) {
+                    members.remove(&account);
+                }
+            }
+            for room in rooms {
+                cache.members.entry(room.id).or_default().insert(account);
+                cache.by_key.insert(room.name.to_ascii_lowercase(), room);
+            }
+            break;
         }
         Ok(())
     }
@@ -217,7 +288,13 @@ impl Core {
     /// whether the name is known now.
     pub(super) fn learn_account(&self, name: &str) -> impl Future<Output = bool> + Send + use<> {
         let core = self.clone();
-        let key = names::account_key(name).ok();
+        // `name@node` names the shared account too when node is a sibling.
+        let bare = match name.split_once('@') {
+            Some((bare, node)) if self.is_this_store(node) => bare,
+            Some(_) => "",
+            None => name,
+        };
+        let key = names::account_key(bare).ok();
         async move {
             let (Some(key), Some(_)) = (key, core.inner.shared.as_ref()) else {
                 return false;

@@ -12,7 +12,7 @@ use super::frame::{Facts, NodeState, PeerMessage, RoutedBody, Speech, StoredSpee
 use super::state::Offer;
 use super::{Mesh, lock};
 use crate::core::{Message, Target};
-use crate::model::RoomId;
+use crate::model::{AccountId, RoomId};
 
 /// How long a burst of local changes gathers before it is published.
 const CHANGE_BURST: Duration = Duration::from_millis(20);
@@ -126,7 +126,7 @@ impl Mesh {
 
     /// Hands a direct message committed to the shared store to every
     /// reachable sibling, for the recipient's sessions there.
-    pub(super) fn deliver_to_siblings(&self, message: &Message) {
+    pub(super) fn deliver_to_siblings(&self, message: &Message, recipient: AccountId) {
         let Target::User(to) = &message.to else {
             return;
         };
@@ -134,6 +134,7 @@ impl Mesh {
             id: message.id,
             from: message.from.clone(),
             to: to.clone(),
+            account: recipient.0,
             body: message.body.clone(),
             sent_ms: message.sent_at_ms,
         });
@@ -186,21 +187,17 @@ impl Mesh {
         if !self.state().first_sight(&speech) {
             return None;
         }
-        if let Some(stored) = speech
-            .stored
-            .as_ref()
-            .filter(|s| Some(&s.store) == self.inner.store.as_ref())
-        {
+        // Only a sibling's word that the speech is in this store counts.
+        if let Some(stored) = speech.stored.as_ref().filter(|s| {
+            Some(&s.store) == self.inner.store.as_ref() && self.state().is_sibling(&speech.origin)
+        }) {
             self.inner.core.deliver_stored_speech(
-                Message {
-                    id: stored.id,
-                    from: stored.shown.clone(),
-                    to: Target::Room(speech.room.clone()),
-                    body: speech.body.clone(),
-                    sent_at_ms: speech.sent_ms,
-                    client_msg_id: None,
-                },
+                stored.id,
+                &stored.shown,
+                &speech.room,
                 RoomId(stored.room_id),
+                &speech.body,
+                speech.sent_ms,
             );
             self.flood(&PeerMessage::Speech(speech), Some(peer));
             return None;

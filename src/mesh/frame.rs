@@ -161,6 +161,9 @@ pub enum RoutedBody {
         id: u64,
         from: String,
         to: String,
+        /// The recipient's account id in the shared store: a name deleted
+        /// and made again meanwhile is another account.
+        account: i64,
         body: String,
         sent_ms: i64,
     },

@@ -603,6 +603,7 @@ fn well_formed(message: &PeerMessage) -> Result<(), String> {
             node(&routed.dst)?;
             match &routed.body {
                 RoutedBody::Deliver { from, to, .. } => {
+                    // The shown sender may carry a node: `name@node`.
                     shown(from)?;
                     account(to)
                 }
@@ -625,7 +626,7 @@ fn shown(name: &str) -> Result<(), String> {
 
 /// A shared store's id: short and printable.
 fn store_id(id: &str) -> Result<(), String> {
-    if !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_graphic()) {
+    if !id.is_empty() && id.len() <= 128 && id.bytes().all(|b| b.is_ascii_graphic()) {
         Ok(())
     } else {
         Err(format!("invalid store id {:?}", truncate(id)))

@@ -46,7 +46,6 @@ use crate::core::{
     Stats, Topology, UserInfo,
 };
 use crate::model::{AccountId, RoomId, SessionId};
-use crate::store::RoomRecord;
 use frame::{Answer, Facts, RoutedBody};
 use link::Peer;
 use peers::Dialer;
@@ -279,14 +278,14 @@ impl Remote for Mesh {
         self.state().sibling_online()
     }
 
-    fn to_siblings(&self, message: &Message) {
-        self.deliver_to_siblings(message);
+    fn to_siblings(&self, message: &Message, recipient: AccountId) {
+        self.deliver_to_siblings(message, recipient);
     }
 
-    fn membership(&self, room: &RoomRecord, account: AccountId, joined: bool) {
+    fn membership(&self, room: RoomId, name: &str, account: AccountId, joined: bool) {
         self.to_each_sibling(|| RoutedBody::Member {
-            room_id: room.id.0,
-            room: room.name.clone(),
+            room_id: room.0,
+            room: name.to_owned(),
             account: account.0,
             joined,
         });

@@ -16,7 +16,6 @@ use crate::core::{
     CoreError, ErrorKind, Gathered, Message, RemoteDirect, Sent, Stats, Target, UserInfo,
 };
 use crate::model::{AccountId, RoomId, SessionId};
-use crate::store::RoomRecord;
 
 /// How long a scatter-gather query waits for answers.
 pub const QUERY_TIMEOUT: Duration = Duration::from_secs(2);
@@ -94,17 +93,21 @@ impl Mesh {
                 id,
                 from,
                 to,
+                account,
                 body,
                 sent_ms,
             } => {
-                self.inner.core.deliver_stored_direct(Message {
+                let message = Message {
                     id,
                     from,
                     to: Target::User(to),
                     body,
                     sent_at_ms: sent_ms,
                     client_msg_id: None,
-                });
+                };
+                self.inner
+                    .core
+                    .deliver_stored_direct(message, AccountId(account));
                 None
             }
             RoutedBody::Member {
@@ -114,13 +117,9 @@ impl Mesh {
                 joined,
             } => {
                 if crate::core::names::room_key(&room).is_ok() {
-                    let room = RoomRecord {
-                        id: RoomId(room_id),
-                        name: room,
-                    };
-                    self.inner
-                        .core
-                        .sibling_membership(room, AccountId(account), joined);
+                    let account = AccountId(account);
+                    let core = &self.inner.core;
+                    core.sibling_membership(RoomId(room_id), room, account, joined);
                 }
                 None
             }

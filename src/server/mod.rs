@@ -211,12 +211,17 @@ async fn open_core(store: Arc<dyn Store>, settings: &Settings) -> Result<Core, S
     Ok(Core::open(store, config).await?)
 }
 
+/// How often a node on a shared store checks its cached sessions against
+/// the store, for logouts and deletions whose word from a sibling was lost.
+const SESSION_AUDIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Starts the mesh and its listener, if one is given, and links to every
 /// peer given, in the background.
 async fn start_mesh(
     core: &Core,
     settings: &Settings,
 ) -> Result<(Mesh, Option<SocketAddr>), ServerError> {
+    core.start_session_audit(SESSION_AUDIT);
     let mesh = Mesh::start(
         core.clone(),
         MeshConfig {

@@ -229,6 +229,8 @@ pub trait Store: Send + Sync + 'static {
         token_hash: [u8; 32],
     ) -> Result<Option<SessionRecord>, StoreError>;
     async fn delete_session(&self, id: SessionId) -> Result<(), StoreError>;
+    /// Of these sessions, the ones that still exist.
+    async fn sessions_alive(&self, ids: Vec<SessionId>) -> Result<Vec<SessionId>, StoreError>;
 
     /// Returns the room, creating it first if no room has this key.
     async fn ensure_room(&self, name: &str, key: &str) -> Result<RoomRecord, StoreError>;

@@ -93,13 +93,33 @@ CREATE TABLE meshtalk_store (
 INSERT INTO meshtalk_store (only_row, id) VALUES (TRUE, gen_random_uuid()::TEXT);
 ";
 
-/// The id of the database, from migration 2.
+/// The id of the database: the cluster's system identifier and the
+/// database's oid, which a copy (a dump restored elsewhere, a database made
+/// from this one as a template) does not keep, and the random id of
+/// migration 2, which tells apart databases that happen to share both.
 pub(super) async fn store_id(client: &Client) -> Result<String, StoreError> {
-    Ok(client
+    let random: String = client
         .query_one("SELECT id FROM meshtalk_store", &[])
         .await
         .map_err(backend)?
-        .get(0))
+        .get(0);
+    let place = client
+        .query_one(
+            "SELECT (SELECT system_identifier FROM pg_control_system())::TEXT,
+                    (SELECT oid FROM pg_database WHERE datname = current_database())::TEXT",
+            &[],
+        )
+        .await;
+    // Engines that speak the protocol without these catalogues (CockroachDB)
+    // go by the random id alone.
+    Ok(match place {
+        Ok(row) => format!(
+            "{}-{}-{random}",
+            row.get::<_, Option<String>>(0).unwrap_or_default(),
+            row.get::<_, Option<String>>(1).unwrap_or_default()
+        ),
+        Err(_) => random,
+    })
 }
 
 /// Brings the database to [`VERSION`], each migration in its own

@@ -110,6 +110,14 @@ impl Store for PostgresStore {
         self.session(&token_hash).await
     }
 
+    async fn sessions_alive(&self, ids: Vec<SessionId>) -> Result<Vec<SessionId>, StoreError> {
+        let ids: Vec<i64> = ids.iter().map(|id| id.0).collect();
+        let rows = self
+            .rows("SELECT id FROM sessions WHERE id = ANY($1)", &[&ids])
+            .await?;
+        Ok(rows.iter().map(|r| SessionId(r.get(0))).collect())
+    }
+
     async fn delete_session(&self, id: SessionId) -> Result<(), StoreError> {
         self.change("DELETE FROM sessions WHERE id = $1", &[&id.0])
             .await

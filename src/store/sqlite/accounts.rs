@@ -145,6 +145,20 @@ pub(super) fn session_by_token(
     .optional()
 }
 
+pub(super) fn sessions_alive(
+    c: &Connection,
+    ids: &[SessionId],
+) -> rusqlite::Result<Vec<SessionId>> {
+    let mut exists = c.prepare_cached("SELECT 1 FROM sessions WHERE id = ?1")?;
+    let mut alive = Vec::new();
+    for &id in ids {
+        if exists.exists([id])? {
+            alive.push(id);
+        }
+    }
+    Ok(alive)
+}
+
 pub(super) fn delete_session(c: &Connection, id: SessionId) -> Result<(), StoreError> {
     c.execute("DELETE FROM sessions WHERE id = ?1", [id])
         .map_err(backend)?;

@@ -78,6 +78,10 @@ impl Store for SqliteStore {
         self.write(move |c| accounts::delete_session(c, id)).await
     }
 
+    async fn sessions_alive(&self, ids: Vec<SessionId>) -> Result<Vec<SessionId>, StoreError> {
+        self.read(move |c| accounts::sessions_alive(c, &ids)).await
+    }
+
     async fn ensure_room(&self, name: &str, key: &str) -> Result<RoomRecord, StoreError> {
         let (name, key) = (name.to_owned(), key.to_owned());
         self.write(move |c| rooms::ensure(c, &name, &key)).await
