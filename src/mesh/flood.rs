@@ -152,6 +152,35 @@ impl Mesh {
         }
     }
 
+    /// Has the core catch its directory up with a sibling's account list.
+    /// One catch-up runs at a time, with the newest list waiting behind it,
+    /// so however fast records come, a node reads the store for one list
+    /// at a time and none piles up.
+    fn sync_accounts(&self, names: Vec<String>) {
+        *lock(&self.inner.accounts_waiting) = Some(names);
+        if self.inner.accounts_syncing.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let mesh = self.clone();
+        tokio::spawn(async move {
+            loop {
+                let next = lock(&mesh.inner.accounts_waiting).take();
+                match next {
+                    Some(names) => mesh.inner.core.clone().sibling_accounts(names).await,
+                    None => {
+                        mesh.inner.accounts_syncing.store(false, Ordering::SeqCst);
+                        // A list that came between the take and the store
+                        // would wait for the next one: take it now.
+                        let again = lock(&mesh.inner.accounts_waiting).is_some();
+                        if !again || mesh.inner.accounts_syncing.swap(true, Ordering::SeqCst) {
+                            return;
+                        }
+                    }
+                }
+            }
+        });
+    }
+
     /// Takes a record from `peer` if it is news, and passes it on.
     pub(super) fn received_record(&self, peer: &str, record: NodeState) {
         let (offer, sibling) = {
@@ -165,7 +194,7 @@ impl Mesh {
                 // the directory catches up with the ones it lists or dropped.
                 if let (true, Facts::Accounts { accounts }) = (sibling, &record.facts) {
                     let names = accounts.iter().map(|(name, _)| name.clone()).collect();
-                    tokio::spawn(self.inner.core.clone().sibling_accounts(names));
+                    self.sync_accounts(names);
                 }
                 self.flood(&PeerMessage::State(record), Some(peer))
             }

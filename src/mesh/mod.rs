@@ -33,7 +33,7 @@ pub use requests::QUERY_TIMEOUT;
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -120,6 +120,10 @@ struct Inner {
     publishing: Mutex<()>,
     /// Sequence numbers of this node's flooded speech.
     speech_seq: AtomicU64,
+    /// The newest sibling account list not yet caught up with, and whether
+    /// a catch-up is running.
+    accounts_waiting: Mutex<Option<Vec<String>>>,
+    accounts_syncing: AtomicBool,
 
     // Links (`peers.rs`, `link.rs`).
     peers: Mutex<HashMap<String, Peer>>,
@@ -159,6 +163,8 @@ impl Mesh {
                 version: AtomicU64::new(0),
                 publishing: Mutex::new(()),
                 speech_seq: AtomicU64::new(0),
+                accounts_waiting: Mutex::new(None),
+                accounts_syncing: AtomicBool::new(false),
                 peers: Mutex::new(HashMap::new()),
                 dialers: Mutex::new(Vec::new()),
                 killed: Mutex::new(HashSet::new()),
