@@ -4,8 +4,8 @@
 
 mod common;
 
-use common::{PASSWORD, TestServer, next_message};
-use meshtalk::client::chat::{ChatSession, Outcome, Servers, render_message};
+use common::{PASSWORD, TestServer, next_message, shown};
+use meshtalk::client::chat::{ChatSession, Servers, render_message};
 use meshtalk::client::{Client, ClientError, To};
 use meshtalk::config::ServeArgs;
 use tonic::Code;
@@ -27,13 +27,6 @@ async fn node(
         ..Default::default()
     })
     .await
-}
-
-async fn show(session: &mut ChatSession, line: &str) -> Vec<String> {
-    match session.handle(line).await {
-        Outcome::Show(lines) => lines,
-        Outcome::Quit => panic!("{line:?} quit"),
-    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -61,7 +54,7 @@ async fn the_chat_client_goes_on_at_the_next_node_when_its_node_stops() {
         .expect("an account made on a logs in on b");
     let mut bob_events = bob.client().subscribe().await.unwrap();
     assert_eq!(
-        show(&mut alice, "/tell bob before").await,
+        shown(&mut alice, "/tell bob before").await,
         ["-> @bob: before"]
     );
 
@@ -69,7 +62,7 @@ async fn the_chat_client_goes_on_at_the_next_node_when_its_node_stops() {
     let TestServer { server, .. } = a;
     server.shutdown().await;
 
-    let lines = show(&mut alice, "/tell bob after").await;
+    let lines = shown(&mut alice, "/tell bob after").await;
     assert_eq!(
         lines,
         [
@@ -89,7 +82,7 @@ async fn the_chat_client_goes_on_at_the_next_node_when_its_node_stops() {
     );
     common::assert_quiet(&mut bob_events).await;
     // The session is the same one: its history is there on b.
-    let history = show(&mut alice, "/join lobby").await;
+    let history = shown(&mut alice, "/join lobby").await;
     assert_eq!(history, ["* now in #lobby"]);
 }
 

@@ -11,7 +11,8 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use common::MeshNode;
-use meshtalk::client::line::{LineClient, Reply};
+use common::lines::{direct, next, quiet, request, until};
+use meshtalk::client::line::LineClient;
 use meshtalk::codec::line::ServerLine;
 use meshtalk::mesh::handshake::{self, Transport};
 use tempfile::TempDir;
@@ -103,52 +104,11 @@ async fn say(c: &mut LineClient, text: &str) {
     c.send_line(text).await.expect("say");
 }
 
-async fn request(c: &mut LineClient, line: &str) -> Reply {
-    c.request(line).await.expect("request")
-}
-
-/// The next room line or DM, within 10 s.
-async fn next(c: &mut LineClient) -> ServerLine {
-    tokio::time::timeout(Duration::from_secs(10), c.next_delivery())
-        .await
-        .expect("a delivery in time")
-        .expect("delivery")
-}
-
-/// Nothing more arrives for a while: catches duplicates.
-async fn quiet(c: &mut LineClient) {
-    let extra = tokio::time::timeout(Duration::from_millis(400), c.next_delivery()).await;
-    assert!(extra.is_err(), "unexpected delivery: {extra:?}");
-}
-
 fn room(from: &str, text: &str) -> ServerLine {
     ServerLine::Room {
         room: "lobby".into(),
         from: from.into(),
         text: text.into(),
-    }
-}
-
-fn direct(from: &str, text: &str) -> ServerLine {
-    ServerLine::Direct {
-        from: from.into(),
-        text: text.into(),
-    }
-}
-
-/// Repeats `line` until its reply satisfies `done`; panics after 15 s.
-async fn until(c: &mut LineClient, line: &str, what: &str, done: impl Fn(&Reply) -> bool) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-    loop {
-        let reply = request(c, line).await;
-        if done(&reply) {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting until {what}; last reply {reply:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 

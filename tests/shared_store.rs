@@ -11,9 +11,10 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{ChildServer, PASSWORD};
-use meshtalk::client::chat::{ChatSession, Outcome, Servers, show_incoming};
-use meshtalk::client::line::{LineClient, Reply};
+use common::lines::{direct, next, quiet, request, until};
+use common::{ChildServer, PASSWORD, shown};
+use meshtalk::client::chat::{ChatSession, Servers, show_incoming};
+use meshtalk::client::line::LineClient;
 use meshtalk::client::{Client, To};
 use meshtalk::codec::line::ServerLine;
 
@@ -55,49 +56,9 @@ async fn login(talk: SocketAddr, name: &str, register: bool) -> LineClient {
     c
 }
 
-async fn request(c: &mut LineClient, line: &str) -> Reply {
-    c.request(line).await.expect("request")
-}
-
-async fn next(c: &mut LineClient) -> ServerLine {
-    tokio::time::timeout(Duration::from_secs(10), c.next_delivery())
-        .await
-        .expect("a delivery in time")
-        .expect("delivery")
-}
-
-/// Nothing more arrives for a while: catches repeats.
-async fn quiet(c: &mut LineClient) {
-    let extra = tokio::time::timeout(Duration::from_millis(500), c.next_delivery()).await;
-    assert!(extra.is_err(), "unexpected delivery: {extra:?}");
-}
-
-/// Repeats `line` until its reply satisfies `done`; panics after 15 s.
-async fn until(c: &mut LineClient, line: &str, done: impl Fn(&Reply) -> bool) -> Reply {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-    loop {
-        let reply = request(c, line).await;
-        if done(&reply) {
-            return reply;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{line} never gave what was awaited; last reply {reply:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 fn ops(from: &str, text: &str) -> ServerLine {
     ServerLine::Room {
         room: "ops".into(),
-        from: from.into(),
-        text: text.into(),
-    }
-}
-
-fn direct(from: &str, text: &str) -> ServerLine {
-    ServerLine::Direct {
         from: from.into(),
         text: text.into(),
     }
@@ -138,13 +99,6 @@ impl Screen {
     }
 }
 
-async fn say(session: &mut ChatSession, line: &str) -> Vec<String> {
-    match session.handle(line).await {
-        Outcome::Show(lines) => lines,
-        Outcome::Quit => panic!("{line:?} quit"),
-    }
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn three_nodes_on_one_database_behave_as_one_service() {
     let store = common::postgres::fresh_database();
@@ -162,10 +116,13 @@ async fn three_nodes_on_one_database_behave_as_one_service() {
     let mut cat = login(c.talk, "cat", true).await;
 
     // Presence spans the nodes: /who on c names who is on a and b.
-    let who = until(&mut cat, "/who", |r| r.lines.len() == 3).await;
+    let who = until(&mut cat, "/who", "c sees who is on a and b", |r| {
+        r.lines.len() == 3
+    })
+    .await;
     assert_eq!(who.lines, ["ann a", "bob b", "cat c"]);
     // Every account is served by every node, so each lists it as its own.
-    until(&mut bob, "/users *", |r| {
+    until(&mut bob, "/users *", "b lists every account online", |r| {
         r.lines == ["ann online b", "bob online b", "cat online b"]
     })
     .await;
@@ -233,8 +190,14 @@ async fn three_nodes_on_one_database_behave_as_one_service() {
             .await
             .is_ok()
     );
-    until(&mut bob, "/users dan", |r| r.lines.is_empty()).await;
-    until(&mut cat, "/users dan", |r| r.lines.is_empty()).await;
+    until(&mut bob, "/users dan", "b drops dan", |r| {
+        r.lines.is_empty()
+    })
+    .await;
+    until(&mut cat, "/users dan", "c drops dan", |r| {
+        r.lines.is_empty()
+    })
+    .await;
     let mut fresh = LineClient::connect(c.talk).await.unwrap();
     let refused = request(&mut fresh, &format!("/login dan {PASSWORD}")).await;
     assert!(!refused.is_ok(), "{refused:?}");
@@ -264,7 +227,7 @@ async fn three_nodes_on_one_database_behave_as_one_service() {
     let mut expected = Vec::new();
     for n in 1..=5 {
         assert_eq!(
-            say(&mut fay, &format!("/tell gus {n}")).await,
+            shown(&mut fay, &format!("/tell gus {n}")).await,
             [format!("-> @gus: {n}")]
         );
         expected.push(format!("@fay: {n}"));
@@ -274,7 +237,7 @@ async fn three_nodes_on_one_database_behave_as_one_service() {
 
     let a_url = a.url.clone();
     a.kill9();
-    let after = say(&mut fay, "/tell gus after the kill").await;
+    let after = shown(&mut fay, "/tell gus after the kill").await;
     assert_eq!(
         after,
         [
@@ -301,7 +264,10 @@ async fn three_nodes_on_one_database_behave_as_one_service() {
     // never restarted.
     let a = node(&store, dir.path(), &secret, "a", b.mesh);
     let mut hal = login(a.talk, "hal", true).await;
-    until(&mut hal, "/who", |r| r.lines.iter().any(|l| l == "cat c")).await;
+    until(&mut hal, "/who", "the new a sees c", |r| {
+        r.lines.iter().any(|l| l == "cat c")
+    })
+    .await;
     assert!(request(&mut hal, "/tell cat back again").await.is_ok());
     assert_eq!(next(&mut cat).await, direct("hal", "back again"));
     quiet(&mut cat).await;

@@ -6,6 +6,7 @@
 //! on PostgreSQL (`postgres.rs` starts the cluster).
 #![allow(dead_code)]
 
+pub mod lines;
 pub mod postgres;
 
 use std::io::{BufRead, BufReader};
@@ -14,6 +15,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use meshtalk::client::Client;
+use meshtalk::client::chat::{ChatSession, Outcome};
 use meshtalk::client::line::LineClient;
 use meshtalk::client::wire::WireClient;
 use meshtalk::config::ServeArgs;
@@ -504,4 +506,12 @@ pub fn log_field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
         .nth(1)?
         .split('"')
         .next()
+}
+
+/// What the chat client shows for one line typed.
+pub async fn shown(session: &mut ChatSession, line: &str) -> Vec<String> {
+    match session.handle(line).await {
+        Outcome::Show(lines) => lines,
+        Outcome::Quit => panic!("{line:?} quit"),
+    }
 }
