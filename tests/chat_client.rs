@@ -3,16 +3,9 @@
 
 mod common;
 
-use common::{PASSWORD, TestServer, next_message};
+use common::{PASSWORD, TestServer, next_message, shown};
 use meshtalk::client::chat::{ChatSession, Outcome, render_event, render_message};
 use meshtalk::proto;
-
-async fn show(session: &mut ChatSession, line: &str) -> Vec<String> {
-    match session.handle(line).await {
-        Outcome::Show(lines) => lines,
-        Outcome::Quit => panic!("{line:?} quit"),
-    }
-}
 
 #[tokio::test]
 async fn two_users_talk_through_the_chat_client() {
@@ -28,22 +21,22 @@ async fn two_users_talk_through_the_chat_client() {
     assert_eq!(alice.prompt(), "[#lobby] alice> ");
 
     // Plain lines speak in the current room.
-    assert!(show(&mut alice, "hi all").await.is_empty());
+    assert!(shown(&mut alice, "hi all").await.is_empty());
     assert_eq!(
         render_message(&next_message(&mut bob_events).await),
         "#lobby alice: hi all"
     );
-    assert_eq!(show(&mut alice, "/join #Rust").await, ["* now in #Rust"]);
+    assert_eq!(shown(&mut alice, "/join #Rust").await, ["* now in #Rust"]);
     assert_eq!(alice.prompt(), "[#Rust] alice> ");
-    show(&mut bob, "/join rust").await;
-    show(&mut alice, "//slash at the start").await;
+    shown(&mut bob, "/join rust").await;
+    shown(&mut alice, "//slash at the start").await;
     assert_eq!(
         render_message(&next_message(&mut bob_events).await),
         "#Rust alice: /slash at the start"
     );
 
     assert_eq!(
-        show(&mut bob, "/tell alice lunch?").await,
+        shown(&mut bob, "/tell alice lunch?").await,
         ["-> @alice: lunch?"]
     );
     let event = alice_events.message().await.unwrap().unwrap();
@@ -51,47 +44,50 @@ async fn two_users_talk_through_the_chat_client() {
     assert_eq!(line, "@bob: lunch?");
     assert!(id.is_some(), "messages are acked once shown");
 
-    let rooms = show(&mut alice, "/rooms").await;
+    let rooms = shown(&mut alice, "/rooms").await;
     assert_eq!(
         rooms,
         ["* #lobby 2 members (joined)", "* #Rust 2 members (joined)"]
     );
     assert_eq!(
-        show(&mut alice, "/users b*").await,
+        shown(&mut alice, "/users b*").await,
         ["* bob online on test-node"]
     );
-    assert_eq!(show(&mut alice, "/users z*").await, ["* nobody matches z*"]);
     assert_eq!(
-        show(&mut alice, "/history 5").await,
+        shown(&mut alice, "/users z*").await,
+        ["* nobody matches z*"]
+    );
+    assert_eq!(
+        shown(&mut alice, "/history 5").await,
         ["#Rust alice: /slash at the start"]
     );
     assert_eq!(
-        show(&mut alice, "/who").await,
+        shown(&mut alice, "/who").await,
         ["* alice on test-node", "* bob on test-node"]
     );
-    let stats = show(&mut alice, "/stats").await;
+    let stats = shown(&mut alice, "/stats").await;
     assert!(
         stats[0].starts_with("* node test-node: 3 messages, 2 accounts"),
         "{stats:?}"
     );
-    assert!(show(&mut alice, "/help").await.len() > 5);
-    assert_eq!(show(&mut alice, "/leave rust").await, ["* left #rust"]);
+    assert!(shown(&mut alice, "/help").await.len() > 5);
+    assert_eq!(shown(&mut alice, "/leave rust").await, ["* left #rust"]);
     assert_eq!(alice.prompt(), "[#lobby] alice> ");
 
     // Mistakes are shown, and the session goes on.
     assert_eq!(
-        show(&mut alice, "/tell nobody hi").await,
+        shown(&mut alice, "/tell nobody hi").await,
         ["! no such user: nobody"]
     );
     assert_eq!(
-        show(&mut alice, "/tell").await,
+        shown(&mut alice, "/tell").await,
         ["! usage: /tell NAME TEXT"]
     );
     assert_eq!(
-        show(&mut alice, "/dance").await,
+        shown(&mut alice, "/dance").await,
         ["! no such command /dance: try /help"]
     );
-    assert!(show(&mut alice, "").await.is_empty());
+    assert!(shown(&mut alice, "").await.is_empty());
     assert_eq!(alice.handle("/quit").await, Outcome::Quit);
 }
 

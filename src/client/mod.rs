@@ -53,7 +53,13 @@ pub fn endpoint(url: &str, ca: Option<&Path>) -> Result<Endpoint, ClientError> {
         url: url.to_owned(),
         source,
     };
-    let mut endpoint = Endpoint::from_shared(url.to_owned()).map_err(connect_error)?;
+    // `host:port` is the common case on the command line: plain gRPC.
+    let full = if url.contains("://") {
+        url.to_owned()
+    } else {
+        format!("http://{url}")
+    };
+    let mut endpoint = Endpoint::from_shared(full).map_err(connect_error)?;
     if url.starts_with("https://") {
         let mut tls = ClientTlsConfig::new();
         tls = match ca {

@@ -5,7 +5,7 @@
 //! behind an async readline whose shared writer prints incoming messages above
 //! the input line without garbling what the user is typing.
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 
 use clap::Args;
 use rustyline_async::{Readline, ReadlineEvent};
@@ -109,6 +109,11 @@ impl ChatSession {
         Ok(session)
     }
 
+    /// The server in use, as the user named it, or "the server".
+    fn server_shown(&self) -> String {
+        self.server().unwrap_or("the server").to_owned()
+    }
+
     /// The URL of the server in use, when the session knows its servers.
     pub fn server(&self) -> Option<&str> {
         self.servers.as_ref().map(Servers::current)
@@ -144,10 +149,23 @@ impl ChatSession {
                     Err(e) => Outcome::Show(vec![format!("! {e}")]),
                 }
             }
-            Ok(Some(command)) => Outcome::Show(match self.run_anywhere(command).await {
-                Ok(lines) => lines,
-                Err(e) => vec![format!("! {e}")],
-            }),
+            Ok(Some(command)) => {
+                let sending = matches!(command, Command::Say(_) | Command::Tell { .. });
+                Outcome::Show(match self.run_anywhere(command).await {
+                    Ok(lines) => lines,
+                    // Said plainly: the line is not queued, the user types
+                    // it again once the connection is back.
+                    Err(e) if is_unreachable(&e) && sending => vec![format!(
+                        "! not sent: {} is not answering; send it again once reconnected",
+                        self.server_shown()
+                    )],
+                    Err(e) if is_unreachable(&e) => vec![format!(
+                        "! {} is not answering; try again once reconnected",
+                        self.server_shown()
+                    )],
+                    Err(e) => vec![format!("! {e}")],
+                })
+            }
             Err(e) => Outcome::Show(vec![format!("! {e}")]),
         }
     }
@@ -250,15 +268,53 @@ pub fn render_event(event: &proto::Event) -> Option<(String, Option<u64>)> {
     }
 }
 
-/// The interactive client on a terminal.
+/// The client: interactive on a terminal, else reading commands from
+/// stdin line by line, for scripts.
 pub async fn run(args: ChatArgs) -> anyhow::Result<()> {
+    let scripted = !std::io::stdin().is_terminal();
     let password = match std::env::var("MESHTALK_PASSWORD") {
         Ok(password) => password,
+        Err(_) if scripted => anyhow::bail!(
+            "stdin is not a terminal, so there is nowhere to ask for the password: \
+             set MESHTALK_PASSWORD"
+        ),
         Err(_) => rpassword::prompt_password(format!("password for {}: ", args.name))?,
     };
     let servers = Servers::new(args.server, args.ca_cert);
-    let mut session =
+    let session =
         ChatSession::start_on(servers.clone(), &args.name, &password, args.register).await?;
+    if scripted {
+        return run_script(session, servers).await;
+    }
+    run_terminal(session, servers).await
+}
+
+/// Runs each line of stdin as typed, printing what it shows and what
+/// arrives meanwhile; ends at the end of stdin, every send answered.
+async fn run_script(mut session: ChatSession, servers: Servers) -> anyhow::Result<()> {
+    use tokio::io::AsyncBufReadExt;
+    let incoming = tokio::spawn(receive::show_incoming(
+        session.client().clone(),
+        servers,
+        std::io::stdout(),
+    ));
+    let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+    while let Some(line) = lines.next_line().await? {
+        match session.handle(&line).await {
+            Outcome::Quit => break,
+            Outcome::Show(shown) => {
+                let mut out = std::io::stdout().lock();
+                for line in shown {
+                    writeln!(out, "{line}")?;
+                }
+            }
+        }
+    }
+    incoming.abort();
+    Ok(())
+}
+
+async fn run_terminal(mut session: ChatSession, servers: Servers) -> anyhow::Result<()> {
     let (mut readline, mut out) = Readline::new(session.prompt())?;
     writeln!(
         out,

@@ -13,7 +13,7 @@ use std::time::Duration;
 use tonic::Code;
 
 use super::{Servers, is_unreachable, render_event};
-use crate::client::Client;
+use crate::client::{Client, ClientError};
 
 /// How many of the latest shown ids are remembered: far more than can be
 /// in flight unacknowledged when a node dies.
@@ -42,54 +42,92 @@ impl ShownIds {
     }
 }
 
-/// Prints deliveries as they come and acknowledges each once shown;
-/// resubscribes after a dropped stream, where the server replays what was
-/// not acknowledged, at the next server when the one in use is gone.
+/// First wait before subscribing again after the connection dropped;
+/// it doubles up to [`MOST_BACKOFF`].
+const FIRST_BACKOFF: Duration = Duration::from_millis(250);
+const MOST_BACKOFF: Duration = Duration::from_secs(8);
+
+/// Prints deliveries as they come and acknowledges each once shown. When
+/// the stream drops it says so once, subscribes again with backoff (at the
+/// next server when the one in use is gone), and says so once it is back;
+/// the server then replays what was not acknowledged.
 pub async fn show_incoming(mut client: Client, servers: Servers, mut out: impl Write) {
     let mut shown = ShownIds::default();
+    let mut down = false;
+    let mut backoff = FIRST_BACKOFF;
     loop {
         match client.subscribe().await {
-            Ok(mut stream) => loop {
-                match stream.message().await {
-                    Ok(Some(event)) => {
-                        let Some((line, id)) = render_event(&event) else {
-                            continue;
-                        };
-                        if id.is_none_or(|id| shown.first_showing(id)) {
-                            let _ = writeln!(out, "{line}");
-                        }
-                        if let Some(id) = id {
-                            let _ = client.ack(vec![id]).await;
-                        }
-                    }
-                    Ok(None) => break,
-                    Err(status) => {
-                        let _ = writeln!(out, "* {}", status.message());
-                        if status.code() == Code::Unauthenticated {
-                            return;
-                        }
-                        break;
-                    }
+            Ok(mut stream) => {
+                if down {
+                    let _ = writeln!(out, "* reconnected to {}", servers.current());
+                    down = false;
                 }
-            },
+                backoff = FIRST_BACKOFF;
+                match show_stream(&mut stream, &client, &mut shown, &mut out).await {
+                    Ended::LoggedOut => return,
+                    Ended::Dropped => {}
+                }
+            }
             Err(e) if is_unreachable(&e) => {
                 let gone = servers.current().to_owned();
-                match servers.fail_over(&client, &gone).await {
-                    Ok(moved) => {
-                        client = moved;
-                        let _ = writeln!(out, "* receiving from {}", servers.current());
-                        continue;
-                    }
-                    Err(e) => {
-                        let _ = writeln!(out, "* cannot receive messages: {e}");
-                    }
+                if let Ok(moved) = servers.fail_over(&client, &gone).await {
+                    client = moved;
+                    continue;
                 }
             }
-            Err(e) => {
-                let _ = writeln!(out, "* cannot receive messages: {e}");
+            Err(ClientError::Rpc(status)) if status.code() == Code::Unauthenticated => {
+                let _ = writeln!(out, "* {}", status.message());
+                return;
             }
+            Err(_) => {}
         }
-        tokio::time::sleep(Duration::from_secs(2)).await;
+        if !down {
+            let _ = writeln!(
+                out,
+                "* connection to {} lost; reconnecting",
+                servers.current()
+            );
+            down = true;
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(MOST_BACKOFF);
+    }
+}
+
+/// How a stream of deliveries ended.
+enum Ended {
+    /// The session is over: nothing to subscribe again for.
+    LoggedOut,
+    Dropped,
+}
+
+/// Shows one stream's deliveries until it ends.
+async fn show_stream(
+    stream: &mut tonic::Streaming<crate::proto::Event>,
+    client: &Client,
+    shown: &mut ShownIds,
+    out: &mut impl Write,
+) -> Ended {
+    loop {
+        match stream.message().await {
+            Ok(Some(event)) => {
+                let Some((line, id)) = render_event(&event) else {
+                    continue;
+                };
+                if id.is_none_or(|id| shown.first_showing(id)) {
+                    let _ = writeln!(out, "{line}");
+                }
+                if let Some(id) = id {
+                    let _ = client.ack(vec![id]).await;
+                }
+            }
+            Ok(None) => return Ended::Dropped,
+            Err(status) if status.code() == Code::Unauthenticated => {
+                let _ = writeln!(out, "* {}", status.message());
+                return Ended::LoggedOut;
+            }
+            Err(_) => return Ended::Dropped,
+        }
     }
 }
 
