@@ -249,6 +249,12 @@ async fn loops_deliver_once_and_a_dead_node_is_routed_around_and_rejoins() {
         r.end == ServerLine::Ok("4 nodes, 2 links".into())
     })
     .await;
+    // Who is online names b as not answering: it was there a moment ago.
+    let who = request(&mut users[0], "/who").await;
+    assert!(
+        who.lines.contains(&"no answer from b".to_owned()),
+        "{who:?}"
+    );
     let [ann, cat, dee] = &mut users[..] else {
         unreachable!()
     };

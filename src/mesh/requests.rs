@@ -19,6 +19,9 @@ use crate::model::{AccountId, RoomId, SessionId};
 
 /// How long a scatter-gather query waits for answers.
 pub const QUERY_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a node that dropped out of the mesh is still named among the
+/// nodes that did not answer a query.
+const LOST_MEMORY: Duration = Duration::from_secs(300);
 /// How long a direct message waits for its home node to commit it.
 const DIRECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Requests this node may have waiting on other nodes at once.
@@ -267,7 +270,7 @@ impl Mesh {
     async fn gather(&self, query: Query) -> (Vec<(String, Answer)>, Vec<String>) {
         let targets = self.state().reachable();
         if targets.is_empty() {
-            return (Vec::new(), Vec::new());
+            return (Vec::new(), self.state().recently_lost(LOST_MEMORY));
         }
         let req = self.next_id();
         let (tx, mut rx) = mpsc::channel(targets.len());
@@ -303,10 +306,15 @@ impl Mesh {
                 answers.push((node, answer));
             }
         }
-        let missing = targets
+        let mut missing: Vec<String> = targets
             .into_iter()
             .filter(|t| !answers.iter().any(|(n, _)| n == t))
             .collect();
+        // A node that dropped out a moment ago did not answer either: its
+        // users are missing from the answer, and the asker should know.
+        missing.extend(self.state().recently_lost(LOST_MEMORY));
+        missing.sort();
+        missing.dedup();
         (answers, missing)
     }
 

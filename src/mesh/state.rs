@@ -8,6 +8,7 @@
 //! they arrived in. That is what makes a healed partition converge.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::time::{Duration, Instant};
 
 use super::frame::{Facts, Kind, NodeState, Speech};
 
@@ -31,6 +32,9 @@ pub struct MeshState {
     /// not a scan of the records.
     claims: HashMap<String, Vec<(String, String, i64)>>,
     seen: HashMap<String, SeenWindow>,
+    /// Nodes that stopped being reachable, and when: a question to every
+    /// node names them as not answering for a while, not as never there.
+    lost: HashMap<String, Instant>,
 }
 
 /// Which sequence numbers of one origin instance were seen, over a window.
@@ -63,6 +67,7 @@ impl MeshState {
             routes: HashMap::new(),
             claims: HashMap::new(),
             seen: HashMap::new(),
+            lost: HashMap::new(),
         }
     }
 
@@ -241,7 +246,24 @@ impl MeshState {
                 }
             }
         }
+        let now = Instant::now();
+        for gone in self.routes.keys().filter(|n| !routes.contains_key(*n)) {
+            self.lost.insert(gone.clone(), now);
+        }
+        self.lost.retain(|node, _| !routes.contains_key(node));
         self.routes = routes;
+    }
+
+    /// Nodes that were reachable within `within` and are not now, sorted.
+    pub fn recently_lost(&self, within: Duration) -> Vec<String> {
+        let mut nodes: Vec<String> = self
+            .lost
+            .iter()
+            .filter(|(_, when)| when.elapsed() <= within)
+            .map(|(node, _)| node.clone())
+            .collect();
+        nodes.sort();
+        nodes
     }
 
     /// The peer to hand a message for `node` to, if `node` can be reached.
