@@ -7,6 +7,7 @@
 //!
 //! - [`model`]: the shared vocabulary: ids, stored messages, targets, kinds
 //!   of error, the clock.
+//! - [`metrics`]: the process's Prometheus metrics, counted from any layer.
 //! - [`store`]: the [`store::Store`] trait and its embedded SQLite backend
 //!   (group commit, numbered migrations). Knows nothing of the hub.
 //! - [`core`]: the domain: accounts, sessions, rooms, delivery (the hub). No
@@ -34,6 +35,7 @@ pub mod config;
 pub mod core;
 pub mod gateway;
 pub mod mesh;
+pub mod metrics;
 pub mod model;
 pub mod server;
 pub mod store;

@@ -14,6 +14,8 @@ use rustls::{ClientConfig, RootCertStore, ServerConfig};
 
 /// ALPN for gRPC: HTTP/2 only.
 pub const ALPN_H2: &[u8] = b"h2";
+/// ALPN for HTTP/1.1, which the HTTP door speaks too.
+pub const ALPN_HTTP1: &[u8] = b"http/1.1";
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {

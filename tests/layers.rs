@@ -10,24 +10,27 @@ use std::path::{Path, PathBuf};
 /// first. `proto` is generated; `main.rs` is the binary, outside the library.
 const LAYERS: &[(&str, &[&str])] = &[
     ("model", &[]),
+    ("metrics", &[]),
     ("tls", &[]),
     ("accept", &[]),
     ("proto", &[]),
-    ("store", &["model"]),
-    ("core", &["model", "store"]),
+    ("store", &["model", "metrics"]),
+    ("core", &["model", "store", "metrics"]),
     ("codec", &["model", "core"]),
-    ("mesh", &["model", "core", "accept"]),
+    ("mesh", &["model", "core", "accept", "metrics"]),
     ("config", &["model", "core", "mesh"]),
     (
         "gateway",
-        &["model", "core", "codec", "config", "accept", "proto", "tls"],
+        &[
+            "model", "core", "codec", "config", "accept", "proto", "tls", "metrics",
+        ],
     ),
     ("client", &["model", "core", "codec", "proto", "tls"]),
     (
         "server",
         &[
             "model", "store", "core", "codec", "mesh", "config", "gateway", "proto", "tls",
-            "accept",
+            "accept", "metrics",
         ],
     ),
     (

@@ -302,6 +302,7 @@ fn settings(dir: &std::path::Path, args: ServeArgs) -> meshtalk::config::Setting
         grpc_addr: ephemeral.grpc_addr,
         talk_addr: ephemeral.talk_addr,
         wire_addr: ephemeral.wire_addr,
+        http_addr: ephemeral.http_addr,
         node_name: Some("test-node".into()),
         send_rate: Some(0.0),
         ..args
@@ -461,6 +462,7 @@ async fn a_full_disk_reaches_the_user_as_disk_full_and_the_server_serves_on() {
     let (draining, _drained) = tokio::sync::mpsc::channel(1);
     let bounds = ServeArgs::default().resolve().unwrap().bounds;
     let door = Door {
+        kind: meshtalk::metrics::Door::Line,
         gate: Gate::new(&bounds),
         tls: None,
         handshake_timeout: bounds.read_timeout,

@@ -257,7 +257,7 @@ fn server_command(dir: &Path, tls: bool) -> Result<(Command, Option<Option<PathB
     };
     command
         .args(["--grpc-addr", "127.0.0.1:0", "--talk-addr", "127.0.0.1:0"])
-        .args(["--wire-addr", "127.0.0.1:0"])
+        .args(["--wire-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
         // The load comes from one address, as fast as it can: no per-client limits.
         .args(["--send-rate", "0", "--max-connections-per-ip", "1000000"])
         .args(["--registrations-per-ip", "0"])

@@ -40,6 +40,9 @@ pub struct ServeArgs {
     /// Binary protocol listen address [default: BIND:8890].
     #[arg(long, env = "MESHTALK_WIRE_ADDR")]
     pub wire_addr: Option<String>,
+    /// HTTP listen address: /metrics (Prometheus), /healthz, /readyz [default: BIND:8080].
+    #[arg(long, env = "MESHTALK_HTTP_ADDR")]
+    pub http_addr: Option<String>,
     /// Concurrent connections each of the line and binary listeners accepts [default: 65536].
     #[arg(long, env = "MESHTALK_MAX_CONNECTIONS")]
     pub max_connections: Option<usize>,
@@ -120,6 +123,7 @@ impl ServeArgs {
             grpc_addr: any_port(),
             talk_addr: any_port(),
             wire_addr: any_port(),
+            http_addr: any_port(),
             ..Default::default()
         }
     }
@@ -139,6 +143,7 @@ impl ServeArgs {
             grpc_addr: self.grpc_addr.or(file.grpc_addr),
             talk_addr: self.talk_addr.or(file.talk_addr),
             wire_addr: self.wire_addr.or(file.wire_addr),
+            http_addr: self.http_addr.or(file.http_addr),
             max_connections: self.max_connections.or(file.max_connections),
             mesh_addr: self.mesh_addr.or(file.mesh_addr),
             peer,

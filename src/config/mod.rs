@@ -16,6 +16,7 @@ pub use settings::{ConnectionBounds, Settings, StoreLocation, TlsFiles};
 pub const DEFAULT_GRPC_PORT: u16 = 50051;
 pub const DEFAULT_TALK_PORT: u16 = 8889;
 pub const DEFAULT_WIRE_PORT: u16 = 8890;
+pub const DEFAULT_HTTP_PORT: u16 = 8080;
 pub const DEFAULT_MAX_CONNECTIONS: usize = 65_536;
 pub const DEFAULT_BIND: &str = "127.0.0.1";
 /// The mesh port when `--mesh-addr` names only a host.

@@ -6,10 +6,10 @@ use std::time::Duration;
 
 use super::args::read_file;
 use super::{
-    ConfigError, DEFAULT_BIND, DEFAULT_DATA_DIR, DEFAULT_GRPC_PORT, DEFAULT_LOGIN_TIMEOUT_SECS,
-    DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_CONNECTIONS_PER_IP, DEFAULT_MESH_PORT,
-    DEFAULT_MIN_FREE_DISK, DEFAULT_READ_TIMEOUT_SECS, DEFAULT_SEND_BURST, DEFAULT_SEND_RATE,
-    DEFAULT_TALK_PORT, DEFAULT_WIRE_PORT, LogFormat, ServeArgs,
+    ConfigError, DEFAULT_BIND, DEFAULT_DATA_DIR, DEFAULT_GRPC_PORT, DEFAULT_HTTP_PORT,
+    DEFAULT_LOGIN_TIMEOUT_SECS, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_CONNECTIONS_PER_IP,
+    DEFAULT_MESH_PORT, DEFAULT_MIN_FREE_DISK, DEFAULT_READ_TIMEOUT_SECS, DEFAULT_SEND_BURST,
+    DEFAULT_SEND_RATE, DEFAULT_TALK_PORT, DEFAULT_WIRE_PORT, LogFormat, ServeArgs,
 };
 use crate::core::{Limits, SendRate};
 
@@ -95,6 +95,7 @@ pub struct Settings {
     pub grpc_addr: String,
     pub talk_addr: String,
     pub wire_addr: String,
+    pub http_addr: String,
     pub bounds: ConnectionBounds,
     pub tls: Option<TlsFiles>,
     pub allow_plaintext: bool,
@@ -129,6 +130,7 @@ impl ServeArgs {
             grpc_addr: args.door_addr(&args.grpc_addr, DEFAULT_GRPC_PORT),
             talk_addr: args.door_addr(&args.talk_addr, DEFAULT_TALK_PORT),
             wire_addr: args.door_addr(&args.wire_addr, DEFAULT_WIRE_PORT),
+            http_addr: args.door_addr(&args.http_addr, DEFAULT_HTTP_PORT),
             store,
             data_dir,
             bounds,

@@ -105,6 +105,7 @@ impl Core {
             // An unknown name costs a hash too, so timing does not tell which names exist.
             self.inner.passwords.hash(password).await?;
             turn.failed();
+            crate::metrics::login_failed();
             return Err(CoreError::BadCredentials);
         };
         if !self
@@ -114,6 +115,7 @@ impl Core {
             .await?
         {
             turn.failed();
+            crate::metrics::login_failed();
             return Err(CoreError::BadCredentials);
         }
         turn.succeeded();

@@ -85,6 +85,11 @@ impl Acks {
         acks
     }
 
+    /// Entries waiting to be written.
+    pub fn pending_count(&self) -> usize {
+        self.pending.lock().map_or(0, |p| p.entries)
+    }
+
     /// Records that `account` has been shown the direct messages (or
     /// messages of unknown room) `ids` and each room's speech up to its id.
     /// Returns whether so much is pending that the caller should wait for

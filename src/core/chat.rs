@@ -241,6 +241,7 @@ impl Core {
             if appended.duplicate {
                 return;
             }
+            crate::metrics::messages_stored(1);
             let delivery = &Delivery::new(appended.message);
             match (room, recipient) {
                 (Some(room), _) => {

@@ -155,6 +155,7 @@ impl Queue {
 
     /// Ends the queue because its receiver fell a whole queue behind.
     fn overflow(&self) {
+        crate::metrics::slow_consumer();
         let _ = self.reason.set(Closed::Overflow);
         self.end();
     }
@@ -423,6 +424,7 @@ impl Hub {
     ) {
         let mut guard = self.lock();
         let sinks = &mut guard.by_account;
+        let mut handed = 0;
         HELD.with(|held| {
             let mut held = held.borrow_mut();
             for account in accounts {
@@ -433,6 +435,7 @@ impl Hub {
                     if Some(sink.session) == except {
                         return true;
                     }
+                    handed += 1;
                     if let Some(held) = held.as_mut() {
                         held.hold(sink, delivery, self.queue_depth);
                         return true;
@@ -440,6 +443,7 @@ impl Hub {
                     match sink.queue.push(delivery, self.queue_depth) {
                         Ok(()) => true,
                         Err(Full) => {
+                            crate::metrics::slow_consumer();
                             sink.close(Closed::Overflow);
                             false
                         }
@@ -451,6 +455,8 @@ impl Hub {
                 }
             }
         });
+        // One add per message, not per receiver.
+        crate::metrics::delivered(handed);
     }
 
     /// Ends every sink of one session.

@@ -235,6 +235,24 @@ impl Core {
         self.inner.store.close().await;
     }
 
+    /// Live delivery streams on this node.
+    pub fn session_count(&self) -> usize {
+        self.inner.hub.session_count()
+    }
+
+    /// Acknowledged ids held in memory, not yet written.
+    pub fn acks_pending(&self) -> usize {
+        self.inner.acks.pending_count()
+    }
+
+    /// Whether this node takes work: it is not shutting down, and its store
+    /// answers a cheap read.
+    pub async fn ready(&self) -> Result<(), CoreError> {
+        self.check_running()?;
+        self.inner.store.last_message_id().await?;
+        Ok(())
+    }
+
     fn check_running(&self) -> Result<(), CoreError> {
         if self.inner.shutting_down.load(Ordering::SeqCst) {
             Err(CoreError::ShuttingDown)

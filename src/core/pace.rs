@@ -65,6 +65,7 @@ impl Pacer {
             return Pace::Go;
         }
         let wait = ahead - self.burst;
+        crate::metrics::rate_limited();
         if self.waited >= self.patience {
             return Pace::Flood { retry_after: wait };
         }

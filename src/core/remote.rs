@@ -78,7 +78,9 @@ impl Core {
                 Box::new(move |appended| {
                     // On a shared store a sibling may have stored it first;
                     // this node's members still get it, from this node.
-                    if appended.duplicate && core.inner.shared.is_none() {
+                    if !appended.duplicate {
+                        crate::metrics::messages_stored(1);
+                    } else if core.inner.shared.is_none() {
                         return;
                     }
                     core.fan_out_room(&Delivery::new(appended.message), room_id, None);
@@ -136,6 +138,7 @@ impl Core {
                 message,
                 Box::new(move |appended| {
                     if !appended.duplicate {
+                        crate::metrics::messages_stored(1);
                         let delivery = Delivery::new(appended.message);
                         core.inner.hub.fan_out(&delivery, [&recipient], None);
                         if let Some(siblings) = core.siblings() {

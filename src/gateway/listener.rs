@@ -83,6 +83,8 @@ pub struct Pass {
     gate: Arc<Gate>,
     address: IpAddr,
     _permit: OwnedSemaphorePermit,
+    /// Counts the connection as open, by door, while it lives.
+    _open: Option<crate::metrics::Open>,
 }
 
 impl Drop for Pass {
@@ -130,6 +132,7 @@ impl Gate {
             gate: self.clone(),
             address,
             _permit: permit,
+            _open: None,
         })
     }
 }
@@ -138,6 +141,8 @@ impl Gate {
 /// acceptor if it speaks TLS, and the time a TLS handshake may take.
 #[derive(Clone)]
 pub struct Door {
+    /// Which door this is, for the metrics.
+    pub kind: crate::metrics::Door,
     pub gate: Arc<Gate>,
     pub tls: Option<TlsAcceptor>,
     pub handshake_timeout: Duration,
@@ -261,7 +266,8 @@ pub async fn accept_loop<H, HF, R, RF>(
         let admitted = door.gate.admit(peer.ip());
         let door = door.clone();
         match admitted {
-            Ok(pass) => {
+            Ok(mut pass) => {
+                pass._open = Some(crate::metrics::connection_opened(door.kind));
                 let (handle, shutdown, draining) =
                     (handle.clone(), shutdown.clone(), draining.clone());
                 tokio::spawn(async move {
@@ -273,6 +279,7 @@ pub async fn accept_loop<H, HF, R, RF>(
                 });
             }
             Err(refusal) => {
+                crate::metrics::connection_refused();
                 // Saying why costs a task and, on a TLS door, a handshake:
                 // only so many at once.
                 let Ok(permit) = door.gate.refusals.clone().try_acquire_owned() else {
@@ -325,7 +332,9 @@ pub struct GrpcConnection {
     stream: Stream,
     peer: SocketAddr,
     _pass: Pass,
-    frames: FrameClock,
+    /// The HTTP/2 frames' clock; none on the HTTP door, whose HTTP/1.1
+    /// requests hyper times itself (its header read deadline).
+    frames: Option<FrameClock>,
 }
 
 impl GrpcConnection {
@@ -334,7 +343,17 @@ impl GrpcConnection {
             stream: accepted.stream,
             peer: accepted.peer,
             _pass: accepted.pass,
-            frames: FrameClock::new(read_timeout),
+            frames: Some(FrameClock::new(read_timeout)),
+        }
+    }
+
+    /// A connection of the HTTP door, which speaks HTTP/1.1 as well.
+    pub fn http(accepted: Accepted) -> GrpcConnection {
+        GrpcConnection {
+            stream: accepted.stream,
+            peer: accepted.peer,
+            _pass: accepted.pass,
+            frames: None,
         }
     }
 }
@@ -440,16 +459,19 @@ impl AsyncRead for GrpcConnection {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
         let this = self.get_mut();
+        let Some(frames) = this.frames.as_mut() else {
+            return Pin::new(&mut this.stream).poll_read(cx, buf);
+        };
         let before = buf.filled().len();
         match Pin::new(&mut this.stream).poll_read(cx, buf) {
             // A frame trickling in a byte at a time is as late as one that
             // stopped: both are checked against the same deadline.
-            Poll::Ready(Ok(())) if !this.frames.overdue() => {
-                this.frames.saw(&buf.filled()[before..]);
+            Poll::Ready(Ok(())) if !frames.overdue() => {
+                frames.saw(&buf.filled()[before..]);
                 Poll::Ready(Ok(()))
             }
             Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
-            Poll::Pending if !this.frames.expired(cx) => Poll::Pending,
+            Poll::Pending if !frames.expired(cx) => Poll::Pending,
             _ => {
                 tracing::debug!(peer = %this.peer, "HTTP/2 frame unfinished past the read deadline");
                 Poll::Ready(Err(std::io::Error::new(

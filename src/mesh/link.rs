@@ -35,7 +35,10 @@ impl Peer {
     /// when it relinks.
     pub fn offer(&self, node: &str, bytes: &Bytes) -> bool {
         match self.tx.try_send(bytes.clone()) {
-            Ok(()) => true,
+            Ok(()) => {
+                crate::metrics::mesh_frame_out();
+                true
+            }
             Err(mpsc::error::TrySendError::Full(_)) => {
                 tracing::warn!(
                     peer = node,
@@ -542,6 +545,7 @@ fn handle(
     peer: &str,
     message: PeerMessage,
 ) -> Result<Option<BoxFuture<'static, ()>>, LinkError> {
+    crate::metrics::mesh_frame_in();
     if let Err(what) = well_formed(&message) {
         return Err(LinkError::Protocol(what));
     }

@@ -1,4 +1,4 @@
-//! The three client doors (gRPC, line, binary): binding their listeners,
+//! The client doors (gRPC, line, binary) and the HTTP door: binding their listeners,
 //! refusing a public one without TLS, giving each the shared gate and its
 //! TLS acceptor, and the accept loops that serve them.
 
@@ -12,9 +12,10 @@ use super::ServerError;
 use crate::config::{ConnectionBounds, Settings};
 use crate::core::Core;
 use crate::gateway::listener::{
-    Deadlines, Door, Draining, Gate, GrpcConnection, Shutdown, accept_loop, say_and_close,
+    Accepted, Deadlines, Door, Draining, Gate, GrpcConnection, Shutdown, accept_loop, say_and_close,
 };
 use crate::gateway::{talk, wire};
+use crate::metrics::Door as Kind;
 
 /// Where each door listens, once bound.
 #[derive(Debug, Clone, Copy)]
@@ -22,6 +23,7 @@ pub(super) struct Addrs {
     pub grpc: SocketAddr,
     pub talk: SocketAddr,
     pub wire: SocketAddr,
+    pub http: SocketAddr,
 }
 
 /// The doors' listeners, bound and not yet accepting.
@@ -29,6 +31,7 @@ pub(super) struct Listeners {
     grpc: TcpListener,
     talk: TcpListener,
     wire: TcpListener,
+    http: TcpListener,
     pub addrs: Addrs,
 }
 
@@ -40,11 +43,13 @@ impl Listeners {
         let (grpc, grpc_addr) = bind(&settings.grpc_addr).await?;
         let (talk, talk_addr) = bind(&settings.talk_addr).await?;
         let (wire, wire_addr) = bind(&settings.wire_addr).await?;
+        let (http, http_addr) = bind(&settings.http_addr).await?;
         if settings.tls.is_none() && !settings.allow_plaintext {
             for (door, addr) in [
                 ("gRPC", grpc_addr),
                 ("line", talk_addr),
                 ("binary", wire_addr),
+                ("HTTP", http_addr),
             ] {
                 if !addr.ip().is_loopback() {
                     return Err(ServerError::Plaintext { door, addr });
@@ -55,10 +60,12 @@ impl Listeners {
             grpc,
             talk,
             wire,
+            http,
             addrs: Addrs {
                 grpc: grpc_addr,
                 talk: talk_addr,
                 wire: wire_addr,
+                http: http_addr,
             },
         })
     }
@@ -80,12 +87,13 @@ pub(super) struct Doors {
     grpc: Door,
     talk: Door,
     wire: Door,
+    http: Door,
 }
 
 impl Doors {
     pub fn new(settings: &Settings) -> Result<Doors, ServerError> {
         let gate = Gate::new(&settings.bounds);
-        let door = |alpn: &[&[u8]]| -> Result<Door, ServerError> {
+        let door = |kind, alpn: &[&[u8]]| -> Result<Door, ServerError> {
             let tls = match &settings.tls {
                 Some(files) => Some(TlsAcceptor::from(crate::tls::server_config(
                     &files.cert,
@@ -95,22 +103,31 @@ impl Doors {
                 None => None,
             };
             Ok(Door {
+                kind,
                 gate: gate.clone(),
                 tls,
                 handshake_timeout: settings.bounds.read_timeout,
             })
         };
         Ok(Doors {
-            grpc: door(&[crate::tls::ALPN_H2])?,
-            talk: door(&[])?,
-            wire: door(&[])?,
+            grpc: door(Kind::Grpc, &[crate::tls::ALPN_H2])?,
+            talk: door(Kind::Line, &[])?,
+            wire: door(Kind::Binary, &[])?,
+            http: door(Kind::Http, &[crate::tls::ALPN_H2, crate::tls::ALPN_HTTP1])?,
         })
     }
 }
 
+/// The connections admitted for tonic to serve: the gRPC door's and the
+/// HTTP door's.
+pub(super) struct Admitted {
+    pub grpc: mpsc::Receiver<GrpcConnection>,
+    pub http: mpsc::Receiver<GrpcConnection>,
+}
+
 /// Starts accepting on every door until `shutdown`: line and binary
 /// connections are served here, each holding `draining` while it lives;
-/// admitted gRPC connections are returned for tonic to serve.
+/// admitted gRPC and HTTP connections are returned for tonic to serve.
 pub(super) fn serve(
     listeners: Listeners,
     doors: Doors,
@@ -118,14 +135,24 @@ pub(super) fn serve(
     bounds: &ConnectionBounds,
     shutdown: Shutdown,
     draining: Draining,
-) -> mpsc::Receiver<GrpcConnection> {
-    let admitted = admit_grpc(
-        listeners.grpc,
-        doors.grpc,
-        shutdown.clone(),
-        draining.clone(),
-        bounds,
-    );
+) -> Admitted {
+    let read_timeout = bounds.read_timeout;
+    let admitted = Admitted {
+        grpc: admit_to_tonic(
+            listeners.grpc,
+            doors.grpc,
+            shutdown.clone(),
+            draining.clone(),
+            move |accepted| GrpcConnection::new(accepted, read_timeout),
+        ),
+        http: admit_to_tonic(
+            listeners.http,
+            doors.http,
+            shutdown.clone(),
+            draining.clone(),
+            GrpcConnection::http,
+        ),
+    };
     let deadlines = Deadlines::new(bounds);
     let talk_core = core.clone();
     tokio::spawn(accept_loop(
@@ -152,16 +179,15 @@ pub(super) fn serve(
     admitted
 }
 
-/// The gRPC door's accept loop: gRPC connections come through the same
-/// gate as the others, and tonic serves what it admitted.
-fn admit_grpc(
+/// The accept loop of a door tonic serves (gRPC, HTTP): its connections come
+/// through the same gate as the others, and tonic serves what it admitted.
+fn admit_to_tonic(
     listener: TcpListener,
     door: Door,
     shutdown: Shutdown,
     draining: Draining,
-    bounds: &ConnectionBounds,
+    wrap: impl Fn(Accepted) -> GrpcConnection + Send + Sync + Copy + 'static,
 ) -> mpsc::Receiver<GrpcConnection> {
-    let read_timeout = bounds.read_timeout;
     let (admitted, incoming) = mpsc::channel::<GrpcConnection>(64);
     tokio::spawn(accept_loop(
         listener,
@@ -173,9 +199,7 @@ fn admit_grpc(
             async move {
                 // Refused only once tonic has stopped: the connection
                 // then closes as it is dropped.
-                let _ = admitted
-                    .send(GrpcConnection::new(accepted, read_timeout))
-                    .await;
+                let _ = admitted.send(wrap(accepted)).await;
             }
         },
         // An HTTP/2 client cannot read a sentence: it is only closed.

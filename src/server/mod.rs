@@ -17,6 +17,7 @@
 
 mod doors;
 mod grpc;
+mod http;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -74,9 +75,13 @@ pub struct Server {
     grpc_addr: SocketAddr,
     talk_addr: SocketAddr,
     wire_addr: SocketAddr,
+    http_addr: SocketAddr,
     health: HealthReporter,
     stop_grpc: Option<oneshot::Sender<()>>,
     grpc: JoinHandle<()>,
+    /// Stops the HTTP door, last, so it reports readiness to the end.
+    stop_http: Option<oneshot::Sender<()>>,
+    http: JoinHandle<()>,
     /// Tells line and binary connections to say goodbye.
     stop_sockets: watch::Sender<bool>,
     /// Ends (yields `None`) once every socket connection task is gone.
@@ -97,6 +102,7 @@ impl Server {
 
         // What stops the serving tasks, and what tells shutdown they are done.
         let (stop_grpc, stopped) = oneshot::channel::<()>();
+        let (stop_http, http_stopped) = oneshot::channel::<()>();
         let (stop_sockets, shutdown) = Shutdown::new();
         let (draining, sockets_drained) = mpsc::channel(1);
         let addrs = listeners.addrs;
@@ -108,7 +114,8 @@ impl Server {
             shutdown,
             draining,
         );
-        let grpc = grpc::serve(router, admitted, stopped);
+        let grpc = grpc::serve(router, admitted.grpc, stopped);
+        let http = http::serve(core.clone(), mesh.clone(), admitted.http, http_stopped);
 
         log_serving(&settings, addrs, mesh_addr);
         Ok(Server {
@@ -118,7 +125,10 @@ impl Server {
             grpc_addr: addrs.grpc,
             talk_addr: addrs.talk,
             wire_addr: addrs.wire,
+            http_addr: addrs.http,
             health,
+            stop_http: Some(stop_http),
+            http,
             stop_grpc: Some(stop_grpc),
             grpc,
             stop_sockets,
@@ -137,6 +147,10 @@ impl Server {
 
     pub fn wire_addr(&self) -> SocketAddr {
         self.wire_addr
+    }
+
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
     }
 
     /// Where the mesh listener given at start is bound, if any.
@@ -171,6 +185,16 @@ impl Server {
         if tokio::time::timeout(SHUTDOWN_GRACE, drained).await.is_err() {
             tracing::warn!("open calls outlived the grace period; cutting them");
             self.grpc.abort();
+        }
+        // Up until here, so /readyz says "shutting down" while others drain.
+        if let Some(stop) = self.stop_http.take() {
+            let _ = stop.send(());
+        }
+        if tokio::time::timeout(SHUTDOWN_GRACE, &mut self.http)
+            .await
+            .is_err()
+        {
+            self.http.abort();
         }
         self.core.close_store().await;
         tracing::info!("stopped");
@@ -256,6 +280,7 @@ fn log_serving(settings: &Settings, addrs: doors::Addrs, mesh_addr: Option<Socke
         grpc = %addrs.grpc,
         talk = %addrs.talk,
         wire = %addrs.wire,
+        http = %addrs.http,
         mesh = %mesh_addr.map_or_else(|| "off".to_owned(), |a| a.to_string()),
         store = %settings.store.shown(),
         tls = settings.tls.is_some(),

@@ -77,6 +77,7 @@ impl TestServer {
             grpc_addr: ephemeral.grpc_addr,
             talk_addr: ephemeral.talk_addr,
             wire_addr: ephemeral.wire_addr,
+            http_addr: ephemeral.http_addr,
             ..args
         };
         args.node_name.get_or_insert_with(|| "test-node".into());
@@ -462,7 +463,7 @@ pub fn spawn_server_with(
         .args(["serve", "--log-format", "json"])
         .args(["--grpc-addr", "127.0.0.1:0"])
         .args(["--talk-addr", "127.0.0.1:0"])
-        .args(["--wire-addr", "127.0.0.1:0"])
+        .args(["--wire-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
         .arg("--data-dir")
         .arg(data_dir)
         .args(extra)

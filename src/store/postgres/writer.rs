@@ -203,10 +203,14 @@ async fn write_loop(
 /// Runs a batch in one transaction, again while the database asks for it.
 async fn commit(connection: &mut Connection, ops: &[Work]) -> Result<Vec<Outcome>, StoreError> {
     let mut attempt = 1;
+    let started = std::time::Instant::now();
     loop {
         let (client, statements) = connection.live().await?;
         match run(client, statements, ops).await {
-            Ok(outcomes) => return Ok(outcomes),
+            Ok(outcomes) => {
+                crate::metrics::committed(ops.len(), started.elapsed());
+                return Ok(outcomes);
+            }
             Err(e) if is_transient(&e) && attempt < ATTEMPTS => attempt += 1,
             Err(e) => return Err(backend(e)),
         }

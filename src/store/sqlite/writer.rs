@@ -221,6 +221,7 @@ fn collect_batch(jobs: &mut mpsc::UnboundedReceiver<Job>, batch: &mut Vec<Job>) 
 fn commit_batch(writer: &Writer<'_>, batch: &mut Vec<Job>) -> Answers {
     let conn = writer.conn;
     let mut finishes = Vec::with_capacity(batch.len());
+    let (started, size) = (std::time::Instant::now(), batch.len());
     let commit = conn
         .execute_batch("BEGIN IMMEDIATE")
         .map_err(backend)
@@ -230,10 +231,13 @@ fn commit_batch(writer: &Writer<'_>, batch: &mut Vec<Job>) -> Answers {
                 .try_for_each(|job| run_job(writer, job, &mut finishes))
         })
         .and_then(|()| conn.execute_batch("COMMIT").map_err(backend));
-    if let Err(e) = &commit {
-        tracing::error!(error = %e, "commit failed");
-        if !conn.is_autocommit() {
-            let _ = conn.execute_batch("ROLLBACK");
+    match &commit {
+        Ok(()) => crate::metrics::committed(size, started.elapsed()),
+        Err(e) => {
+            tracing::error!(error = %e, "commit failed");
+            if !conn.is_autocommit() {
+                let _ = conn.execute_batch("ROLLBACK");
+            }
         }
     }
     batch.clear();
