@@ -48,9 +48,47 @@ struct CertArgs {
     names: Vec<String>,
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
     let command = Cli::parse().command;
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            say_error(&format!("cannot start: {e}"));
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(command)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            say_error(&report(&e));
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// Says why the command failed, on stderr; a stderr that is gone (a pipe
+/// whose reader quit) is no reason to panic.
+fn say_error(why: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "meshtalk: {why}");
+}
+
+/// An error as a person reads it: each cause once, in plain words, never a
+/// backtrace. A cause whose text the message already carries (errors that
+/// name their source in their own message) is not said again.
+fn report(e: &anyhow::Error) -> String {
+    let mut said = e.to_string();
+    for cause in e.chain().skip(1) {
+        let text = cause.to_string();
+        if !said.contains(&text) {
+            said.push_str(": ");
+            said.push_str(&text);
+        }
+    }
+    said
+}
+
+async fn run(command: Command) -> anyhow::Result<()> {
     if matches!(command, Command::Serve(_) | Command::Bench(_)) {
         raise_open_file_limit();
     }
@@ -105,10 +143,13 @@ fn cert(args: CertArgs) -> anyhow::Result<()> {
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let settings = args.resolve()?;
     init_logging(settings.log_format, "info");
+    // Watched before the server starts, so a Ctrl-C at any moment after
+    // it is serving shuts it down in order instead of killing it.
     let mut terminate = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
     let server = Server::start(settings).await?;
     tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
+        _ = interrupt.recv() => {}
         _ = terminate.recv() => {}
     }
     server.shutdown().await;
@@ -118,8 +159,11 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 fn init_logging(format: LogFormat, default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    use std::io::IsTerminal;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        // Colours are for people at a terminal, not for files and pipes.
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),

@@ -90,7 +90,7 @@ async fn a_session_from_register_to_quit() {
         "#Rust alice: in rust now"
     );
     let history = alice.request("/history 5").await.unwrap();
-    assert_eq!(ok(&history), "1 lines");
+    assert_eq!(ok(&history), "1 line");
     assert_eq!(
         alice.request("/history").await.unwrap().lines.len(),
         0,
@@ -99,7 +99,7 @@ async fn a_session_from_register_to_quit() {
 
     let users = alice.request("/users A*").await.unwrap();
     assert_eq!(users.lines, ["alice online test-node"]);
-    assert_eq!(ok(&users), "1 users");
+    assert_eq!(ok(&users), "1 user");
     let who = alice.request("/who").await.unwrap();
     assert_eq!(who.lines, ["alice test-node", "bob test-node"]);
     let rooms = alice.request("/rooms").await.unwrap();
@@ -258,14 +258,15 @@ async fn bad_input_gets_its_exact_code_and_the_connection_stays() {
         err(&c.request("/tell nobody hi").await.unwrap()),
         ("not-found", "no such user: nobody")
     );
+    // The code says it is about usage; the text does not say so again.
     for (line, usage) in [
-        ("/tell", "usage: /tell NAME TEXT"),
-        ("/tell bob", "usage: /tell NAME TEXT"),
-        ("/join", "usage: /join ROOM"),
-        ("/leave", "usage: /leave ROOM"),
-        ("/login x", "usage: /login NAME PASSWORD"),
-        ("/history many", "usage: /history [N], N from 1 to 1000"),
-        ("/who me", "usage: this command takes no arguments"),
+        ("/tell", "/tell NAME TEXT"),
+        ("/tell bob", "/tell NAME TEXT"),
+        ("/join", "/join ROOM"),
+        ("/leave", "/leave ROOM"),
+        ("/login x", "/login NAME PASSWORD"),
+        ("/history many", "/history [N], N from 1 to 1000"),
+        ("/who me", "this command takes no arguments"),
     ] {
         assert_eq!(
             err(&c.request(line).await.unwrap()),
@@ -307,13 +308,13 @@ async fn operator_commands_are_refused_to_everyone_else() {
     assert_eq!(ok(&root.request("/peers").await.unwrap()), "0 peers");
     let topology = root.request("/topology").await.unwrap();
     assert_eq!(topology.lines, ["node test-node"]);
-    assert_eq!(topology.end, ServerLine::Ok("1 nodes, 0 links".into()));
+    assert_eq!(topology.end, ServerLine::Ok("1 node, 0 links".into()));
     // Linking needs the mesh secret, and this server was started without one.
     assert_eq!(
         err(&root.request("/peer-connect 127.0.0.1 9999").await.unwrap()),
         (
             "invalid",
-            "invalid mesh: no mesh secret is configured: start the server with --mesh-secret-file"
+            "mesh: no mesh secret is configured: start the server with --mesh-secret-file"
         )
     );
 }
@@ -398,7 +399,7 @@ async fn a_burst_of_speech_is_stored_in_order_and_failures_come_before_the_next_
         err(&reply),
         (
             "invalid",
-            "invalid body: it contains a line break or control character"
+            "body: it contains a line break or control character"
         )
     );
     let history = c.read_reply().await.unwrap();
@@ -435,7 +436,7 @@ async fn each_session_speaks_in_the_room_it_last_joined() {
     let reply = again.request("/leave attic").await.unwrap();
     assert_eq!(ok(&reply), "you were not in #attic");
     // History lines come as room lines, beside the reply.
-    assert_eq!(ok(&again.request("/history 1").await.unwrap()), "1 lines");
+    assert_eq!(ok(&again.request("/history 1").await.unwrap()), "1 line");
     let shown = again.take_deliveries();
     assert_eq!(
         shown,

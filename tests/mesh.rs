@@ -77,7 +77,15 @@ impl Mesh {
         for node in &self.nodes {
             ops.push(node.operator().await);
         }
-        let end = ServerLine::Ok(format!("{nodes} nodes, {links} links"));
+        let plural = |n: usize, what: &str| match n {
+            1 => format!("1 {what}"),
+            n => format!("{n} {what}s"),
+        };
+        let end = ServerLine::Ok(format!(
+            "{}, {}",
+            plural(nodes, "node"),
+            plural(links, "link")
+        ));
         let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
         loop {
             let mut seen = Vec::new();
@@ -647,7 +655,7 @@ async fn a_peer_with_the_secret_that_sends_bad_names_is_cut_off() {
     ] {
         let mut peer = FakePeer::link(mesh.node("a").mesh, &secret, "fake").await;
         until(&mut op, "/peers", "fake is linked", |r| {
-            r.end == ServerLine::Ok("1 peers".into())
+            r.end == ServerLine::Ok("1 peer".into())
         })
         .await;
         peer.send(bad).await;
@@ -1066,7 +1074,7 @@ async fn a_frame_altered_in_flight_ends_the_link_and_a_clean_redial_restores_it(
     .await;
     assert_eq!(reply.end, ServerLine::Ok("linked to b".into()), "{reply:?}");
     until(&mut op_b, "/peers", "b lists a", |r| {
-        r.end == ServerLine::Ok("1 peers".into())
+        r.end == ServerLine::Ok("1 peer".into())
     })
     .await;
 
@@ -1084,7 +1092,7 @@ async fn a_frame_altered_in_flight_ends_the_link_and_a_clean_redial_restores_it(
     // carries a's records again.
     knows(&mut op_b, &["ann"]).await;
     until(&mut op_b, "/peers", "b lists a again", |r| {
-        r.end == ServerLine::Ok("1 peers".into())
+        r.end == ServerLine::Ok("1 peer".into())
     })
     .await;
     assert!(relay.connections() >= 2);

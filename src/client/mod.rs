@@ -24,8 +24,10 @@ pub enum ClientError {
         url: String,
         source: tonic::transport::Error,
     },
+    /// The server's answer. Its message is the server's own sentence; the
+    /// status is not a cause to print after it.
     #[error("{}", .0.message())]
-    Rpc(#[from] Status),
+    Rpc(Status),
     #[error("not logged in")]
     NotLoggedIn,
     #[error("cannot read the CA certificate {path}: {source}")]
@@ -33,6 +35,12 @@ pub enum ClientError {
         path: std::path::PathBuf,
         source: std::io::Error,
     },
+}
+
+impl From<Status> for ClientError {
+    fn from(status: Status) -> Self {
+        ClientError::Rpc(status)
+    }
 }
 
 /// A channel to `url`; `https://` speaks TLS, trusting `ca` (a PEM file) or

@@ -291,11 +291,21 @@ impl fmt::Display for ServerLine {
 }
 
 impl ServerLine {
-    /// `-ERR CODE TEXT`.
+    /// `-ERR CODE TEXT`. A text that starts with its code's word (`invalid
+    /// room: …`, `usage: …`) does not say it twice.
     pub fn error(code: ErrCode, text: impl Into<String>) -> ServerLine {
+        let code = code.as_str();
+        let text = text.into();
+        let text = match text
+            .strip_prefix(code)
+            .and_then(|rest| rest.strip_prefix(": ").or_else(|| rest.strip_prefix(' ')))
+        {
+            Some(rest) if !rest.is_empty() => rest.to_owned(),
+            _ => text,
+        };
         ServerLine::Err {
-            code: code.as_str().to_owned(),
-            text: text.into(),
+            code: code.to_owned(),
+            text,
         }
     }
 

@@ -126,6 +126,7 @@ impl ServeArgs {
         let mesh_secret = args.mesh_secret()?;
         let tls = args.tls()?;
         let bounds = args.bounds()?;
+        let peers = args.peers()?;
         Ok(Settings {
             grpc_addr: args.door_addr(&args.grpc_addr, DEFAULT_GRPC_PORT),
             talk_addr: args.door_addr(&args.talk_addr, DEFAULT_TALK_PORT),
@@ -139,7 +140,7 @@ impl ServeArgs {
             min_free_disk: args.min_free_disk.unwrap_or(DEFAULT_MIN_FREE_DISK),
             node,
             mesh_addr: args.mesh_addr.map(with_mesh_port),
-            peers: args.peer,
+            peers,
             mesh_secret,
             operators: args.operator,
             log_format: args.log_format.unwrap_or(LogFormat::Text),
@@ -148,6 +149,22 @@ impl ServeArgs {
     }
 
     /// A door's own address, else the bind host with the door's port.
+    /// The peers to link to, each `HOST:PORT`: a peer without a port would
+    /// be dialled, and fail, for ever.
+    fn peers(&self) -> Result<Vec<String>, ConfigError> {
+        for peer in &self.peer {
+            let port = peer
+                .rsplit_once(':')
+                .map(|(host, port)| (host, port.parse::<u16>()));
+            if !matches!(port, Some((host, Ok(_))) if !host.is_empty()) {
+                return Err(ConfigError::Invalid(format!(
+                    "--peer {peer}: give the peer's mesh address as HOST:PORT, e.g. {peer}:9999"
+                )));
+            }
+        }
+        Ok(self.peer.clone())
+    }
+
     fn door_addr(&self, own: &Option<String>, port: u16) -> String {
         own.clone()
             .unwrap_or_else(|| join_host_port(self.bind.as_deref().unwrap_or(DEFAULT_BIND), port))

@@ -27,6 +27,12 @@ pub struct DataDirLock {
 impl DataDirLock {
     /// Locks `dir`, creating it if needed, or says which process holds it.
     pub fn acquire(dir: &Path) -> Result<DataDirLock, StoreError> {
+        if dir.exists() && !dir.is_dir() {
+            return Err(StoreError::InUse(format!(
+                "the data dir {} is a file: name a directory (or one to create)",
+                dir.display()
+            )));
+        }
         std::fs::create_dir_all(dir)
             .map_err(|e| StoreError::failed(format!("cannot create {}", dir.display()), e))?;
         let path = dir.join(LOCK_FILE);

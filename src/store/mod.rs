@@ -27,7 +27,8 @@ pub enum StoreError {
     NameTaken,
     #[error("the store is closed")]
     Closed,
-    /// The data dir is locked by another server.
+    /// The data dir cannot be used: another server holds its lock, or it
+    /// is not a directory.
     #[error("{0}")]
     InUse(String),
     /// Free disk space is under the reserve: new messages are refused,

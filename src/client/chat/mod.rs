@@ -281,8 +281,19 @@ pub async fn run(args: ChatArgs) -> anyhow::Result<()> {
         Err(_) => rpassword::prompt_password(format!("password for {}: ", args.name))?,
     };
     let servers = Servers::new(args.server, args.ca_cert);
-    let session =
-        ChatSession::start_on(servers.clone(), &args.name, &password, args.register).await?;
+    let session = ChatSession::start_on(servers.clone(), &args.name, &password, args.register)
+        .await
+        .map_err(|e| match e {
+            ClientError::Rpc(status)
+                if status.code() == tonic::Code::Unauthenticated && !args.register =>
+            {
+                anyhow::anyhow!(
+                    "{} (a new account? add --register to create it)",
+                    status.message()
+                )
+            }
+            e => e.into(),
+        })?;
     if scripted {
         return run_script(session, servers).await;
     }

@@ -12,6 +12,15 @@ pub(super) fn err(code: ErrCode, text: impl Into<String>) -> ServerLine {
     ServerLine::error(code, text)
 }
 
+/// `1 user`, `2 users`.
+fn counted(n: usize, what: &str) -> String {
+    if n == 1 {
+        format!("1 {what}")
+    } else {
+        format!("{n} {what}s")
+    }
+}
+
 pub(super) fn notice(text: impl Into<String>) -> ServerLine {
     ServerLine::Notice(text.into())
 }
@@ -71,7 +80,7 @@ pub(super) fn users(core: &Core, pattern: &str) -> Result<Vec<ServerLine>, CoreE
         let state = if u.online { "online" } else { "offline" };
         format!("{} {state} {}", u.name, u.node)
     });
-    Ok(listing(lines, format!("{count} users")))
+    Ok(listing(lines, counted(count, "user")))
 }
 
 pub(super) async fn who(core: &Core) -> Vec<ServerLine> {
@@ -87,7 +96,7 @@ pub(super) fn rooms(core: &Core, who: &Identity) -> Vec<ServerLine> {
         let mark = if r.joined { " (joined)" } else { "" };
         format!("#{} {} members{mark}", r.name, r.members)
     });
-    listing(lines.collect::<Vec<_>>(), format!("{} rooms", rooms.len()))
+    listing(lines.collect::<Vec<_>>(), counted(rooms.len(), "room"))
 }
 
 pub(super) async fn join(core: &Core, who: &Identity, room: &str) -> Result<ServerLine, CoreError> {
@@ -118,7 +127,7 @@ pub(super) async fn history(
     let room = Target::Room(core.current_room(who));
     let messages = core.history_reply(who, &room, 0, n, true).await?;
     let mut reply: Vec<ServerLine> = messages.iter().map(message_line).collect();
-    reply.push(ok(format!("{} lines", messages.len())));
+    reply.push(ok(counted(messages.len(), "line")));
     Ok(reply)
 }
 
@@ -148,7 +157,7 @@ pub(super) fn peers(core: &Core, who: &Identity) -> Result<Vec<ServerLine>, Core
     });
     Ok(listing(
         lines.collect::<Vec<_>>(),
-        format!("{} peers", peers.len()),
+        counted(peers.len(), "peer"),
     ))
 }
 
@@ -157,9 +166,9 @@ pub(super) fn topology(core: &Core, who: &Identity) -> Result<Vec<ServerLine>, C
     let nodes = topology.nodes.iter().map(|node| format!("node {node}"));
     let links = topology.links.iter().map(|(a, b)| format!("link {a} {b}"));
     let summary = format!(
-        "{} nodes, {} links",
-        topology.nodes.len(),
-        topology.links.len()
+        "{}, {}",
+        counted(topology.nodes.len(), "node"),
+        counted(topology.links.len(), "link")
     );
     Ok(listing(nodes.chain(links).collect::<Vec<_>>(), summary))
 }
