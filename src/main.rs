@@ -141,7 +141,12 @@ fn cert(args: CertArgs) -> anyhow::Result<()> {
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let check_only = args.check_config;
     let settings = args.resolve()?;
+    if check_only {
+        println!("{}", check_config(&settings)?);
+        return Ok(());
+    }
     init_logging(settings.log_format, "info");
     // Watched before the server starts, so a Ctrl-C at any moment after
     // it is serving shuts it down in order instead of killing it.
@@ -154,6 +159,42 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     server.shutdown().await;
     Ok(())
+}
+
+/// What `serve --check-config` says: the settings a server would run with,
+/// once the files they name have been read. Nothing is bound or opened.
+fn check_config(settings: &meshtalk::config::Settings) -> anyhow::Result<String> {
+    if let Some(tls) = &settings.tls {
+        meshtalk::tls::server_config(&tls.cert, &tls.key, &[])
+            .with_context(|| format!("TLS: {}", tls.cert.display()))?;
+    }
+    let data_dir = &settings.data_dir;
+    if data_dir.exists() && !data_dir.is_dir() {
+        anyhow::bail!("the data dir {} is a file", data_dir.display());
+    }
+    let mesh = match &settings.mesh_addr {
+        Some(addr) => format!("mesh on {addr}"),
+        None => "no mesh listener".to_owned(),
+    };
+    Ok(format!(
+        "config OK: node {node}, store {store}, data dir {dir}\n\
+         doors: gRPC {grpc}, line {talk}, binary {wire}, HTTP {http}, TLS {tls}\n\
+         {mesh}, {peers} peers to link, mesh secret {secret}",
+        node = settings.node,
+        store = settings.store.shown(),
+        dir = data_dir.display(),
+        grpc = settings.grpc_addr,
+        talk = settings.talk_addr,
+        wire = settings.wire_addr,
+        http = settings.http_addr,
+        tls = if settings.tls.is_some() { "on" } else { "off" },
+        peers = settings.peers.len(),
+        secret = if settings.mesh_secret.is_some() {
+            "set"
+        } else {
+            "not set"
+        },
+    ))
 }
 
 fn init_logging(format: LogFormat, default: &str) {

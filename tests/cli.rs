@@ -27,7 +27,7 @@ fn fails(command: &mut Command) -> String {
     for noise in ["Caused by", "backtrace", "Backtrace", "panicked", "\x1b["] {
         assert!(!err.contains(noise), "{noise:?} in {err}");
     }
-    assert_eq!(err.lines().count(), 1, "said once, on one line: {err}");
+    assert_eq!(err.matches("meshtalk: ").count(), 1, "said once: {err}");
     err
 }
 
@@ -123,4 +123,87 @@ fn an_unknown_flag_points_at_help_and_guesses_nothing() {
     assert!(err.contains("unexpected argument '--prot'"), "{err}");
     assert!(err.contains("--help"), "{err}");
     assert!(!err.contains("--operator"), "no unrelated guess: {err}");
+}
+
+/// The example config with every `# key = value` uncommented, but for keys
+/// that name files this test does not have.
+fn example_uncommented() -> String {
+    let example = include_str!("../meshtalk.example.toml");
+    let needs_files = ["tls-cert", "tls-key", "mesh-secret-file", "peer ="];
+    example
+        .lines()
+        .map(|line| match line.strip_prefix("# ") {
+            Some(setting)
+                if setting.contains(" = ")
+                    && setting.starts_with(|c: char| c.is_ascii_lowercase())
+                    && !needs_files.iter().any(|k| setting.starts_with(k)) =>
+            {
+                setting.to_owned()
+            }
+            _ => line.to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[test]
+fn the_example_config_names_every_flag_and_checks_clean() {
+    let help = meshtalk(&["serve", "--help"]).output().unwrap();
+    let help = String::from_utf8(help.stdout).unwrap();
+    let example = include_str!("../meshtalk.example.toml");
+    let flags: Vec<&str> = help
+        .split_whitespace()
+        .filter_map(|w| w.strip_prefix("--"))
+        .map(|w| w.trim_end_matches(|c: char| !c.is_ascii_alphanumeric()))
+        .filter(|w| !["config", "check-config", "help"].contains(w))
+        .collect();
+    assert!(flags.len() > 20, "{help}");
+    for flag in flags {
+        assert!(
+            example.contains(&format!("# {flag} = ")),
+            "meshtalk.example.toml lacks {flag}"
+        );
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("meshtalk.toml");
+    std::fs::write(&file, example_uncommented()).unwrap();
+    let out = meshtalk(&["serve", "--check-config", "--config"])
+        .arg(&file)
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let said = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        out.status.success(),
+        "{said} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(said.starts_with("config OK: node chat1"), "{said}");
+    assert!(said.contains("HTTP 127.0.0.1:8080"), "{said}");
+    assert!(
+        !dir.path().join("meshtalk-data").exists(),
+        "a check opens nothing"
+    );
+}
+
+#[test]
+fn a_config_check_names_what_is_wrong() {
+    let dir = tempfile::tempdir().unwrap();
+    let err = fails(
+        meshtalk(&[
+            "serve",
+            "--check-config",
+            "--tls-cert",
+            "nope.pem",
+            "--tls-key",
+            "nope.pem",
+        ])
+        .current_dir(dir.path()),
+    );
+    assert!(err.contains("nope.pem"), "{err}");
+    let file = dir.path().join("bad.toml");
+    std::fs::write(&file, "grpc-adr = \"127.0.0.1:1\"\n").unwrap();
+    let err = fails(meshtalk(&["serve", "--check-config", "--config"]).arg(&file));
+    assert!(err.contains("grpc-adr"), "{err}");
 }

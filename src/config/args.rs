@@ -25,6 +25,11 @@ pub struct ServeArgs {
     #[arg(long, env = "MESHTALK_CONFIG")]
     #[serde(skip)]
     pub config: Option<PathBuf>,
+    /// Check the settings (and the files they name), say what would run,
+    /// and exit without serving.
+    #[arg(long)]
+    #[serde(skip)]
+    pub check_config: bool,
     /// Where the SQLite database lives.
     #[arg(long, env = "MESHTALK_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
@@ -138,6 +143,7 @@ impl ServeArgs {
         operator.extend(file.operator);
         ServeArgs {
             config: self.config,
+            check_config: self.check_config,
             data_dir: self.data_dir.or(file.data_dir),
             bind: self.bind.or(file.bind),
             grpc_addr: self.grpc_addr.or(file.grpc_addr),
