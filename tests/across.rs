@@ -25,7 +25,7 @@ async fn a_dm_goes_round_all_three_protocols_and_a_room_spans_them() {
         .unwrap();
     let m = next_message(&mut greta_events).await;
     assert_eq!(
-        (m.id, m.from.as_str(), m.body.as_str()),
+        (m.id, m.sender.as_str(), m.body.as_str()),
         (sent.id, "wanda", "from the binary door")
     );
     greta
@@ -134,7 +134,7 @@ async fn offline_messages_wait_for_a_login_on_another_protocol() {
     let mut events = gil.subscribe().await.unwrap();
     let m = next_message(&mut events).await;
     assert_eq!(
-        (m.from.as_str(), m.body.as_str()),
+        (m.sender.as_str(), m.body.as_str()),
         ("wendy", "sent by binary")
     );
 }

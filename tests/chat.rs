@@ -40,7 +40,7 @@ async fn online_dm_reaches_every_session_of_the_recipient_at_once() {
     for stream in [&mut s1, &mut s2] {
         let m = next_message(stream).await;
         assert_eq!(
-            (m.id, m.from.as_str(), m.body.as_str()),
+            (m.id, m.sender.as_str(), m.body.as_str()),
             (sent.id, "alice", "lunch?")
         );
         assert_eq!(m.to, Some(proto::message::To::User("bob".into())));
@@ -138,7 +138,7 @@ async fn room_speech_reaches_members_except_the_sending_session() {
     for stream in [&mut b, &mut a_phone] {
         let m = next_message(stream).await;
         assert_eq!(
-            (m.id, room_of(&m), m.from.as_str()),
+            (m.id, room_of(&m), m.sender.as_str()),
             (sent.id, Some("Rust"), "alice")
         );
     }
@@ -401,7 +401,8 @@ async fn the_bidirectional_stream_sends_acks_and_delivers() {
     let Some(proto::send_result::Result::Error(e)) = &results[1].result else {
         panic!("{results:?}")
     };
-    assert_eq!(e.code, Code::NotFound as i32);
+    assert_eq!(e.code(), proto::ErrorCode::NotFound);
+    assert_eq!(e.code, Code::NotFound as i32, "the numbers are gRPC's");
     assert_eq!(
         alice
             .recent(&to_bob(), 10)

@@ -243,7 +243,7 @@ fn closed_status(why: Closed) -> Status {
 fn to_proto(m: &Message) -> proto::Message {
     proto::Message {
         id: m.id,
-        from: m.from.clone(),
+        sender: m.from.clone(),
         to: Some(match &m.to {
             Target::User(user) => proto::message::To::User(user.clone()),
             Target::Room(room) => proto::message::To::Room(room.clone()),
@@ -605,6 +605,7 @@ async fn client_frame(
             let result = match result {
                 Ok(sent) => proto::send_result::Result::Sent(sent),
                 Err(e) => proto::send_result::Result::Error(proto::SendError {
+                    // ErrorCode's numbers are gRPC's codes.
                     code: e.code() as i32,
                     message: e.message().to_owned(),
                 }),
@@ -692,7 +693,7 @@ impl Admin for GrpcGateway {
             links: topology
                 .links
                 .into_iter()
-                .map(|(from, to)| proto::Link { from, to })
+                .map(|(lesser, greater)| proto::Link { lesser, greater })
                 .collect(),
             nodes: topology.nodes,
         }))

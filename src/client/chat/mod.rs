@@ -255,8 +255,8 @@ impl ChatSession {
 /// A delivered message as the line protocol shows it.
 pub fn render_message(m: &proto::Message) -> String {
     match &m.to {
-        Some(proto::message::To::Room(room)) => format!("#{room} {}: {}", m.from, m.body),
-        _ => format!("@{}: {}", m.from, m.body),
+        Some(proto::message::To::Room(room)) => format!("#{room} {}: {}", m.sender, m.body),
+        _ => format!("@{}: {}", m.sender, m.body),
     }
 }
 

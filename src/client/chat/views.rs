@@ -71,6 +71,6 @@ pub(super) fn topology(t: &proto::TopologyResponse) -> Vec<String> {
     let links = t
         .links
         .iter()
-        .map(|l| format!("* link {} {}", l.from, l.to));
+        .map(|l| format!("* link {} {}", l.lesser, l.greater));
     nodes.chain(links).collect()
 }
