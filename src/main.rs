@@ -35,6 +35,17 @@ enum Command {
     },
     /// Write a local CA and a server certificate it signs, for trying TLS.
     Cert(CertArgs),
+    /// Copy a SQLite store to FILE, consistently, while its server runs.
+    Backup {
+        /// The new file to write.
+        file: std::path::PathBuf,
+        /// The server's data dir [default: meshtalk-data].
+        #[arg(long, env = "MESHTALK_DATA_DIR")]
+        data_dir: Option<std::path::PathBuf>,
+        /// The server's store URL [default: sqlite://DATA_DIR/meshtalk.db].
+        #[arg(long, env = "MESHTALK_STORE")]
+        store: Option<String>,
+    },
 }
 
 #[derive(clap::Args)]
@@ -103,6 +114,11 @@ async fn run(command: Command) -> anyhow::Result<()> {
             meshtalk::bench::run(args).await
         }
         Command::Cert(args) => cert(args),
+        Command::Backup {
+            file,
+            data_dir,
+            store,
+        } => backup(&file, data_dir, store).await,
         Command::Operator {
             name,
             data_dir,
@@ -124,6 +140,37 @@ async fn run(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+async fn backup(
+    file: &std::path::Path,
+    data_dir: Option<std::path::PathBuf>,
+    store: Option<String>,
+) -> anyhow::Result<()> {
+    let settings = ServeArgs {
+        data_dir,
+        store,
+        ..Default::default()
+    }
+    .resolve()?;
+    let db = match &settings.store {
+        meshtalk::config::StoreLocation::Sqlite(path) => path.clone(),
+        meshtalk::config::StoreLocation::Postgres(_) => anyhow::bail!(
+            "a PostgreSQL store is backed up with pg_dump (docs/postgres.md, \"Backups\")"
+        ),
+    };
+    let to = file.to_owned();
+    let from = db.clone();
+    let copied =
+        tokio::task::spawn_blocking(move || meshtalk::store::backup_sqlite(&from, &to)).await??;
+    println!(
+        "copied {} ({} pages, {:.1} MiB) to {}",
+        db.display(),
+        copied.pages,
+        copied.bytes as f64 / (1 << 20) as f64,
+        file.display()
+    );
+    Ok(())
 }
 
 fn cert(args: CertArgs) -> anyhow::Result<()> {

@@ -13,7 +13,7 @@ mod sqlite;
 pub use lock::{DataDirLock, LOCK_FILE};
 pub use postgres::PostgresStore;
 pub use reserve::DiskReserve;
-pub use sqlite::SqliteStore;
+pub use sqlite::{Copied, SqliteStore, backup as backup_sqlite};
 
 use async_trait::async_trait;
 

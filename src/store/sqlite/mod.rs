@@ -25,6 +25,7 @@
 //!   history and counts.
 
 mod accounts;
+mod backup;
 mod messages;
 mod read;
 mod rooms;
@@ -41,6 +42,7 @@ use tokio::sync::mpsc;
 
 use super::{DiskReserve, HookScope, StoreError};
 use crate::model::{AccountId, RoomId, SessionId};
+pub use backup::{Copied, backup};
 use read::ReadPool;
 use writer::Job;
 
