@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 
 use meshtalk::model::{AccountId, Message, RoomId, Target};
 use meshtalk::store::{
-    AccountAcks, Conversation, NewMessage, PostgresStore, SqliteStore, Store, StoreError,
+    AccountAcks, Conversation, NewMessage, PostgresStore, Retention, SqliteStore, Store, StoreError,
 };
 
 /// `pending`'s `up_to` for everything stored: ids are positive `i64`s.
@@ -59,6 +59,7 @@ on_both!(
     hooks_run_in_commit_order_with_ids_that_increase,
     history_pages_from_either_end,
     counts_follow_what_is_stored,
+    retention_takes_old_and_surplus_messages_but_no_waiting_direct_one,
 );
 
 async fn account(store: &Arc<dyn Store>, name: &str, lobby: RoomId) -> AccountId {
@@ -473,4 +474,115 @@ async fn a_newer_schema_is_refused() {
         matches!(refused, StoreError::UnknownSchema { found: 99, .. }),
         "{refused}"
     );
+}
+
+/// Runs `rule` to the end in batches of `limit`; how many went.
+async fn prune_all(store: &Arc<dyn Store>, rule: Retention, limit: u32) -> u64 {
+    let mut gone = 0;
+    loop {
+        let batch = store.prune(rule, limit).await.unwrap();
+        assert!(batch <= u64::from(limit), "a batch keeps to its limit");
+        gone += batch;
+        if batch < u64::from(limit) {
+            return gone;
+        }
+    }
+}
+
+async fn retention_takes_old_and_surplus_messages_but_no_waiting_direct_one(store: Arc<dyn Store>) {
+    let lobby = lobby(&store).await;
+    let ops = store.ensure_room("ops", "ops").await.unwrap().id;
+    let ann = account(&store, "ann", lobby).await;
+    let bob = account(&store, "bob", lobby).await;
+    let at = |mut m: NewMessage, ms: i64| {
+        m.sent_at_ms = ms;
+        m
+    };
+    // Old: four in the lobby, two DMs bob has seen and one he has not.
+    for n in 0..4 {
+        append(
+            &store,
+            at(
+                said((ann, "ann"), (lobby, "lobby"), &format!("old {n}")),
+                1_000 + n,
+            ),
+        )
+        .await;
+    }
+    let seen = [
+        append(&store, at(dm((ann, "ann"), (bob, "bob"), "seen 1"), 1_010)).await,
+        append(&store, at(dm((ann, "ann"), (bob, "bob"), "seen 2"), 1_011)).await,
+    ];
+    append(&store, at(dm((ann, "ann"), (bob, "bob"), "unseen"), 1_012)).await;
+    store
+        .ack(vec![AccountAcks {
+            account: bob,
+            ids: seen.to_vec(),
+            rooms: vec![],
+        }])
+        .await
+        .unwrap();
+    // New: three in each room.
+    for n in 0..3 {
+        append(
+            &store,
+            at(
+                said((ann, "ann"), (lobby, "lobby"), &format!("new {n}")),
+                9_000 + n,
+            ),
+        )
+        .await;
+        append(
+            &store,
+            at(
+                said((ann, "ann"), (ops, "ops"), &format!("ops {n}")),
+                9_000 + n,
+            ),
+        )
+        .await;
+    }
+
+    let by_age = Retention {
+        before_ms: Some(5_000),
+        keep_per_room: None,
+    };
+    assert_eq!(prune_all(&store, by_age, 2).await, 6, "four old, two seen");
+    let lobby_left = store
+        .history(Conversation::Room(lobby), 0, 100, false)
+        .await
+        .unwrap();
+    assert_eq!(bodies(&lobby_left), ["new 0", "new 1", "new 2"]);
+    let direct = store
+        .history(Conversation::Direct(ann, bob), 0, 100, false)
+        .await
+        .unwrap();
+    assert_eq!(bodies(&direct), ["unseen"], "a waiting DM is never dropped");
+    // Bob is owed the waiting DM, then the lobby's speech after his cursor.
+    assert_eq!(
+        bodies(&store.pending(bob, 0, ALL, 10).await.unwrap()),
+        ["unseen", "new 0", "new 1", "new 2"]
+    );
+    assert_eq!(prune_all(&store, by_age, 2).await, 0, "nothing more is old");
+
+    let by_count = Retention {
+        before_ms: None,
+        keep_per_room: Some(2),
+    };
+    assert_eq!(
+        prune_all(&store, by_count, 10).await,
+        2,
+        "one from each room"
+    );
+    for (room, newest) in [(lobby, ["new 1", "new 2"]), (ops, ["ops 1", "ops 2"])] {
+        let left = store
+            .history(Conversation::Room(room), 0, 100, false)
+            .await
+            .unwrap();
+        assert_eq!(bodies(&left), newest);
+    }
+    let direct = store
+        .history(Conversation::Direct(ann, bob), 0, 100, false)
+        .await
+        .unwrap();
+    assert_eq!(bodies(&direct), ["unseen"], "room caps leave DMs be");
 }

@@ -116,6 +116,14 @@ pub struct ServeArgs {
     #[arg(long, env = "MESHTALK_MIN_FREE_DISK", value_parser = parse_size)]
     #[serde(default, deserialize_with = "deserialize_size")]
     pub min_free_disk: Option<u64>,
+    /// Delete messages older than this (e.g. 30d, 12h; s, m, h, d), except
+    /// direct messages not yet delivered [default: keep everything].
+    #[arg(long, env = "MESHTALK_HISTORY_RETENTION", value_parser = parse_duration)]
+    #[serde(default, deserialize_with = "deserialize_duration")]
+    pub history_retention: Option<u64>,
+    /// Keep at most this many messages per room, the newest [default: no cap].
+    #[arg(long, env = "MESHTALK_ROOM_HISTORY_MAX")]
+    pub room_history_max: Option<u32>,
 }
 
 impl ServeArgs {
@@ -171,6 +179,8 @@ impl ServeArgs {
             send_burst: self.send_burst.or(file.send_burst),
             registrations_per_ip: self.registrations_per_ip.or(file.registrations_per_ip),
             min_free_disk: self.min_free_disk.or(file.min_free_disk),
+            history_retention: self.history_retention.or(file.history_retention),
+            room_history_max: self.room_history_max.or(file.room_history_max),
         }
     }
 }
@@ -190,6 +200,42 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         .ok()
         .and_then(|n| n.checked_mul(1 << shift))
         .ok_or_else(|| format!("{text:?} is not a size: use bytes, or a number with K, M or G"))
+}
+
+/// A duration in seconds: plain, or a number with s, m, h or d.
+pub fn parse_duration(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let (digits, unit) = match text.char_indices().last() {
+        Some((i, 's')) => (&text[..i], 1),
+        Some((i, 'm')) => (&text[..i], 60),
+        Some((i, 'h')) => (&text[..i], 3_600),
+        Some((i, 'd')) => (&text[..i], 86_400),
+        _ => (text, 1),
+    };
+    digits
+        .trim()
+        .parse::<u64>()
+        .ok()
+        .filter(|n| *n > 0)
+        .and_then(|n| n.checked_mul(unit))
+        .ok_or_else(|| {
+            format!("{text:?} is not a duration: use a number with s, m, h or d, e.g. 30d")
+        })
+}
+
+fn deserialize_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Duration {
+        Seconds(u64),
+        Text(String),
+    }
+    match Duration::deserialize(d)? {
+        Duration::Seconds(n) => Ok(Some(n)),
+        Duration::Text(text) => parse_duration(&text)
+            .map(Some)
+            .map_err(serde::de::Error::custom),
+    }
 }
 
 fn deserialize_size<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {

@@ -101,6 +101,9 @@ pub struct Settings {
     pub allow_plaintext: bool,
     /// Free bytes the data dir keeps; below it new messages are refused.
     pub min_free_disk: u64,
+    /// What history keeps; nothing is pruned when both are unset.
+    pub history_retention: Option<Duration>,
+    pub room_history_max: Option<u32>,
     pub node: String,
     pub mesh_addr: Option<String>,
     pub peers: Vec<String>,
@@ -138,6 +141,8 @@ impl ServeArgs {
             tls,
             allow_plaintext: args.allow_plaintext,
             min_free_disk: args.min_free_disk.unwrap_or(DEFAULT_MIN_FREE_DISK),
+            history_retention: args.history_retention.map(Duration::from_secs),
+            room_history_max: args.room_history_max,
             node,
             mesh_addr: args.mesh_addr.map(with_mesh_port),
             peers,

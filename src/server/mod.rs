@@ -18,6 +18,7 @@
 mod doors;
 mod grpc;
 mod http;
+mod retention;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -94,7 +95,7 @@ pub struct Server {
 impl Server {
     pub async fn start(settings: Settings) -> Result<Server, ServerError> {
         let (lock, store) = open_store(&settings).await?;
-        let core = open_core(store, &settings).await?;
+        let core = open_core(store.clone(), &settings).await?;
         let (mesh, mesh_addr) = start_mesh(&core, &settings).await?;
         let listeners = doors::Listeners::bind(&settings).await?;
         let doors = doors::Doors::new(&settings)?;
@@ -104,6 +105,12 @@ impl Server {
         let (stop_grpc, stopped) = oneshot::channel::<()>();
         let (stop_http, http_stopped) = oneshot::channel::<()>();
         let (stop_sockets, shutdown) = Shutdown::new();
+        retention::start(
+            store,
+            settings.history_retention,
+            settings.room_history_max,
+            stop_sockets.subscribe(),
+        );
         let (draining, sockets_drained) = mpsc::channel(1);
         let addrs = listeners.addrs;
         let admitted = doors::serve(

@@ -153,6 +153,15 @@ pub(crate) fn run_commit_hook(appended: Appended, hook: CommitHook) -> Stored {
     stored
 }
 
+/// What history keeps: messages stored since `before_ms`, if set, and the
+/// newest `keep_per_room` of each room, if set. Direct messages waiting in
+/// an inbox are kept whatever the rule.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Retention {
+    pub before_ms: Option<i64>,
+    pub keep_per_room: Option<u32>,
+}
+
 /// Runs right after an account is created, with its id.
 pub type AccountHook = Box<dyn FnOnce(&AccountId) + Send>;
 
@@ -304,6 +313,10 @@ pub trait Store: Send + Sync + 'static {
         n: u32,
     ) -> Result<Option<u64>, StoreError>;
     async fn counts(&self) -> Result<Counts, StoreError>;
+    /// Deletes up to `limit` messages that `rule` lets go, in one short
+    /// transaction; never a direct message still waiting in an inbox.
+    /// Returns how many went: fewer than `limit` when none are left.
+    async fn prune(&self, rule: Retention, limit: u32) -> Result<u64, StoreError>;
     /// From now on runs each run of commit hooks inside `scope`.
     fn set_hook_scope(&self, scope: HookScope);
     /// Finishes what is in flight and stops accepting work.

@@ -32,6 +32,7 @@
 //! - `store.rs`: the [`Store`](super::Store) trait over the two.
 
 mod queries;
+mod retention;
 mod schema;
 mod store;
 mod writer;

@@ -9,8 +9,8 @@ use super::writer::{Done, Op, Work};
 use crate::model::{AccountId, Message, RoomId, SessionId};
 use crate::store::{
     AccountAcks, AccountHook, AccountRecord, AccountSummary, CommitHook, Conversation, Counts,
-    HookScope, MembershipHook, NewMessage, PendingAppend, RoomRecord, SessionRecord, Store,
-    StoreError,
+    HookScope, MembershipHook, NewMessage, PendingAppend, Retention, RoomRecord, SessionRecord,
+    Store, StoreError,
 };
 
 impl PostgresStore {
@@ -134,6 +134,10 @@ impl Store for PostgresStore {
 
     async fn memberships(&self) -> Result<Vec<(RoomId, AccountId)>, StoreError> {
         self.all_memberships().await
+    }
+
+    async fn prune(&self, rule: Retention, limit: u32) -> Result<u64, StoreError> {
+        self.prune_batch(rule, limit).await
     }
 
     async fn rooms_of(&self, account: AccountId) -> Result<Vec<RoomRecord>, StoreError> {

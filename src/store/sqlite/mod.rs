@@ -28,6 +28,7 @@ mod accounts;
 mod backup;
 mod messages;
 mod read;
+mod retention;
 mod rooms;
 mod schema;
 mod store;

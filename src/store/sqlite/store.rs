@@ -4,12 +4,12 @@
 
 use async_trait::async_trait;
 
-use super::{SqliteStore, accounts, backend, messages, rooms};
+use super::{SqliteStore, accounts, backend, messages, retention, rooms};
 use crate::model::{AccountId, Message, RoomId, SessionId};
 use crate::store::{
     AccountAcks, AccountHook, AccountRecord, AccountSummary, CommitHook, Conversation, Counts,
-    DiskReserve, HookScope, MembershipHook, NewMessage, PendingAppend, RoomRecord, SessionRecord,
-    Store, StoreError, run_commit_hook,
+    DiskReserve, HookScope, MembershipHook, NewMessage, PendingAppend, Retention, RoomRecord,
+    SessionRecord, Store, StoreError, run_commit_hook,
 };
 
 #[async_trait]
@@ -76,6 +76,11 @@ impl Store for SqliteStore {
 
     async fn delete_session(&self, id: SessionId) -> Result<(), StoreError> {
         self.write(move |c| accounts::delete_session(c, id)).await
+    }
+
+    async fn prune(&self, rule: Retention, limit: u32) -> Result<u64, StoreError> {
+        self.write(move |c| retention::prune(c, rule, limit).map_err(backend))
+            .await
     }
 
     async fn sessions_alive(&self, ids: Vec<SessionId>) -> Result<Vec<SessionId>, StoreError> {

@@ -1,0 +1,4 @@
+//! `retention.rs`, every server on PostgreSQL.
+
+#[path = "retention.rs"]
+mod suite;
