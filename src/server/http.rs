@@ -22,7 +22,7 @@ use crate::mesh::Mesh;
 
 /// What the handlers read.
 #[derive(Clone)]
-struct Door {
+struct HttpState {
     core: Core,
     mesh: Mesh,
 }
@@ -32,10 +32,10 @@ fn router(core: Core, mesh: Mesh) -> Router {
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .with_state(Door { core, mesh })
+        .with_state(HttpState { core, mesh })
 }
 
-async fn metrics(State(door): State<Door>) -> impl IntoResponse {
+async fn metrics(State(door): State<HttpState>) -> impl IntoResponse {
     let state = crate::metrics::State {
         sessions: door.core.session_count() as u64,
         acks_pending: door.core.acks_pending() as u64,
@@ -54,7 +54,7 @@ async fn healthz() -> &'static str {
     "ok\n"
 }
 
-async fn readyz(State(door): State<Door>) -> (StatusCode, String) {
+async fn readyz(State(door): State<HttpState>) -> (StatusCode, String) {
     match door.core.ready().await {
         Ok(()) => (StatusCode::OK, "ready\n".into()),
         Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {e}\n")),
