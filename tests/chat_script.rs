@@ -5,7 +5,6 @@
 mod common;
 
 use std::process::Stdio;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::{PASSWORD, TestServer, next_message};
@@ -112,40 +111,6 @@ async fn a_piped_client_without_a_password_says_how_to_give_one() {
     assert!(err.contains("set MESHTALK_PASSWORD"), "{err}");
 }
 
-/// What the receiving side printed.
-#[derive(Clone, Default)]
-struct Screen(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Screen {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(bytes);
-        Ok(bytes.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Screen {
-    fn lines(&self) -> Vec<String> {
-        let text = String::from_utf8(self.0.lock().unwrap().clone()).unwrap();
-        text.lines().map(str::to_owned).collect()
-    }
-
-    /// Waits until the screen shows `line`.
-    async fn shows(&self, line: &str) {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-        while !self.lines().iter().any(|l| l == line) {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "never showed {line:?}: {:#?}",
-                self.lines()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-}
-
 /// A server with its gRPC door on `grpc`, on the store in `dir`.
 async fn server_at(dir: &std::path::Path, grpc: &str) -> Server {
     let mut args = ServeArgs {
@@ -180,7 +145,7 @@ async fn the_client_says_once_that_it_lost_the_server_and_once_that_it_is_back()
     let bob = ChatSession::start(&url, "bob", PASSWORD, true)
         .await
         .unwrap();
-    let screen = Screen::default();
+    let screen = common::screen::Screen::default();
     let receiving = tokio::spawn(show_incoming(bob.client().clone(), servers, screen.clone()));
     common::shown(&mut alice, "/tell bob before").await;
     screen.shows("@alice: before").await;

@@ -8,7 +8,6 @@ mod common;
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::lines::{direct, next, quiet, request, until};
@@ -61,41 +60,6 @@ fn ops(from: &str, text: &str) -> ServerLine {
         room: "ops".into(),
         from: from.into(),
         text: text.into(),
-    }
-}
-
-/// What a chat client's receiving side printed, line by line.
-#[derive(Clone, Default)]
-struct Screen(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Screen {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(bytes);
-        Ok(bytes.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Screen {
-    /// The message lines shown so far (notices, which start with `*`, left out).
-    fn messages(&self) -> Vec<String> {
-        let text = String::from_utf8(self.0.lock().unwrap().clone()).unwrap();
-        text.lines()
-            .filter(|l| !l.starts_with('*'))
-            .map(str::to_owned)
-            .collect()
-    }
-
-    async fn shows(&self, expected: &[&str]) {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-        while self.messages().len() < expected.len() && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        // A repeat would come right behind: give it the time to.
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        assert_eq!(self.messages(), expected);
     }
 }
 
@@ -218,7 +182,7 @@ async fn three_nodes_on_one_database_behave_as_one_service() {
     let gus = ChatSession::start_on(gus_servers.clone(), "gus", PASSWORD, false)
         .await
         .unwrap();
-    let screen = Screen::default();
+    let screen = common::screen::Screen::default();
     let receiving = tokio::spawn(show_incoming(
         gus.client().clone(),
         gus_servers,
@@ -233,7 +197,7 @@ async fn three_nodes_on_one_database_behave_as_one_service() {
         expected.push(format!("@fay: {n}"));
     }
     let expected_now: Vec<&str> = expected.iter().map(String::as_str).collect();
-    screen.shows(&expected_now).await;
+    screen.shows_messages(&expected_now).await;
 
     let a_url = a.url.clone();
     a.kill9();
@@ -247,7 +211,7 @@ async fn three_nodes_on_one_database_behave_as_one_service() {
     );
     expected.push("@fay: after the kill".into());
     let expected_now: Vec<&str> = expected.iter().map(String::as_str).collect();
-    screen.shows(&expected_now).await;
+    screen.shows_messages(&expected_now).await;
 
     // Everything fay was told was sent is stored, as seen from c.
     let (reader, _) = Client::connect(&c.url)

@@ -8,6 +8,7 @@
 
 pub mod lines;
 pub mod postgres;
+pub mod screen;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
