@@ -102,3 +102,28 @@ async fn health_is_up_while_the_process_is_and_readiness_ends_with_shutdown() {
     assert_eq!(get(&t, "/healthz").await.status(), 200);
     assert_eq!(get(&t, "/nothing-here").await.status(), 404);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_http_door_counts_against_the_per_address_cap() {
+    let t = TestServer::start_with(meshtalk::config::ServeArgs {
+        max_connections_per_ip: Some(2),
+        ..Default::default()
+    })
+    .await;
+    let addr = t.server.http_addr();
+    let held = [
+        tokio::net::TcpStream::connect(addr).await.unwrap(),
+        tokio::net::TcpStream::connect(addr).await.unwrap(),
+    ];
+    // Both places are taken: the next connection is closed unanswered.
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
+    let refused = client.get(format!("http://{addr}/healthz")).send().await;
+    assert!(refused.is_err(), "{refused:?}");
+    drop(held);
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let (text, after) = scrape(&t).await;
+    assert!(after("meshtalk_connections_refused_total") >= 1.0, "{text}");
+}

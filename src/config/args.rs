@@ -224,32 +224,28 @@ pub fn parse_duration(text: &str) -> Result<u64, String> {
 }
 
 fn deserialize_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Duration {
-        Seconds(u64),
-        Text(String),
-    }
-    match Duration::deserialize(d)? {
-        Duration::Seconds(n) => Ok(Some(n)),
-        Duration::Text(text) => parse_duration(&text)
-            .map(Some)
-            .map_err(serde::de::Error::custom),
-    }
+    number_or_text(d, parse_duration)
 }
 
 fn deserialize_size<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    number_or_text(d, parse_size)
+}
+
+/// A config value given as a plain number, or as text that `parse` reads
+/// (`"64M"`, `"30d"`), as on the command line.
+fn number_or_text<'de, D: serde::Deserializer<'de>>(
+    d: D,
+    parse: fn(&str) -> Result<u64, String>,
+) -> Result<Option<u64>, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
-    enum Size {
-        Bytes(u64),
+    enum Given {
+        Number(u64),
         Text(String),
     }
-    match Size::deserialize(d)? {
-        Size::Bytes(n) => Ok(Some(n)),
-        Size::Text(text) => parse_size(&text)
-            .map(Some)
-            .map_err(serde::de::Error::custom),
+    match Given::deserialize(d)? {
+        Given::Number(n) => Ok(Some(n)),
+        Given::Text(text) => parse(&text).map(Some).map_err(serde::de::Error::custom),
     }
 }
 

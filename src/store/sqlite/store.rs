@@ -79,7 +79,8 @@ impl Store for SqliteStore {
     }
 
     async fn prune(&self, rule: Retention, limit: u32) -> Result<u64, StoreError> {
-        self.write(move |c| retention::prune(c, rule, limit).map_err(backend))
+        let cuts = self.read(move |c| retention::cuts(c, rule, limit)).await?;
+        self.write(move |c| retention::prune(c, &cuts, limit).map_err(backend))
             .await
     }
 
