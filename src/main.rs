@@ -68,7 +68,11 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(command)) {
+    let outcome = runtime.block_on(run(command));
+    // A read of stdin may still be blocked in its thread (a chat client
+    // ended by the server while its user was typing): exit without it.
+    runtime.shutdown_background();
+    match outcome {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             say_error(&report(&e));

@@ -45,6 +45,11 @@ struct ByProtocol {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ByAction {
+    action: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct ByDirection {
     direction: &'static str,
 }
@@ -66,6 +71,7 @@ pub struct Metrics {
     mesh_frames: Family<ByDirection, Counter>,
     login_failures: Counter,
     rate_limited: Counter,
+    moderations: Family<ByAction, Counter>,
 }
 
 static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
@@ -90,6 +96,7 @@ impl Metrics {
             mesh_frames: Family::default(),
             login_failures: Counter::default(),
             rate_limited: Counter::default(),
+            moderations: Family::default(),
         };
         let mut r = Registry::with_prefix("meshtalk");
         r.register(
@@ -162,6 +169,11 @@ impl Metrics {
             "Requests held back or refused by a send allowance",
             m.rate_limited.clone(),
         );
+        r.register(
+            "moderations",
+            "Operators' acts on accounts homed here, by action (kick, suspend, restore)",
+            m.moderations.clone(),
+        );
         Metrics { registry: r, ..m }
     }
 }
@@ -232,6 +244,14 @@ pub fn mesh_frame_out() {
 
 pub fn login_failed() {
     METRICS.login_failures.inc();
+}
+
+/// An operator's kick, suspension or restore, by its name.
+pub fn moderated(action: &'static str) {
+    METRICS
+        .moderations
+        .get_or_create(&ByAction { action })
+        .inc();
 }
 
 pub fn rate_limited() {

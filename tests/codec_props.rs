@@ -10,7 +10,9 @@ use meshtalk::codec::wire::{
     Dest, OnlineUser, Rejection, Reply, ReplyError, Request, Status, encode_message_push,
     message_args, message_push, op, parse_message,
 };
-use meshtalk::core::{Message, PeerLink, RoomInfo, Sent, Stats, Target, Topology, UserInfo};
+use meshtalk::core::{
+    Message, Moderated, Moderation, PeerLink, RoomInfo, Sent, Stats, Target, Topology, UserInfo,
+};
 use meshtalk::mesh::frame::{self as peer, PeerMessage};
 use proptest::prelude::*;
 
@@ -62,6 +64,21 @@ fn command() -> impl Strategy<Value = Command> {
         (1u32..=1000).prop_map(Command::History),
         (word(), any::<u16>()).prop_map(|(host, port)| Command::PeerConnect { host, port }),
         word().prop_map(Command::PeerKill),
+        (
+            prop::sample::select(vec![Moderation::Kick, Moderation::Suspend]),
+            word(),
+            text().prop_map(|t| t.trim().to_owned())
+        )
+            .prop_map(|(action, name, reason)| Command::Moderate {
+                action,
+                name,
+                reason
+            }),
+        word().prop_map(|name| Command::Moderate {
+            action: Moderation::Restore,
+            name,
+            reason: String::new()
+        }),
         Just(Command::Help),
         Just(Command::Logout),
         Just(Command::Who),
@@ -319,6 +336,20 @@ fn peer_message() -> impl Strategy<Value = PeerMessage> {
                     },
                 })
             }),
+        (any::<u64>(), word(), word(), text()).prop_map(|(req, name, by, reason)| {
+            PeerMessage::Routed(Routed {
+                src: "a".into(),
+                dst: "b".into(),
+                hops: 3,
+                body: RoutedBody::Moderate {
+                    req,
+                    action: "suspend".into(),
+                    name,
+                    by,
+                    reason,
+                },
+            })
+        }),
     ]
 }
 
@@ -365,7 +396,7 @@ struct RequestSpec {
 
 fn request_spec() -> impl Strategy<Value = RequestSpec> {
     (
-        0u8..20,
+        0u8..22,
         ["\\PC{0,40}", "\\PC{0,200}", "\\PC{0,20}"],
         (any::<u64>(), any::<u32>(), any::<u16>(), any::<bool>()),
         prop::collection::vec(any::<u64>(), 0..50),
@@ -431,7 +462,22 @@ fn build(s: &RequestSpec) -> Request<'_> {
             host: a,
             port: s.port,
         },
-        _ => Request::PeerKill { node: a },
+        18 => Request::PeerKill { node: a },
+        19 => Request::Moderate {
+            action: Moderation::Kick,
+            name: a,
+            reason: b,
+        },
+        20 => Request::Moderate {
+            action: Moderation::Suspend,
+            name: a,
+            reason: b,
+        },
+        _ => Request::Moderate {
+            action: Moderation::Restore,
+            name: a,
+            reason: "",
+        },
     }
 }
 
@@ -473,6 +519,22 @@ fn reply() -> impl Strategy<Value = (u8, Reply)> {
             .prop_map(|(o, n)| (o, Reply::Name(n))),
         name().prop_map(|n| (op::PEER_LISTEN, Reply::Bound(n))),
         name().prop_map(|n| (op::PEER_CONNECT, Reply::Linked(n))),
+        (
+            prop::sample::select(vec![op::KICK, op::SUSPEND, op::RESTORE]),
+            name(),
+            name(),
+            any::<u32>(),
+            any::<bool>()
+        )
+            .prop_map(|(o, name, node, sessions_ended, changed)| (
+                o,
+                Reply::Moderated(Moderated {
+                    name,
+                    node,
+                    sessions_ended,
+                    changed
+                })
+            )),
         prop::sample::select(vec![op::LOGOUT, op::DELETE_ACCOUNT, op::ACK, op::PEER_KILL])
             .prop_map(|o| (o, Reply::Done)),
         prop::collection::vec((name(), any::<bool>(), name()), 0..5).prop_map(|rows| (

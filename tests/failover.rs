@@ -8,6 +8,7 @@ use common::{PASSWORD, TestServer, next_message, shown};
 use meshtalk::client::chat::{ChatSession, Servers, render_message};
 use meshtalk::client::{Client, ClientError, To};
 use meshtalk::config::ServeArgs;
+use meshtalk::core::Moderation;
 use tonic::Code;
 
 /// A node on `store`, linked as a mesh to the node at `peer`, if any:
@@ -178,4 +179,65 @@ async fn a_room_left_through_one_node_is_left_on_another_at_the_next_login_there
         .find(|r| r.name == "ops")
         .expect("#ops is listed");
     assert!(!ops.joined, "{rooms:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_kick_through_one_node_ends_the_sessions_on_its_siblings_with_the_notice() {
+    let store = common::postgres::fresh_database();
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, "a shared secret of the test mesh").unwrap();
+    let a = node(&store, "a", &secret, None).await;
+    let b = node(&store, "b", &secret, a.server.mesh_addr()).await;
+    a.linked(1).await;
+    b.linked(1).await;
+    let root = a.user(common::OPERATOR).await;
+    Client::connect(&a.url)
+        .await
+        .unwrap()
+        .register("bob", PASSWORD)
+        .await
+        .unwrap();
+    let (on_b, _) = Client::connect(&b.url)
+        .await
+        .unwrap()
+        .login("bob", PASSWORD)
+        .await
+        .unwrap();
+    let mut stream = on_b.subscribe().await.unwrap();
+
+    let done = root
+        .moderate(Moderation::Suspend, "bob".into(), "off-topic".into())
+        .await
+        .unwrap();
+    // a ended the session in the store; b's stream is told why.
+    assert_eq!((done.node.as_str(), done.sessions_ended), ("a", 1));
+    let ended = tokio::time::timeout(std::time::Duration::from_secs(10), stream.message())
+        .await
+        .expect("b ends the stream in time");
+    match ended {
+        Err(status) => assert_eq!(
+            (status.code(), status.message()),
+            (
+                Code::PermissionDenied,
+                "your account was suspended by root: off-topic"
+            )
+        ),
+        other => panic!("expected the notice, got {other:?}"),
+    }
+    let refused = on_b.rooms().await.expect_err("the token is dead on b");
+    assert!(
+        matches!(&refused, ClientError::Rpc(s) if s.code() == Code::Unauthenticated),
+        "{refused:?}"
+    );
+    let refused = Client::connect(&b.url)
+        .await
+        .unwrap()
+        .login("bob", PASSWORD)
+        .await
+        .expect_err("b refuses a suspended account's log-in");
+    assert!(
+        matches!(&refused, ClientError::Rpc(s) if s.code() == Code::PermissionDenied),
+        "{refused:?}"
+    );
 }

@@ -10,7 +10,8 @@ use std::sync::{Arc, Mutex};
 
 use meshtalk::model::{AccountId, Message, RoomId, Target};
 use meshtalk::store::{
-    AccountAcks, Conversation, NewMessage, PostgresStore, Retention, SqliteStore, Store, StoreError,
+    AccountAcks, Conversation, NewMessage, PostgresStore, Retention, SqliteStore, Store,
+    StoreError, Suspension,
 };
 
 /// `pending`'s `up_to` for everything stored: ids are positive `i64`s.
@@ -60,6 +61,7 @@ on_both!(
     history_pages_from_either_end,
     counts_follow_what_is_stored,
     retention_takes_old_and_surplus_messages_but_no_waiting_direct_one,
+    a_suspension_ends_sessions_and_refuses_new_ones_until_restored,
 );
 
 async fn account(store: &Arc<dyn Store>, name: &str, lobby: RoomId) -> AccountId {
@@ -585,4 +587,84 @@ async fn retention_takes_old_and_surplus_messages_but_no_waiting_direct_one(stor
         .await
         .unwrap();
     assert_eq!(bodies(&direct), ["unseen"], "room caps leave DMs be");
+}
+
+async fn a_suspension_ends_sessions_and_refuses_new_ones_until_restored(store: Arc<dyn Store>) {
+    let lobby = lobby(&store).await;
+    let (bob, carol) = (
+        account(&store, "bob", lobby).await,
+        account(&store, "carol", lobby).await,
+    );
+    let (first, _) = store.create_session([1; 32], bob, 8).await.unwrap();
+    let (second, _) = store.create_session([2; 32], bob, 8).await.unwrap();
+    store.create_session([3; 32], carol, 8).await.unwrap();
+
+    let suspension = Suspension {
+        by: "root".into(),
+        reason: "spam".into(),
+        since_ms: 1234,
+    };
+    let mut ended = store.suspend(bob, suspension.clone()).await.unwrap();
+    ended.sort_by_key(|s| s.0);
+    assert_eq!(ended, [first, second]);
+    assert!(store.session_by_token([1; 32]).await.unwrap().is_none());
+    assert!(
+        store.session_by_token([3; 32]).await.unwrap().is_some(),
+        "carol is untouched"
+    );
+    let record = store.account_by_key("bob").await.unwrap().unwrap();
+    assert_eq!(record.suspended, Some(suspension));
+    assert_eq!(
+        store.account_by_id(carol).await.unwrap().unwrap().suspended,
+        None
+    );
+    assert!(matches!(
+        store.create_session([4; 32], bob, 8).await,
+        Err(StoreError::Suspended)
+    ));
+
+    // Suspending again replaces the reason.
+    let again = Suspension {
+        by: "ops".into(),
+        reason: "still spam".into(),
+        since_ms: 5678,
+    };
+    assert!(store.suspend(bob, again.clone()).await.unwrap().is_empty());
+    assert_eq!(
+        store.account_by_id(bob).await.unwrap().unwrap().suspended,
+        Some(again)
+    );
+
+    assert!(store.restore(bob).await.unwrap());
+    assert!(!store.restore(bob).await.unwrap(), "nothing left to lift");
+    assert_eq!(
+        store.account_by_id(bob).await.unwrap().unwrap().suspended,
+        None
+    );
+    store.create_session([4; 32], bob, 8).await.unwrap();
+
+    // A kick: every session goes, and new ones may open.
+    let ended = store.end_sessions(carol).await.unwrap();
+    assert_eq!(ended.len(), 1);
+    assert!(store.session_by_token([3; 32]).await.unwrap().is_none());
+    store.create_session([5; 32], carol, 8).await.unwrap();
+
+    // The suspension goes with the account.
+    store
+        .suspend(
+            carol,
+            Suspension {
+                by: "root".into(),
+                reason: String::new(),
+                since_ms: 1,
+            },
+        )
+        .await
+        .unwrap();
+    store.delete_account(carol).await.unwrap();
+    let again = account(&store, "carol", lobby).await;
+    assert_eq!(
+        store.account_by_id(again).await.unwrap().unwrap().suspended,
+        None
+    );
 }

@@ -10,6 +10,7 @@ pub mod wire;
 use std::path::Path;
 use tonic::metadata::{Ascii, MetadataValue};
 
+use crate::model::{Moderated, Moderation};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 use tonic::{Request, Status, Streaming};
 
@@ -357,5 +358,37 @@ impl Client {
         let request = self.request(proto::PeerDisconnectRequest { node });
         self.admin().peer_disconnect(request).await?;
         Ok(())
+    }
+
+    /// Kicks, suspends or restores an account, wherever in the mesh it
+    /// lives (operators only); `reason` is not sent with a restore.
+    pub async fn moderate(
+        &self,
+        action: Moderation,
+        name: String,
+        reason: String,
+    ) -> Result<Moderated, ClientError> {
+        let mut admin = self.admin();
+        let done = match action {
+            Moderation::Kick => {
+                let request = self.request(proto::KickRequest { name, reason });
+                admin.kick(request).await?
+            }
+            Moderation::Suspend => {
+                let request = self.request(proto::SuspendRequest { name, reason });
+                admin.suspend(request).await?
+            }
+            Moderation::Restore => {
+                let request = self.request(proto::RestoreRequest { name });
+                admin.restore(request).await?
+            }
+        }
+        .into_inner();
+        Ok(Moderated {
+            name: done.name,
+            node: done.node,
+            sessions_ended: done.sessions_ended,
+            changed: done.changed,
+        })
     }
 }

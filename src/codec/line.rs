@@ -10,7 +10,7 @@ use std::fmt;
 
 use bytes::BytesMut;
 
-use crate::model::ErrorKind;
+use crate::model::{ErrorKind, Moderation};
 
 /// Longest line, in bytes, not counting the CRLF.
 pub const MAX_LINE: usize = 4096;
@@ -133,6 +133,12 @@ pub enum Command {
     PeerKill(String),
     Peers,
     Topology,
+    /// `/kick NAME [REASON]`, `/suspend NAME [REASON]`, `/restore NAME`.
+    Moderate {
+        action: Moderation,
+        name: String,
+        reason: String,
+    },
 }
 
 /// Lines of `/history` when no count is given.
@@ -174,6 +180,7 @@ pub const HELP: &[&str] = &[
     "/stats [mesh]           this node's counters, or totals over the mesh",
     "/quit                   leave",
     "operators: /peer-listen HOST PORT, /peer-connect HOST PORT, /peer-kill NODE, /peers, /topology",
+    "operators: /kick NAME [REASON], /suspend NAME [REASON], /restore NAME",
 ];
 
 impl Command {
@@ -218,6 +225,18 @@ impl Command {
             C::PeerKill(node) => format!("/peer-kill {node}"),
             C::Peers => "/peers".into(),
             C::Topology => "/topology".into(),
+            C::Moderate {
+                action,
+                name,
+                reason,
+            } if reason.is_empty() => {
+                format!("/{} {name}", action.name())
+            }
+            C::Moderate {
+                action,
+                name,
+                reason,
+            } => format!("/{} {name} {reason}", action.name()),
         }
     }
 }
@@ -418,6 +437,19 @@ fn slash_command(verb: &str, tail: &str) -> Result<Command, ParseError> {
         ("peer-kill", _) => return Err(Usage("/peer-kill NODE")),
         ("peers", []) => C::Peers,
         ("topology", []) => C::Topology,
+        ("kick" | "suspend", [name, ..]) => C::Moderate {
+            action: Moderation::from_name(verb).ok_or(ParseError::Unknown(verb.to_owned()))?,
+            name: (*name).into(),
+            reason: tail.trim_start()[name.len()..].trim().into(),
+        },
+        ("kick", _) => return Err(Usage("/kick NAME [REASON]")),
+        ("suspend", _) => return Err(Usage("/suspend NAME [REASON]")),
+        ("restore", [name]) => C::Moderate {
+            action: Moderation::Restore,
+            name: (*name).into(),
+            reason: String::new(),
+        },
+        ("restore", _) => return Err(Usage("/restore NAME")),
         ("help" | "logout" | "who" | "rooms" | "quit" | "peers" | "topology", _) => {
             return Err(Usage("this command takes no arguments"));
         }

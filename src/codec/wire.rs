@@ -40,6 +40,9 @@ pub mod op {
     pub const PEER_LISTEN: u8 = 0x22;
     pub const PEER_CONNECT: u8 = 0x23;
     pub const PEER_KILL: u8 = 0x24;
+    pub const KICK: u8 = 0x25;
+    pub const SUSPEND: u8 = 0x26;
+    pub const RESTORE: u8 = 0x27;
     /// Server push: a delivered message (request id 0).
     pub const PUSH_MESSAGE: u8 = 0x80;
     /// Server push: the server is closing this connection, and why.

@@ -120,10 +120,15 @@ impl Core {
         }
         turn.succeeded();
         drop(turn);
+        // Told only to whoever knows the password.
+        if let Some(s) = &account.suspended {
+            return Err(suspended(&s.by, &s.reason));
+        }
         // Before the session exists, so a failure leaves nothing behind.
         self.know_from_store(account.id).await?;
         let token = new_token();
         let token_hash = hash_token(&token);
+        let revocations = self.inner.revocations.load(Ordering::SeqCst);
         let (session, evicted) = self
             .inner
             .store
@@ -132,7 +137,11 @@ impl Core {
                 account.id,
                 self.inner.limits.max_sessions_per_account,
             )
-            .await?;
+            .await
+            .map_err(|e| match e {
+                StoreError::Suspended => suspended("an operator", ""),
+                e => e.into(),
+            })?;
         // The oldest sessions made room for this one: their tokens stop working.
         for old in evicted {
             self.end_session(account.id, old);
@@ -142,8 +151,41 @@ impl Core {
             name: account.name,
             session,
         };
-        self.sessions().insert(token_hash, identity.clone());
+        self.cache_new_session(token_hash, &identity, revocations)
+            .await?;
         Ok(Login { token, identity })
+    }
+
+    /// Caches a session just made, unless a kick or a suspension ended it
+    /// while it was being made: `revocations` is the count read before.
+    async fn cache_new_session(
+        &self,
+        token_hash: [u8; 32],
+        identity: &Identity,
+        mut revocations: u64,
+    ) -> Result<(), CoreError> {
+        loop {
+            {
+                let mut sessions = self.sessions();
+                // Read under the lock that `revoke` counts under.
+                let now = self.inner.revocations.load(Ordering::SeqCst);
+                if now == revocations {
+                    sessions.insert(token_hash, identity.clone());
+                    return Ok(());
+                }
+                revocations = now;
+            }
+            let alive = self
+                .inner
+                .store
+                .sessions_alive(vec![identity.session])
+                .await?;
+            if alive.is_empty() {
+                return Err(CoreError::Unauthenticated(
+                    "this session was ended as it began: log in again",
+                ));
+            }
+        }
     }
 
     /// Finds the session a token belongs to.
@@ -229,6 +271,15 @@ impl Core {
         }
         Ok(())
     }
+}
+
+/// The refusal of a suspended account's log-in.
+fn suspended(by: &str, reason: &str) -> CoreError {
+    CoreError::Suspended(if reason.is_empty() {
+        format!(" by {by}")
+    } else {
+        format!(" by {by}: {reason}")
+    })
 }
 
 fn new_token() -> String {

@@ -10,7 +10,7 @@ use futures::future::BoxFuture;
 
 use std::collections::BTreeSet;
 
-use super::{Core, CoreError, Message, Sent, names};
+use super::{Core, CoreError, Message, Moderated, Moderation, Sent, names};
 use crate::model::{AccountId, RoomId, SessionId};
 
 /// An account as a listing shows it.
@@ -115,6 +115,19 @@ pub trait Remote: Send + Sync + 'static {
     fn account_deleted(&self, account: AccountId);
     /// Tells the siblings that a session ended: its token stops working.
     fn session_ended(&self, session: SessionId);
+    /// Tells the siblings that an operator ended every session of an
+    /// account (a kick or a suspension), with the notice its sessions get.
+    fn sessions_removed(&self, account: AccountId, notice: &str);
+    /// Has an operator's act done on the home node of the account `name`;
+    /// resolves with what that node did. `by` is the operator's account.
+    fn moderate(
+        &self,
+        node: String,
+        action: Moderation,
+        name: String,
+        by: String,
+        reason: String,
+    ) -> BoxFuture<'static, Result<Moderated, CoreError>>;
     /// Routes a direct message to its recipient's home node; resolves once
     /// that node has committed it.
     fn send_direct(&self, message: RemoteDirect) -> BoxFuture<'static, Result<Sent, CoreError>>;

@@ -21,6 +21,9 @@ pub enum CoreError {
     WrongPassword,
     #[error("{0}")]
     Unauthenticated(&'static str),
+    /// The account may not log in: an operator suspended it.
+    #[error("this account is suspended{0}")]
+    Suspended(String),
     #[error("no such user: {0}")]
     NoSuchUser(String),
     #[error("no such room: #{0}")]
@@ -64,12 +67,14 @@ impl CoreError {
             CoreError::NameTaken(_) => ErrorKind::AlreadyExists,
             CoreError::BadCredentials | CoreError::Unauthenticated(_) => ErrorKind::Unauthenticated,
             CoreError::NoSuchUser(_) | CoreError::NoSuchRoom(_) => ErrorKind::NotFound,
-            CoreError::NotMember(_) | CoreError::NotOperator | CoreError::WrongPassword => {
-                ErrorKind::PermissionDenied
-            }
+            CoreError::NotMember(_)
+            | CoreError::NotOperator
+            | CoreError::WrongPassword
+            | CoreError::Suspended(_) => ErrorKind::PermissionDenied,
             CoreError::Limit(_) | CoreError::LoginDelay(_) => ErrorKind::ResourceExhausted,
             CoreError::Unreachable(_) => ErrorKind::Unavailable,
             CoreError::FromNode { kind, .. } => *kind,
+            CoreError::Store(StoreError::Suspended) => ErrorKind::PermissionDenied,
             CoreError::ShuttingDown | CoreError::Store(StoreError::Closed) => {
                 ErrorKind::Unavailable
             }

@@ -26,12 +26,15 @@ use super::Delivery;
 use crate::model::{AccountId, SessionId};
 
 /// Why a live stream ended from the server's side.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Closed {
     /// The reader fell a whole queue behind.
     Overflow,
     LoggedOut,
     AccountDeleted,
+    /// An operator ended the account's sessions (a kick or a suspension);
+    /// the notice says who and why.
+    Removed(Arc<str>),
     ShuttingDown,
     /// The store could not be read.
     StoreFailed,
@@ -39,11 +42,12 @@ pub enum Closed {
 
 impl Closed {
     /// What a client can do about it, for each protocol's own form.
-    pub fn kind(self) -> super::ErrorKind {
+    pub fn kind(&self) -> super::ErrorKind {
         use super::ErrorKind;
         match self {
             Closed::Overflow => ErrorKind::Overflow,
             Closed::LoggedOut | Closed::AccountDeleted => ErrorKind::Unauthenticated,
+            Closed::Removed(_) => ErrorKind::PermissionDenied,
             Closed::ShuttingDown | Closed::StoreFailed => ErrorKind::Unavailable,
         }
     }
@@ -57,6 +61,7 @@ impl fmt::Display for Closed {
             }
             Closed::LoggedOut => "this session logged out",
             Closed::AccountDeleted => "this account was deleted",
+            Closed::Removed(notice) => notice,
             Closed::ShuttingDown => "the server is shutting down",
             Closed::StoreFailed => "the server could not read its store; reconnect",
         })
@@ -315,7 +320,7 @@ pub struct Attachment {
 impl Attachment {
     /// Why the hub let go of this sink, if it has.
     pub fn closed(&self) -> Option<Closed> {
-        self.queue.reason.get().copied()
+        self.queue.reason.get().cloned()
     }
 
     /// Deliveries already taken from the queue: what [`Attachment::recv`]
@@ -480,7 +485,7 @@ impl Hub {
             list.retain(|s| {
                 let keep = s.session != session;
                 if !keep {
-                    s.close(why);
+                    s.close(why.clone());
                 }
                 keep
             });
@@ -493,7 +498,7 @@ impl Hub {
 
     pub fn close_account(&self, account: AccountId, why: Closed) {
         if let Some(list) = self.lock().by_account.remove(&account) {
-            list.iter().for_each(|s| s.close(why));
+            list.iter().for_each(|s| s.close(why.clone()));
             self.presence.notify_one();
         }
     }
@@ -503,7 +508,7 @@ impl Hub {
         let mut sinks = self.lock();
         sinks.closing = true;
         for (_, list) in sinks.by_account.drain() {
-            list.iter().for_each(|s| s.close(why));
+            list.iter().for_each(|s| s.close(why.clone()));
         }
     }
 

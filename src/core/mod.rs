@@ -16,6 +16,7 @@ mod error;
 mod history;
 pub mod hub;
 mod message;
+mod moderation;
 pub mod names;
 mod operators;
 pub mod pace;
@@ -32,6 +33,7 @@ use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Instant;
 
 pub use crate::model::{Message, Target, now_ms};
+pub use crate::model::{Moderated, Moderation};
 pub use accounts::Login;
 pub use chat::{Inbox, RoomInfo};
 pub use directory::{Claim, Gathered, PeerLink, Remote, RemoteDirect, Stats, Topology, UserInfo};
@@ -39,6 +41,7 @@ pub use error::{CoreError, ErrorKind};
 pub use history::HISTORY_REPLY_BYTES;
 pub use hub::{Closed, batch as fan_out_batch};
 pub use message::{Delivery, Encoding, Sent};
+pub use moderation::MAX_REASON;
 pub use throttle::REFUSAL_PAUSE;
 
 use tokio::sync::Notify;

@@ -16,7 +16,9 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::core::pace::{Pace, Pacer};
-use crate::core::{Closed, Core, CoreError, ErrorKind, Identity, Inbox, Message, Target};
+use crate::core::{
+    Closed, Core, CoreError, ErrorKind, Identity, Inbox, Message, Moderation, Target,
+};
 use crate::model::SessionId;
 use crate::proto::{self, accounts_server::Accounts, admin_server::Admin, chat_server::Chat};
 
@@ -624,6 +626,28 @@ async fn client_frame(
     }
 }
 
+impl GrpcGateway {
+    async fn moderate(
+        &self,
+        who: &Identity,
+        action: Moderation,
+        name: &str,
+        reason: &str,
+    ) -> Result<Response<proto::ModerationResponse>, Status> {
+        let done = self
+            .core
+            .moderate(who, action, name, reason)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(proto::ModerationResponse {
+            name: done.name,
+            node: done.node,
+            sessions_ended: done.sessions_ended,
+            changed: done.changed,
+        }))
+    }
+}
+
 #[tonic::async_trait]
 impl Admin for GrpcGateway {
     async fn peer_listen(
@@ -697,6 +721,35 @@ impl Admin for GrpcGateway {
                 .collect(),
             nodes: topology.nodes,
         }))
+    }
+
+    async fn kick(
+        &self,
+        request: Request<proto::KickRequest>,
+    ) -> Result<Response<proto::ModerationResponse>, Status> {
+        let who = self.operator(&request).await?;
+        let r = request.into_inner();
+        self.moderate(&who, Moderation::Kick, &r.name, &r.reason)
+            .await
+    }
+
+    async fn suspend(
+        &self,
+        request: Request<proto::SuspendRequest>,
+    ) -> Result<Response<proto::ModerationResponse>, Status> {
+        let who = self.operator(&request).await?;
+        let r = request.into_inner();
+        self.moderate(&who, Moderation::Suspend, &r.name, &r.reason)
+            .await
+    }
+
+    async fn restore(
+        &self,
+        request: Request<proto::RestoreRequest>,
+    ) -> Result<Response<proto::ModerationResponse>, Status> {
+        let who = self.operator(&request).await?;
+        let name = request.into_inner().name;
+        self.moderate(&who, Moderation::Restore, &name, "").await
     }
 }
 

@@ -28,7 +28,7 @@ use crate::codec::wire::{
     Dest, OnlineUser, Rejection, Reply, Request, RequestError, Status, encode_message_push, op,
 };
 use crate::core::pace::Pace;
-use crate::core::{Core, CoreError, Delivery, Encoding, ErrorKind, Identity};
+use crate::core::{Core, CoreError, Delivery, Encoding, ErrorKind, Identity, Moderation};
 
 impl From<CoreError> for Rejection {
     fn from(e: CoreError) -> Rejection {
@@ -450,6 +450,11 @@ impl Session {
             Request::PeerListen { host, port } => Box::pin(self.peer_link(false, host, port)).await,
             Request::PeerConnect { host, port } => Box::pin(self.peer_link(true, host, port)).await,
             Request::PeerKill { node } => self.peer_kill(node),
+            Request::Moderate {
+                action,
+                name,
+                reason,
+            } => Box::pin(self.moderate(action, name, reason)).await,
         };
         self.answer(asked.answer(outcome));
     }
@@ -645,6 +650,13 @@ impl Session {
     fn peer_kill(&self, node: &str) -> Outcome {
         self.core.peer_kill(self.identity()?, node)?;
         Ok(Reply::Done)
+    }
+
+    /// KICK, SUSPEND or RESTORE.
+    async fn moderate(&mut self, action: Moderation, name: &str, reason: &str) -> Outcome {
+        let who = self.identity()?;
+        let done = self.core.moderate(who, action, name, reason).await?;
+        Ok(Reply::Moderated(done))
     }
 }
 

@@ -179,6 +179,39 @@ pub enum RoutedBody {
     /// A session a sibling ended (logged out, or evicted): its token stops
     /// working here too.
     Ended { session: i64 },
+    /// An operator's act on an account homed on the destination: `action`
+    /// is `kick`, `suspend` or `restore`; `by` is the operator's account
+    /// on the source node.
+    Moderate {
+        req: u64,
+        action: String,
+        name: String,
+        by: String,
+        #[serde(default)]
+        reason: String,
+    },
+    /// The answer to `moderate`: what was done, or why not.
+    Moderated {
+        req: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        done: Option<Done>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error: Option<RemoteError>,
+    },
+    /// A sibling ended every session of an account (a kick or a
+    /// suspension): end them here too, with this notice.
+    Removed { account: i64, notice: String },
+}
+
+/// What a `moderate` did on the account's home node.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Done {
+    /// The account as its home node names it.
+    pub name: String,
+    /// Sessions ended there.
+    pub sessions: u32,
+    /// False when a restore found no suspension to lift.
+    pub changed: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -332,22 +365,25 @@ mod tests {
         assert_eq!(decode(&mut buf), Ok(Some(message)));
     }
 
-    #[test]
-    fn sibling_frames_read_as_documented() {
+    /// The lines of the first code block after `heading` in docs/mesh.md.
+    fn documented(heading: &str) -> Vec<&'static str> {
         let doc = include_str!("../../docs/mesh.md");
-        let start = doc
-            .find("Between siblings")
-            .expect("the siblings' examples");
-        let examples: Vec<&str> = doc[start..]
+        let start = doc.find(heading).expect("the examples");
+        doc[start..]
             .lines()
             .skip_while(|l| !l.starts_with("```"))
             .skip(1)
             .take_while(|l| !l.starts_with("```"))
-            .collect();
-        assert_eq!(examples.len(), 6);
-        for json in examples {
+            .collect()
+    }
+
+    #[test]
+    fn documented_frames_read_and_write_back_as_shown() {
+        let every_kind = documented("One of each, as sent");
+        let siblings = documented("Between siblings");
+        assert_eq!((every_kind.len(), siblings.len()), (16, 7));
+        for json in every_kind.into_iter().chain(siblings) {
             let message: PeerMessage = serde_json::from_str(json).expect(json);
-            // Written back as the documentation shows it.
             assert_eq!(serde_json::to_string(&message).unwrap(), json);
         }
     }

@@ -42,8 +42,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::core::{
-    Claim, Core, CoreError, ErrorKind, Gathered, Message, PeerLink, Remote, RemoteDirect, Sent,
-    Stats, Topology, UserInfo,
+    Claim, Core, CoreError, ErrorKind, Gathered, Message, Moderated, Moderation, PeerLink, Remote,
+    RemoteDirect, Sent, Stats, Topology, UserInfo,
 };
 use crate::model::{AccountId, RoomId, SessionId};
 use frame::{Answer, Facts, RoutedBody};
@@ -134,8 +134,9 @@ struct Inner {
     listeners: Mutex<Vec<(SocketAddr, JoinHandle<()>)>>,
 
     // Requests (`requests.rs`).
-    /// Direct messages waiting for their home node: request → (node, waiter).
-    directs: Mutex<HashMap<u64, (String, oneshot::Sender<RoutedBody>)>>,
+    /// Requests waiting for one node's answer (direct messages for their
+    /// home node, operators' acts on its accounts): request → (node, waiter).
+    awaiting: Mutex<HashMap<u64, (String, oneshot::Sender<RoutedBody>)>>,
     /// Scatter-gather queries waiting for answers: request → collector.
     queries: Mutex<HashMap<u64, mpsc::Sender<(String, Answer)>>>,
 }
@@ -169,7 +170,7 @@ impl Mesh {
                 dialers: Mutex::new(Vec::new()),
                 killed: Mutex::new(HashSet::new()),
                 listeners: Mutex::new(Vec::new()),
-                directs: Mutex::new(HashMap::new()),
+                awaiting: Mutex::new(HashMap::new()),
                 queries: Mutex::new(HashMap::new()),
                 core: core.clone(),
             }),
@@ -303,6 +304,24 @@ impl Remote for Mesh {
 
     fn session_ended(&self, session: SessionId) {
         self.to_each_sibling(|| RoutedBody::Ended { session: session.0 });
+    }
+
+    fn sessions_removed(&self, account: AccountId, notice: &str) {
+        self.to_each_sibling(|| RoutedBody::Removed {
+            account: account.0,
+            notice: notice.to_owned(),
+        });
+    }
+
+    fn moderate(
+        &self,
+        node: String,
+        action: Moderation,
+        name: String,
+        by: String,
+        reason: String,
+    ) -> BoxFuture<'static, Result<Moderated, CoreError>> {
+        Box::pin(self.route_moderation(node, action, name, by, reason))
     }
 
     fn send_direct(&self, message: RemoteDirect) -> BoxFuture<'static, Result<Sent, CoreError>> {

@@ -1,6 +1,7 @@
 //! Requests to other nodes and their answers: a direct message waits for
-//! its home node's `direct_ack`, a scatter-gather query (`who`, `stats`)
-//! for one answer from every reachable node. Each waits in a table keyed
+//! its home node's `direct_ack`, an operator's act on an account for its
+//! home node's `moderated`, a scatter-gather query (`who`, `stats`) for one
+//! answer from every reachable node. Each waits in a table keyed
 //! by request id, which the reply finds it by; this node answers other
 //! nodes' requests here too.
 
@@ -13,7 +14,8 @@ use tokio::sync::{mpsc, oneshot};
 use super::frame::{self, Answer, Query, RemoteError, Routed, RoutedBody};
 use super::{Mesh, clean, lock};
 use crate::core::{
-    CoreError, ErrorKind, Gathered, Message, RemoteDirect, Sent, Stats, Target, UserInfo,
+    CoreError, ErrorKind, Gathered, Message, Moderated, Moderation, RemoteDirect, Sent, Stats,
+    Target, UserInfo,
 };
 use crate::model::{AccountId, RoomId, SessionId};
 
@@ -22,7 +24,8 @@ pub const QUERY_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a node that dropped out of the mesh is still named among the
 /// nodes that did not answer a query.
 const LOST_MEMORY: Duration = Duration::from_secs(300);
-/// How long a direct message waits for its home node to commit it.
+/// How long a direct message waits for its home node to commit it, and an
+/// operator's act for its home node to do it.
 const DIRECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Requests this node may have waiting on other nodes at once.
 const MAX_PENDING: usize = 10_000;
@@ -32,14 +35,14 @@ const MAX_PENDING: usize = 10_000;
 struct Pending {
     mesh: Mesh,
     req: u64,
-    /// A direct message (else a query).
-    directs: bool,
+    /// Waits on one node (else a query).
+    one_node: bool,
 }
 
 impl Drop for Pending {
     fn drop(&mut self) {
-        if self.directs {
-            lock(&self.mesh.inner.directs).remove(&self.req);
+        if self.one_node {
+            lock(&self.mesh.inner.awaiting).remove(&self.req);
         } else {
             lock(&self.mesh.inner.queries).remove(&self.req);
         }
@@ -69,10 +72,20 @@ impl Mesh {
                 );
                 Some(Box::pin(self.clone().ack_direct(src, req, stored)))
             }
-            RoutedBody::DirectAck { req, .. } => {
-                self.direct_acked(&src, req, body);
+            RoutedBody::DirectAck { req, .. } | RoutedBody::Moderated { req, .. } => {
+                self.answered(&src, req, body);
                 None
             }
+            RoutedBody::Moderate {
+                req,
+                action,
+                name,
+                by,
+                reason,
+            } => Some(Box::pin(
+                self.clone()
+                    .moderate_here(src, req, action, name, by, reason),
+            )),
             RoutedBody::Query { req, query } => {
                 Some(Box::pin(self.clone().answer_query(src, req, query)))
             }
@@ -87,6 +100,7 @@ impl Mesh {
             | RoutedBody::Member { .. }
             | RoutedBody::Deleted { .. }
             | RoutedBody::Ended { .. }
+            | RoutedBody::Removed { .. }
                 if !self.state().is_sibling(&src) =>
             {
                 tracing::debug!(src, "a node on another store sent what only siblings send");
@@ -134,7 +148,53 @@ impl Mesh {
                 self.inner.core.session_ended_elsewhere(SessionId(session));
                 None
             }
+            RoutedBody::Removed { account, notice } => {
+                let core = &self.inner.core;
+                core.sessions_removed_elsewhere(AccountId(account), &notice);
+                None
+            }
         }
+    }
+
+    /// Does another node's operator's act on an account homed here, and
+    /// tells that node what came of it.
+    async fn moderate_here(
+        self,
+        src: String,
+        req: u64,
+        action: String,
+        name: String,
+        by: String,
+        reason: String,
+    ) {
+        let done = match Moderation::from_name(&action) {
+            Some(action) => {
+                let core = &self.inner.core;
+                core.moderate_for_node(&src, action, &name, &by, &reason)
+                    .await
+            }
+            None => Err(CoreError::invalid(
+                "action",
+                "it is not kick, suspend or restore",
+            )),
+        };
+        let answer = match done {
+            Ok(done) => RoutedBody::Moderated {
+                req,
+                done: Some(frame::Done {
+                    name: done.name,
+                    sessions: done.sessions_ended,
+                    changed: done.changed,
+                }),
+                error: None,
+            },
+            Err(e) => RoutedBody::Moderated {
+                req,
+                done: None,
+                error: Some(remote_error(&e)),
+            },
+        };
+        self.route_to(&src, answer);
     }
 
     /// Tells `src` whether its direct message `req` was stored here.
@@ -157,23 +217,20 @@ impl Mesh {
             Err(e) => RoutedBody::DirectAck {
                 req,
                 stored: None,
-                error: Some(RemoteError {
-                    code: e.kind().code().to_owned(),
-                    message: e.to_string(),
-                }),
+                error: Some(remote_error(&e)),
             },
         };
         self.route_to(&src, ack);
     }
 
-    /// Hands a `direct_ack` to the send waiting for it.
-    fn direct_acked(&self, src: &str, req: u64, ack: RoutedBody) {
-        let mut directs = lock(&self.inner.directs);
-        // Only the node the message went to may answer for it.
-        if directs.get(&req).is_some_and(|(node, _)| node == src)
-            && let Some((_, waiter)) = directs.remove(&req)
+    /// Hands a `direct_ack` or a `moderated` to the request waiting for it.
+    fn answered(&self, src: &str, req: u64, answer: RoutedBody) {
+        let mut awaiting = lock(&self.inner.awaiting);
+        // Only the node the request went to may answer it.
+        if awaiting.get(&req).is_some_and(|(node, _)| node == src)
+            && let Some((_, waiter)) = awaiting.remove(&req)
         {
-            let _ = waiter.send(ack);
+            let _ = waiter.send(answer);
         }
     }
 
@@ -213,7 +270,7 @@ impl Mesh {
         let pending = Pending {
             mesh: self.clone(),
             req,
-            directs: true,
+            one_node: true,
         };
         async move {
             queued?;
@@ -233,37 +290,111 @@ impl Mesh {
         tx: oneshot::Sender<RoutedBody>,
         message: RemoteDirect,
     ) -> Result<(), CoreError> {
+        let name = message.to.name.clone();
+        let body = RoutedBody::Direct {
+            req,
+            from: message.from,
+            to: message.to.name,
+            body: message.body,
+            client_msg_id: message.client_msg_id,
+            sent_ms: message.sent_ms,
+        };
         let node = message.to.node;
+        self.ask_one(&node, req, tx, body).map_err(|e| {
+            e.unwrap_or_else(|| {
+                CoreError::Unreachable(format!(
+                    "{name}'s home node {node} cannot be reached now: try again later"
+                ))
+            })
+        })
+    }
+
+    /// Registers request `req` as waiting on `tx` for `node`'s answer and
+    /// routes it there. Errs with `None` when there is no route to `node`.
+    fn ask_one(
+        &self,
+        node: &str,
+        req: u64,
+        tx: oneshot::Sender<RoutedBody>,
+        body: RoutedBody,
+    ) -> Result<(), Option<CoreError>> {
         {
-            let mut directs = lock(&self.inner.directs);
-            if directs.len() >= MAX_PENDING {
-                return Err(CoreError::Limit(
-                    "too many messages are waiting on other nodes: try again shortly".into(),
-                ));
+            let mut awaiting = lock(&self.inner.awaiting);
+            if awaiting.len() >= MAX_PENDING {
+                return Err(Some(CoreError::Limit(
+                    "too many requests are waiting on other nodes: try again shortly".into(),
+                )));
             }
-            directs.insert(req, (node.clone(), tx));
+            awaiting.insert(req, (node.to_owned(), tx));
         }
         let routed = Routed {
             src: self.inner.me.clone(),
-            dst: node.clone(),
+            dst: node.to_owned(),
             hops: frame::MAX_HOPS,
-            body: RoutedBody::Direct {
-                req,
-                from: message.from,
-                to: message.to.name.clone(),
-                body: message.body,
-                client_msg_id: message.client_msg_id,
-                sent_ms: message.sent_ms,
-            },
+            body,
         };
         if self.route(routed) {
             return Ok(());
         }
-        lock(&self.inner.directs).remove(&req);
-        Err(CoreError::Unreachable(format!(
-            "{}'s home node {node} cannot be reached now: try again later",
-            message.to.name
-        )))
+        lock(&self.inner.awaiting).remove(&req);
+        Err(None)
+    }
+
+    /// Has `node` do an operator's act on one of its accounts; resolves
+    /// with what it did.
+    pub(super) fn route_moderation(
+        &self,
+        node: String,
+        action: Moderation,
+        name: String,
+        by: String,
+        reason: String,
+    ) -> impl Future<Output = Result<Moderated, CoreError>> + Send + use<> {
+        let req = self.next_id();
+        let (tx, rx) = oneshot::channel();
+        let body = RoutedBody::Moderate {
+            req,
+            action: action.name().to_owned(),
+            name,
+            by,
+            reason,
+        };
+        let queued = self.ask_one(&node, req, tx, body);
+        let pending = Pending {
+            mesh: self.clone(),
+            req,
+            one_node: true,
+        };
+        async move {
+            queued.map_err(|e| {
+                e.unwrap_or_else(|| {
+                    CoreError::Unreachable(format!(
+                        "node {node} cannot be reached now: try again later"
+                    ))
+                })
+            })?;
+            let answer = tokio::time::timeout(DIRECT_TIMEOUT, rx).await;
+            drop(pending);
+            match answer {
+                Ok(Ok(RoutedBody::Moderated {
+                    done: Some(done), ..
+                })) => Ok(Moderated {
+                    name: clean(&done.name),
+                    node,
+                    sessions_ended: done.sessions,
+                    changed: done.changed,
+                }),
+                Ok(Ok(RoutedBody::Moderated { error: Some(e), .. })) => Err(CoreError::FromNode {
+                    node,
+                    kind: ErrorKind::from_code(&e.code),
+                    message: clean(&e.message),
+                }),
+                _ => Err(CoreError::Unreachable(format!(
+                    "node {node} did not answer in time: the {} may or may not be done",
+                    action.name()
+                ))),
+            }
+        }
     }
 
     /// Asks every reachable node and waits for their answers, or the timeout.
@@ -285,7 +416,7 @@ impl Mesh {
         let _pending = Pending {
             mesh: self.clone(),
             req,
-            directs: false,
+            one_node: false,
         };
         for node in &targets {
             let query = query.clone();
@@ -387,6 +518,14 @@ fn direct_outcome(node: String, ack: RoutedBody) -> Result<Sent, CoreError> {
             message: clean(&e.message),
         }),
         _ => Err(not_confirmed(&node)),
+    }
+}
+
+/// An error as another node is told it.
+fn remote_error(e: &CoreError) -> RemoteError {
+    RemoteError {
+        code: e.kind().code().to_owned(),
+        message: e.to_string(),
     }
 }
 

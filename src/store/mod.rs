@@ -27,6 +27,9 @@ pub enum StoreError {
     NameTaken,
     #[error("the store is closed")]
     Closed,
+    /// A session was asked for an account that is suspended.
+    #[error("this account is suspended")]
+    Suspended,
     /// The data dir cannot be used: another server holds its lock, or it
     /// is not a directory.
     #[error("{0}")]
@@ -86,6 +89,19 @@ pub struct AccountRecord {
     pub name: String,
     pub password_hash: String,
     pub created_ms: i64,
+    /// Set while an operator has the account suspended.
+    pub suspended: Option<Suspension>,
+}
+
+/// An operator's suspension of an account: its log-ins are refused until
+/// an operator restores it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Suspension {
+    /// The operator who suspended it, as the account name they act under.
+    pub by: String,
+    /// Why, as the operator gave it; may be empty.
+    pub reason: String,
+    pub since_ms: i64,
 }
 
 /// An account as the directory knows it.
@@ -227,7 +243,8 @@ pub trait Store: Send + Sync + 'static {
     async fn grant_operator(&self, account: AccountId) -> Result<(), StoreError>;
 
     /// Opens a session; if the account then has more than `keep`, the
-    /// oldest go, and their ids are returned with the new one.
+    /// oldest go, and their ids are returned with the new one. A suspended
+    /// account gets [`StoreError::Suspended`].
     async fn create_session(
         &self,
         token_hash: [u8; 32],
@@ -239,6 +256,19 @@ pub trait Store: Send + Sync + 'static {
         token_hash: [u8; 32],
     ) -> Result<Option<SessionRecord>, StoreError>;
     async fn delete_session(&self, id: SessionId) -> Result<(), StoreError>;
+    /// Ends every session of the account; returns the ones that went.
+    async fn end_sessions(&self, account: AccountId) -> Result<Vec<SessionId>, StoreError>;
+    /// Suspends the account (a suspension already there is replaced) and
+    /// ends its sessions, in one transaction, so no session opened
+    /// meanwhile outlives it: [`Store::create_session`] refuses a suspended
+    /// account with [`StoreError::Suspended`]. Returns the sessions ended.
+    async fn suspend(
+        &self,
+        account: AccountId,
+        suspension: Suspension,
+    ) -> Result<Vec<SessionId>, StoreError>;
+    /// Lifts the account's suspension; false if it had none.
+    async fn restore(&self, account: AccountId) -> Result<bool, StoreError>;
     /// Of these sessions, the ones that still exist.
     async fn sessions_alive(&self, ids: Vec<SessionId>) -> Result<Vec<SessionId>, StoreError>;
 

@@ -247,6 +247,14 @@ impl ChatSession {
                 c.peer_kill(node.clone()).await?;
                 vec![format!("* unlinked {node}")]
             }
+            Command::Moderate {
+                action,
+                name,
+                reason,
+            } => {
+                let done = c.moderate(action, name, reason).await?;
+                vec![format!("* {}", done.summary(action))]
+            }
             Command::Quit => vec![],
         })
     }
@@ -309,8 +317,19 @@ async fn run_script(mut session: ChatSession, servers: Servers) -> anyhow::Resul
         servers,
         std::io::stdout(),
     ));
+    let mut incoming = incoming;
+    let mut receiving = true;
     let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
-    while let Some(line) = lines.next_line().await? {
+    loop {
+        let line = tokio::select! {
+            line = lines.next_line() => line?,
+            ended = &mut incoming, if receiving => {
+                session_over(ended)?;
+                receiving = false;
+                continue;
+            }
+        };
+        let Some(line) = line else { break };
         match session.handle(&line).await {
             Outcome::Quit => break,
             Outcome::Show(shown) => {
@@ -323,6 +342,16 @@ async fn run_script(mut session: ChatSession, servers: Servers) -> anyhow::Resul
     }
     incoming.abort();
     Ok(())
+}
+
+/// The end of the session's deliveries while the client runs: an
+/// operator's notice ends the client with it as the error; after a logout
+/// the client reads on (its commands say they need a log-in).
+fn session_over(ended: Result<Option<String>, tokio::task::JoinError>) -> anyhow::Result<()> {
+    match ended {
+        Ok(Some(notice)) => anyhow::bail!("{notice}"),
+        Ok(None) | Err(_) => Ok(()),
+    }
 }
 
 async fn run_terminal(mut session: ChatSession, servers: Servers) -> anyhow::Result<()> {
@@ -338,8 +367,21 @@ async fn run_terminal(mut session: ChatSession, servers: Servers) -> anyhow::Res
         servers,
         out.clone(),
     ));
+    let mut incoming = incoming;
+    let mut receiving = true;
     loop {
-        match readline.readline().await {
+        let event = tokio::select! {
+            event = readline.readline() => event,
+            ended = &mut incoming, if receiving => {
+                if let Err(removed) = session_over(ended) {
+                    readline.flush()?;
+                    return Err(removed);
+                }
+                receiving = false;
+                continue;
+            }
+        };
+        match event {
             Ok(ReadlineEvent::Line(line)) => {
                 readline.add_history_entry(line.clone());
                 match session.handle(&line).await {

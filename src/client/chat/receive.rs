@@ -50,8 +50,14 @@ const MOST_BACKOFF: Duration = Duration::from_secs(8);
 /// Prints deliveries as they come and acknowledges each once shown. When
 /// the stream drops it says so once, subscribes again with backoff (at the
 /// next server when the one in use is gone), and says so once it is back;
-/// the server then replays what was not acknowledged.
-pub async fn show_incoming(mut client: Client, servers: Servers, mut out: impl Write) {
+/// the server then replays what was not acknowledged. Returns when the
+/// session is over: with the operator's notice when one ended it (a kick
+/// or a suspension), for the client to end with.
+pub async fn show_incoming(
+    mut client: Client,
+    servers: Servers,
+    mut out: impl Write,
+) -> Option<String> {
     let mut shown = ShownIds::default();
     let mut down = false;
     let mut backoff = FIRST_BACKOFF;
@@ -64,7 +70,8 @@ pub async fn show_incoming(mut client: Client, servers: Servers, mut out: impl W
                 }
                 backoff = FIRST_BACKOFF;
                 match show_stream(&mut stream, &client, &mut shown, &mut out).await {
-                    Ended::LoggedOut => return,
+                    Ended::LoggedOut => return None,
+                    Ended::Removed(notice) => return Some(notice),
                     Ended::Dropped => {}
                 }
             }
@@ -77,7 +84,7 @@ pub async fn show_incoming(mut client: Client, servers: Servers, mut out: impl W
             }
             Err(ClientError::Rpc(status)) if status.code() == Code::Unauthenticated => {
                 let _ = writeln!(out, "* {}", status.message());
-                return;
+                return None;
             }
             Err(_) => {}
         }
@@ -98,6 +105,8 @@ pub async fn show_incoming(mut client: Client, servers: Servers, mut out: impl W
 enum Ended {
     /// The session is over: nothing to subscribe again for.
     LoggedOut,
+    /// An operator ended it, with this notice.
+    Removed(String),
     Dropped,
 }
 
@@ -125,6 +134,9 @@ async fn show_stream(
             Err(status) if status.code() == Code::Unauthenticated => {
                 let _ = writeln!(out, "* {}", status.message());
                 return Ended::LoggedOut;
+            }
+            Err(status) if status.code() == Code::PermissionDenied => {
+                return Ended::Removed(status.message().to_owned());
             }
             Err(_) => return Ended::Dropped,
         }

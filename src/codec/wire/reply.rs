@@ -8,7 +8,7 @@ use bytes::Bytes;
 use super::message::{MESSAGE_ARGS, parse_message, write_message};
 use super::{RequestError, Status, op};
 use crate::codec::frame::{ArgSink, Frame, FrameArgs, FrameBuf, Header, VERSION, arg};
-use crate::core::{Message, PeerLink, RoomInfo, Sent, Stats, Topology, UserInfo};
+use crate::core::{Message, Moderated, PeerLink, RoomInfo, Sent, Stats, Topology, UserInfo};
 
 /// A user online somewhere in the mesh, as WHO lists them.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,6 +54,8 @@ pub enum Reply {
     Bound(String),
     /// PEER_CONNECT: the linked node's name.
     Linked(String),
+    /// KICK, SUSPEND, RESTORE: what was done, on the account's home node.
+    Moderated(Moderated),
 }
 
 /// An error reply or a BYE: a status and a sentence for a person.
@@ -164,6 +166,16 @@ impl Reply {
             op::WHO => parse_who(a),
             op::STATS => parse_stats(a),
             op::TOPOLOGY => parse_topology(a).map(Reply::Topology),
+            op::KICK | op::SUSPEND | op::RESTORE => match a {
+                [name, node, sessions, changed] => Ok(Reply::Moderated(Moderated {
+                    name: text(name)?,
+                    node: text(node)?,
+                    sessions_ended: arg::to_u32(sessions)
+                        .ok_or(malformed("sessions is 4 bytes"))?,
+                    changed: flag(changed)?,
+                })),
+                _ => Err(malformed("a moderation reply has four arguments")),
+            },
             _ => Err(malformed("a reply to an unknown opcode")),
         }
     }
@@ -232,6 +244,12 @@ impl FrameArgs for Reply {
                     sink.text(from);
                     sink.text(to);
                 }
+            }
+            Reply::Moderated(m) => {
+                sink.text(&m.name);
+                sink.text(&m.node);
+                sink.u32(m.sessions_ended);
+                sink.bool(m.changed);
             }
         }
     }
@@ -376,4 +394,56 @@ fn parse_topology(args: &[Bytes]) -> Result<Topology, ReplyError> {
             .map(|l| Ok((text(&l[0])?, text(&l[1])?)))
             .collect::<Result<_, ReplyError>>()?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::frame::MAX_REQUEST;
+    use crate::codec::wire::Request;
+    use crate::model::Moderation;
+
+    /// The bytes of the code block after `heading` in docs/wire-protocol.md.
+    fn documented(heading: &str) -> Vec<u8> {
+        let doc = include_str!("../../../docs/wire-protocol.md");
+        let start = doc.find(heading).expect("the example");
+        doc[start..]
+            .lines()
+            .skip_while(|l| !l.starts_with("```"))
+            .nth(1)
+            .expect("its bytes")
+            .split_whitespace()
+            .map(|h| u8::from_str_radix(h, 16).expect("hex"))
+            .collect()
+    }
+
+    #[test]
+    fn the_documented_kick_and_its_reply() {
+        let kick = Request::Moderate {
+            action: Moderation::Kick,
+            name: "bob",
+            reason: "spam",
+        };
+        let bytes = documented("KICK, id 5,");
+        assert_eq!(kick.to_bytes(5).as_ref(), &bytes[..]);
+        let frame = Frame::decode(&mut bytes[..].into(), MAX_REQUEST)
+            .unwrap()
+            .unwrap();
+        assert_eq!(Request::parse(&frame), Ok(kick));
+
+        let done = Reply::Moderated(Moderated {
+            name: "bob".into(),
+            node: "b".into(),
+            sessions_ended: 2,
+            changed: true,
+        });
+        let bytes = documented("Its reply: bob's home node");
+        let mut encoded = bytes::BytesMut::new();
+        done.encode(op::KICK, 5, &mut encoded);
+        assert_eq!(&encoded[..], &bytes[..]);
+        let frame = Frame::decode(&mut bytes[..].into(), usize::MAX)
+            .unwrap()
+            .unwrap();
+        assert_eq!(Reply::parse(&frame), Ok(done));
+    }
 }

@@ -8,6 +8,7 @@ use std::borrow::Cow;
 
 use super::{Status, op};
 use crate::codec::frame::{ArgSink, Frame, FrameArgs, FrameBuf, FrameView, Header, arg};
+use crate::core::Moderation;
 use crate::model::Target;
 
 /// Whom a send goes to, or whose history is read.
@@ -86,6 +87,12 @@ pub enum Request<'a> {
     },
     PeerKill {
         node: &'a str,
+    },
+    /// KICK and SUSPEND carry a reason (may be empty); RESTORE none.
+    Moderate {
+        action: Moderation,
+        name: &'a str,
+        reason: &'a str,
     },
 }
 
@@ -176,6 +183,18 @@ impl<'a> Request<'a> {
                     Request::PeerConnect { host, port }
                 }
             }
+            op::KICK | op::SUSPEND => {
+                let [name, reason] = exact(args)?;
+                Request::Moderate {
+                    action: if opcode == op::KICK {
+                        Moderation::Kick
+                    } else {
+                        Moderation::Suspend
+                    },
+                    name: text(name)?,
+                    reason: text(reason)?,
+                }
+            }
             _ => one_text(opcode, args)?,
         })
     }
@@ -206,6 +225,11 @@ impl<'a> Request<'a> {
             Request::PeerListen { .. } => op::PEER_LISTEN,
             Request::PeerConnect { .. } => op::PEER_CONNECT,
             Request::PeerKill { .. } => op::PEER_KILL,
+            Request::Moderate { action, .. } => match action {
+                Moderation::Kick => op::KICK,
+                Moderation::Suspend => op::SUSPEND,
+                Moderation::Restore => op::RESTORE,
+            },
         }
     }
 
@@ -272,6 +296,15 @@ impl FrameArgs for Request<'_> {
                 sink.text(host);
                 sink.u16(*port);
             }
+            Request::Moderate {
+                action: Moderation::Restore,
+                name,
+                ..
+            } => sink.text(name),
+            Request::Moderate { name, reason, .. } => {
+                sink.text(name);
+                sink.text(reason);
+            }
         }
     }
 }
@@ -296,7 +329,12 @@ fn one_text<'a>(
         op::WHO => none(Request::Who, args),
         op::PEERS => none(Request::Peers, args),
         op::TOPOLOGY => none(Request::Topology, args),
-        op::DELETE_ACCOUNT | op::LIST_USERS | op::JOIN | op::LEAVE | op::PEER_KILL => {
+        op::DELETE_ACCOUNT
+        | op::LIST_USERS
+        | op::JOIN
+        | op::LEAVE
+        | op::PEER_KILL
+        | op::RESTORE => {
             let [one] = exact(args)?;
             let one = text(one)?;
             Ok(match opcode {
@@ -304,6 +342,11 @@ fn one_text<'a>(
                 op::LIST_USERS => Request::ListUsers { pattern: one },
                 op::JOIN => Request::Join { room: one },
                 op::LEAVE => Request::Leave { room: one },
+                op::RESTORE => Request::Moderate {
+                    action: Moderation::Restore,
+                    name: one,
+                    reason: "",
+                },
                 _ => Request::PeerKill { node: one },
             })
         }

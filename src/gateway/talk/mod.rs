@@ -328,6 +328,14 @@ impl Session {
                 core.peer_kill(who, &node)?;
                 self.conn.push(ok(format!("dropped {node}")));
             }
+            Command::Moderate {
+                action,
+                name,
+                reason,
+            } => {
+                let done = core.moderate(who, action, &name, &reason).await?;
+                self.conn.push(ok(done.summary(action)));
+            }
         }
         Ok(Flow::Continue)
     }

@@ -12,8 +12,13 @@ use super::{ATTEMPTS, PostgresStore, backend, is_transient, pool_error};
 use crate::model::{AccountId, Message, RoomId, SessionId, now_ms};
 use crate::store::{
     AccountAcks, AccountRecord, AccountSummary, Conversation, Counts, RoomRecord, SessionRecord,
-    StoreError, message_target,
+    StoreError, Suspension, message_target,
 };
+
+/// An account's columns with its suspension, if any.
+const ACCOUNT: &str = "SELECT a.id, a.name, a.password_hash, a.created_ms,
+        s.by_name, s.reason, s.since_ms
+    FROM accounts a LEFT JOIN suspensions s ON s.account_id = a.id";
 
 const MESSAGE_COLUMNS: &str =
     "id, sender_name, recipient_name, room_name, body, sent_ms, client_msg_id";
@@ -69,10 +74,7 @@ impl PostgresStore {
         key: &str,
     ) -> Result<Option<AccountRecord>, StoreError> {
         let rows = self
-            .rows(
-                "SELECT id, name, password_hash, created_ms FROM accounts WHERE name_key = $1",
-                &[&key],
-            )
+            .rows(&format!("{ACCOUNT} WHERE a.name_key = $1"), &[&key])
             .await?;
         Ok(rows.first().map(account_record))
     }
@@ -82,10 +84,7 @@ impl PostgresStore {
         id: AccountId,
     ) -> Result<Option<AccountRecord>, StoreError> {
         let rows = self
-            .rows(
-                "SELECT id, name, password_hash, created_ms FROM accounts WHERE id = $1",
-                &[&id.0],
-            )
+            .rows(&format!("{ACCOUNT} WHERE a.id = $1"), &[&id.0])
             .await?;
         Ok(rows.first().map(account_record))
     }
@@ -115,7 +114,11 @@ impl PostgresStore {
     }
 
     /// Opens a session and ends the account's oldest beyond `keep`, in one
-    /// transaction.
+    /// transaction. The account row is share-locked first, and
+    /// [`suspend`](Self::suspend_account) locks it for update: the one
+    /// waits for the other, so the check for a suspension, made in a
+    /// statement after the lock, sees any suspension committed before it,
+    /// and a suspension committed after it ends this session too.
     pub(super) async fn open_session(
         &self,
         token_hash: &[u8; 32],
@@ -124,6 +127,22 @@ impl PostgresStore {
     ) -> Result<(SessionId, Vec<SessionId>), StoreError> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(backend)?;
+        tx.execute(
+            "SELECT 1 FROM accounts WHERE id = $1 FOR SHARE",
+            &[&account.0],
+        )
+        .await
+        .map_err(backend)?;
+        let suspended = tx
+            .query_opt(
+                "SELECT 1 FROM suspensions WHERE account_id = $1",
+                &[&account.0],
+            )
+            .await
+            .map_err(backend)?;
+        if suspended.is_some() {
+            return Err(StoreError::Suspended);
+        }
         let id: i64 = tx
             .query_one(
                 "INSERT INTO sessions (token_hash, account_id, created_ms)
@@ -146,6 +165,43 @@ impl PostgresStore {
         let mut evicted: Vec<SessionId> = evicted.iter().map(|r| SessionId(r.get(0))).collect();
         evicted.sort_unstable_by_key(|s| std::cmp::Reverse(s.0));
         Ok((SessionId(id), evicted))
+    }
+
+    /// Records the suspension and ends the account's sessions, in one
+    /// transaction under the account row's lock (see
+    /// [`open_session`](Self::open_session)).
+    pub(super) async fn suspend_account(
+        &self,
+        account: AccountId,
+        s: &Suspension,
+    ) -> Result<Vec<SessionId>, StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(backend)?;
+        tx.execute(
+            "SELECT 1 FROM accounts WHERE id = $1 FOR UPDATE",
+            &[&account.0],
+        )
+        .await
+        .map_err(backend)?;
+        tx.execute(
+            "INSERT INTO suspensions (account_id, by_name, reason, since_ms)
+             VALUES ($1, $2, $3, $4)
+             ON CONFLICT (account_id) DO UPDATE
+                 SET by_name = EXCLUDED.by_name, reason = EXCLUDED.reason,
+                     since_ms = EXCLUDED.since_ms",
+            &[&account.0, &s.by, &s.reason, &s.since_ms],
+        )
+        .await
+        .map_err(backend)?;
+        let ended = tx
+            .query(
+                "DELETE FROM sessions WHERE account_id = $1 RETURNING id",
+                &[&account.0],
+            )
+            .await
+            .map_err(backend)?;
+        tx.commit().await.map_err(backend)?;
+        Ok(ended.iter().map(|r| SessionId(r.get(0))).collect())
     }
 
     pub(super) async fn session(
@@ -361,6 +417,11 @@ fn account_record(r: &Row) -> AccountRecord {
         name: r.get(1),
         password_hash: r.get(2),
         created_ms: r.get(3),
+        suspended: r.get::<_, Option<String>>(4).map(|by| Suspension {
+            by,
+            reason: r.get(5),
+            since_ms: r.get(6),
+        }),
     }
 }
 

@@ -13,7 +13,7 @@ use crate::store::StoreError;
 
 /// The migrations, in order: `MIGRATIONS[n - 1]` takes a database from
 /// version `n - 1` to `n`.
-const MIGRATIONS: &[&str] = &[TABLES, STORE_ID];
+const MIGRATIONS: &[&str] = &[TABLES, STORE_ID, SUSPENSIONS];
 
 /// The schema version this code writes and reads.
 pub(super) const VERSION: i64 = MIGRATIONS.len() as i64;
@@ -91,6 +91,16 @@ CREATE TABLE meshtalk_store (
     id TEXT NOT NULL
 );
 INSERT INTO meshtalk_store (only_row, id) VALUES (TRUE, gen_random_uuid()::TEXT);
+";
+
+/// Migration 3: accounts an operator suspended, as in SQLite's schema.
+const SUSPENSIONS: &str = "
+CREATE TABLE suspensions (
+    account_id BIGINT PRIMARY KEY REFERENCES accounts(id) ON DELETE CASCADE,
+    by_name TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    since_ms BIGINT NOT NULL
+);
 ";
 
 /// The id of the database: the cluster's system identifier and the

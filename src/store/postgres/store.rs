@@ -10,7 +10,7 @@ use crate::model::{AccountId, Message, RoomId, SessionId};
 use crate::store::{
     AccountAcks, AccountHook, AccountRecord, AccountSummary, CommitHook, Conversation, Counts,
     HookScope, MembershipHook, NewMessage, PendingAppend, Retention, RoomRecord, SessionRecord,
-    Store, StoreError,
+    Store, StoreError, Suspension,
 };
 
 impl PostgresStore {
@@ -122,6 +122,33 @@ impl Store for PostgresStore {
         self.change("DELETE FROM sessions WHERE id = $1", &[&id.0])
             .await
             .map(drop)
+    }
+
+    async fn end_sessions(&self, account: AccountId) -> Result<Vec<SessionId>, StoreError> {
+        let rows = self
+            .rows(
+                "DELETE FROM sessions WHERE account_id = $1 RETURNING id",
+                &[&account.0],
+            )
+            .await?;
+        Ok(rows.iter().map(|r| SessionId(r.get(0))).collect())
+    }
+
+    async fn suspend(
+        &self,
+        account: AccountId,
+        suspension: Suspension,
+    ) -> Result<Vec<SessionId>, StoreError> {
+        self.suspend_account(account, &suspension).await
+    }
+
+    async fn restore(&self, account: AccountId) -> Result<bool, StoreError> {
+        self.change(
+            "DELETE FROM suspensions WHERE account_id = $1",
+            &[&account.0],
+        )
+        .await
+        .map(|n| n > 0)
     }
 
     async fn ensure_room(&self, name: &str, key: &str) -> Result<RoomRecord, StoreError> {

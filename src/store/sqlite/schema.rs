@@ -10,7 +10,7 @@ use crate::store::StoreError;
 
 /// The migrations, in order: `MIGRATIONS[n - 1]` takes a database from
 /// version `n - 1` to `n`.
-const MIGRATIONS: &[&str] = &[TABLES, NO_INBOX_TRIGGER];
+const MIGRATIONS: &[&str] = &[TABLES, NO_INBOX_TRIGGER, SUSPENSIONS];
 
 /// The schema version this code writes and reads.
 pub(super) const VERSION: i64 = MIGRATIONS.len() as i64;
@@ -78,6 +78,18 @@ CREATE TABLE IF NOT EXISTS operators (
 /// the message).
 const NO_INBOX_TRIGGER: &str = "DROP TRIGGER IF EXISTS messages_inbox;";
 
+/// Migration 3: accounts an operator suspended, apart from `accounts` so
+/// that the hot reads of accounts stay as they were; the row goes with the
+/// account.
+const SUSPENSIONS: &str = "
+CREATE TABLE suspensions (
+    account_id INTEGER PRIMARY KEY REFERENCES accounts(id) ON DELETE CASCADE,
+    by_name TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    since_ms INTEGER NOT NULL
+);
+";
+
 /// Brings the database to [`VERSION`]: applies every migration after the
 /// one it records, each once and in order, all in one transaction, so a
 /// failure leaves it as it was. Refuses a database whose version this code
@@ -119,6 +131,9 @@ mod tests {
     /// at version 0.
     const UNVERSIONED: &str = TABLES;
 
+    /// What the migrations after the first add to its tables.
+    const LATER: &str = SUSPENSIONS;
+
     /// Every table and index with the SQL that made it.
     fn objects(conn: &Connection) -> Vec<(String, String, Option<String>)> {
         conn.prepare("SELECT type, name, sql FROM sqlite_master ORDER BY type, name")
@@ -137,6 +152,7 @@ mod tests {
 
         let unversioned = Connection::open_in_memory().unwrap();
         unversioned.execute_batch(UNVERSIONED).unwrap();
+        unversioned.execute_batch(LATER).unwrap();
         assert_eq!(objects(&conn), objects(&unversioned));
     }
 

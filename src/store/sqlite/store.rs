@@ -9,7 +9,7 @@ use crate::model::{AccountId, Message, RoomId, SessionId};
 use crate::store::{
     AccountAcks, AccountHook, AccountRecord, AccountSummary, CommitHook, Conversation, Counts,
     DiskReserve, HookScope, MembershipHook, NewMessage, PendingAppend, Retention, RoomRecord,
-    SessionRecord, Store, StoreError, run_commit_hook,
+    SessionRecord, Store, StoreError, Suspension, run_commit_hook,
 };
 
 #[async_trait]
@@ -76,6 +76,24 @@ impl Store for SqliteStore {
 
     async fn delete_session(&self, id: SessionId) -> Result<(), StoreError> {
         self.write(move |c| accounts::delete_session(c, id)).await
+    }
+
+    async fn end_sessions(&self, account: AccountId) -> Result<Vec<SessionId>, StoreError> {
+        self.write(move |c| accounts::end_sessions(c, account))
+            .await
+    }
+
+    async fn suspend(
+        &self,
+        account: AccountId,
+        suspension: Suspension,
+    ) -> Result<Vec<SessionId>, StoreError> {
+        self.write(move |c| accounts::suspend(c, account, &suspension))
+            .await
+    }
+
+    async fn restore(&self, account: AccountId) -> Result<bool, StoreError> {
+        self.write(move |c| accounts::restore(c, account)).await
     }
 
     async fn prune(&self, rule: Retention, limit: u32) -> Result<u64, StoreError> {

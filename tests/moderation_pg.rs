@@ -1,0 +1,4 @@
+//! `moderation.rs`, every server on PostgreSQL.
+
+#[path = "moderation.rs"]
+mod suite;
