@@ -11,6 +11,7 @@
 
 mod common;
 
+use std::ffi::OsString;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -47,6 +48,19 @@ fn history_scrolls_back_a_page_at_a_time() {
     run("history");
 }
 
+#[test]
+fn over_tls_the_page_is_https_and_its_calls_use_http2() {
+    let certs = tempfile::tempdir().expect("temp dir");
+    let made = meshtalk::tls::make_certificates(certs.path(), &[]).expect("certificates");
+    let tls = [
+        "--tls-cert".into(),
+        made.cert.into_os_string(),
+        "--tls-key".into(),
+        made.key.into_os_string(),
+    ];
+    run_script("e2e.mjs", "tls", &[], &tls);
+}
+
 /// Writes `docs/web-*.png` from a real session (not a check: run it by hand
 /// when the page changes, and look at the pictures).
 #[test]
@@ -57,6 +71,7 @@ fn screenshots() {
         "docs.mjs",
         "shots",
         &[("MESHTALK_DOCS_DIR", docs.as_os_str())],
+        &[],
     );
 }
 
@@ -64,7 +79,7 @@ fn screenshots() {
 #[test]
 #[ignore = "a measurement: cargo test --release --test browser -- --ignored --nocapture measure"]
 fn measure() {
-    run_script("docs.mjs", "measure", &[]);
+    run_script("docs.mjs", "measure", &[], &[]);
 }
 
 /// The server binary on ports chosen once (port 0 the first time), so a
@@ -72,15 +87,17 @@ fn measure() {
 struct WebServer {
     child: Child,
     data_dir: PathBuf,
+    /// Flags besides the addresses and the data dir (TLS).
+    flags: Vec<OsString>,
     /// `--grpc-addr` and the rest, as first bound.
     addrs: Vec<(&'static str, String)>,
 }
 
 impl WebServer {
-    fn start(data_dir: &Path) -> WebServer {
+    fn start(data_dir: &Path, flags: &[OsString]) -> WebServer {
         let any = "127.0.0.1:0".to_owned();
         let addrs = ["grpc", "talk", "wire", "http"].map(|door| (door, any.clone()));
-        let (child, serving) = spawn(data_dir, &addrs);
+        let (child, serving) = spawn(data_dir, &addrs, flags);
         let bound = addrs.map(|(door, _)| {
             let addr = log_field(&serving, door)
                 .unwrap_or_else(|| panic!("no {door} address in {serving}"));
@@ -89,6 +106,7 @@ impl WebServer {
         WebServer {
             child,
             data_dir: data_dir.to_owned(),
+            flags: flags.to_vec(),
             addrs: bound.to_vec(),
         }
     }
@@ -106,7 +124,7 @@ impl WebServer {
 
     /// The server again, on the same ports and data dir.
     fn restart(&mut self) {
-        let (child, _) = spawn(&self.data_dir, &self.addrs);
+        let (child, _) = spawn(&self.data_dir, &self.addrs, &self.flags);
         self.child = child;
     }
 }
@@ -118,7 +136,7 @@ impl Drop for WebServer {
 }
 
 /// Starts `meshtalk serve` and waits for the line saying where it serves.
-fn spawn(data_dir: &Path, addrs: &[(&str, String)]) -> (Child, String) {
+fn spawn(data_dir: &Path, addrs: &[(&str, String)], flags: &[OsString]) -> (Child, String) {
     let mut command = Command::new(env!("CARGO_BIN_EXE_meshtalk"));
     command.args(["serve", "--log-format", "json", "--node-name", "web-test"]);
     for (door, addr) in addrs {
@@ -127,6 +145,7 @@ fn spawn(data_dir: &Path, addrs: &[(&str, String)]) -> (Child, String) {
     let mut child = command
         .arg("--data-dir")
         .arg(data_dir)
+        .args(flags)
         // The scenarios send as fast as a script can.
         .env("MESHTALK_SEND_RATE", "0")
         .env("MESHTALK_REGISTRATIONS_PER_IP", "0")
@@ -175,18 +194,19 @@ fn web_dir() -> PathBuf {
 
 /// Runs one scenario of `web/tests/e2e.mjs` against a fresh server.
 fn run(scenario: &str) {
-    run_script("e2e.mjs", scenario, &[]);
+    run_script("e2e.mjs", scenario, &[], &[]);
 }
 
-/// Runs one scenario of a script in `web/tests/` against a fresh server;
-/// fails with the script's output if it does.
-fn run_script(script: &str, scenario: &str, env: &[(&str, &std::ffi::OsStr)]) {
+/// Runs one scenario of a script in `web/tests/` against a fresh server
+/// started with `flags`; fails with the script's output if it does.
+fn run_script(script: &str, scenario: &str, env: &[(&str, &std::ffi::OsStr)], flags: &[OsString]) {
     let web = web_dir();
     let _turn = ONE_BROWSER
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     let dir = tempfile::tempdir().expect("temp dir");
-    let mut server = WebServer::start(&dir.path().join("data"));
+    let mut server = WebServer::start(&dir.path().join("data"), flags);
+    let scheme = if flags.is_empty() { "http" } else { "https" };
     let mut script = Command::new("node")
         .arg(Path::new("tests").join(script))
         .arg(scenario)
@@ -194,7 +214,7 @@ fn run_script(script: &str, scenario: &str, env: &[(&str, &std::ffi::OsStr)]) {
         .envs(env.iter().copied())
         .env(
             "MESHTALK_WEB_URL",
-            format!("http://{}", server.addr("http")),
+            format!("{scheme}://{}", server.addr("http")),
         )
         .env("MESHTALK_TALK_ADDR", server.addr("talk"))
         .stdin(Stdio::piped())

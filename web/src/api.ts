@@ -50,9 +50,21 @@ export function isUnreachable(error: unknown): boolean {
     code === Code.Unavailable ||
     code === Code.Unknown ||
     code === Code.DeadlineExceeded ||
-    code === Code.Canceled ||
-    code === Code.Internal
+    code === Code.Canceled
   );
+}
+
+/**
+ * Why the server is out of reach, in words for the banner: the server's
+ * own when it said goodbye ("the server is shutting down"), else a plain
+ * one (the browser's are "Failed to fetch" and the like).
+ */
+export function outage(error: unknown): string {
+  const failure = ConnectError.from(error);
+  if (failure.code === Code.Unavailable && failure.rawMessage) {
+    return failure.rawMessage;
+  }
+  return "the connection was lost";
 }
 
 /** The server's words for a refusal, without the code's prefix. */

@@ -4,7 +4,7 @@
 // Nothing is lost meanwhile: Subscribe starts with everything not yet
 // acknowledged, and the page drops what it already has by id.
 
-import { chat, isAuthLost, reason } from "./api";
+import { chat, isAuthLost, outage } from "./api";
 import type { Event } from "./gen/meshtalk/v1/meshtalk_pb";
 
 export interface LiveHandlers {
@@ -63,7 +63,7 @@ export class Live {
     while (!this.stopped) {
       const abort = new AbortController();
       this.current = abort;
-      let why = "the server closed the stream";
+      let why = "the server ended the stream";
       try {
         const stream = chat.subscribe(
           {},
@@ -84,7 +84,7 @@ export class Live {
           this.handlers.authLost();
           return;
         }
-        why = abort.signal.aborted ? "the connection stopped answering" : reason(error);
+        why = abort.signal.aborted ? "the connection stopped answering" : outage(error);
       }
       if (this.stopped) return;
       const pause = pauseAfter(failures++);

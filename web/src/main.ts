@@ -59,6 +59,7 @@ class App {
   private ackTimer: number | undefined;
   private whoTimer: number | undefined;
   private countdown: number | undefined;
+  private whoSoon: number | undefined;
 
   boot(): void {
     byId("login-form").addEventListener("submit", (e) => void this.logIn(e as SubmitEvent));
@@ -166,7 +167,9 @@ class App {
     window.clearInterval(this.whoTimer);
     window.clearInterval(this.countdown);
     window.clearTimeout(this.ackTimer);
+    window.clearTimeout(this.whoSoon);
     this.ackTimer = undefined;
+    this.whoSoon = undefined;
     useToken(null);
     sessionStorage.removeItem(SESSION_KEY);
     sessionStorage.removeItem(OPEN_KEY);
@@ -232,6 +235,7 @@ class App {
     const where = conversationOf(message, this.me);
     if (!where) return;
     const conv = this.conversation(where.kind, where.name);
+    this.noticeSender(message.sender);
     conv.delivered.add(message.id);
     const added = conv.add(message);
     if (this.showing(conv)) {
@@ -427,6 +431,17 @@ class App {
     } catch (error) {
       this.trouble(error);
     }
+  }
+
+  /** Someone not listed online just spoke: read who is online again, soon. */
+  private noticeSender(sender: string): void {
+    const name = sender.toLowerCase();
+    if (name === this.me.toLowerCase() || this.whoSoon !== undefined) return;
+    if (this.online.some((user) => user.name.toLowerCase() === name)) return;
+    this.whoSoon = window.setTimeout(() => {
+      this.whoSoon = undefined;
+      void this.refreshWho();
+    }, 1000);
   }
 
   /** A call failed: a lost session ends it; an unreachable server restarts the stream. */

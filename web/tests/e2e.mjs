@@ -133,6 +133,28 @@ const scenarios = {
     nick.close();
   },
 
+  /** Over TLS: the page is served over https and its calls go over HTTP/2. */
+  async tls(browser) {
+    const alice = await browserUser(browser, "alice");
+    const bob = await browserUser(browser, "bob");
+    if (!alice.url().startsWith("https://")) throw new Error(`the page is at ${alice.url()}`);
+    await bob.locator("#dm-user").fill("alice");
+    await bob.locator("#dm-user").press("Enter");
+    await say(bob, "over tls");
+    await waitForUnread(alice, "@bob", 1);
+    await open(alice, "@bob");
+    await seesOnce(alice, "over tls");
+    const protocols = await alice.evaluate(() =>
+      performance
+        .getEntriesByType("resource")
+        .filter((entry) => entry.name.includes("/meshtalk.v1."))
+        .map((entry) => entry.nextHopProtocol),
+    );
+    if (protocols.length === 0 || protocols.some((p) => p !== "h2")) {
+      throw new Error(`the calls went over ${protocols}`);
+    }
+  },
+
   /** Scrolling back through a room's history, a page at a time, between other rooms' messages. */
   async history(browser) {
     const nick = await Netcat.connect("nick");

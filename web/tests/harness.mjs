@@ -66,7 +66,12 @@ export function finish() {
 
 /** A browser user: a page of its own, registered (or logged in) as `name`. */
 export async function browserUser(browser, name, { register = true, viewport } = {}) {
-  const context = await browser.newContext(viewport ? { viewport } : {});
+  const context = await browser.newContext({
+    ...(viewport ? { viewport } : {}),
+    // Over TLS the server's certificate comes from the test's own CA,
+    // which this browser profile does not know.
+    ignoreHTTPSErrors: WEB.startsWith("https:"),
+  });
   const page = await context.newPage();
   page.setDefaultTimeout(PATIENCE_MS);
   page.on("pageerror", (error) => console.log(`[${name}] page error: ${error.message}`));
@@ -83,14 +88,23 @@ export async function logIn(page, name, register = false) {
   await page.locator('#chat[data-connection="up"]').waitFor();
 }
 
+/** Shows the sidebar, which a phone-sized window hides behind a button. */
+async function sidebar(page) {
+  if (await page.locator("#show-list").isVisible()) {
+    await page.locator("#show-list").click();
+  }
+}
+
 /** Opens a conversation from the sidebar (`#room` or `@user`). */
 export async function open(page, key) {
+  await sidebar(page);
   await page.locator(`#sidebar [data-key="${key.toLowerCase()}"]`).click();
   await page.locator("#title").filter({ hasText: key.startsWith("#") ? key : key.slice(1) }).waitFor();
 }
 
 /** Joins a room through the sidebar's form; it opens. */
 export async function join(page, room) {
+  await sidebar(page);
   await page.locator("#join-room").fill(room);
   await page.locator("#join-room").press("Enter");
   await page.locator("#title").filter({ hasText: `#${room}` }).waitFor();
