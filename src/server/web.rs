@@ -48,25 +48,24 @@ const IMMUTABLE: &str = "public, max-age=31536000, immutable";
 const REVALIDATE: &str = "no-cache";
 
 /// The routes of the web client's files.
-pub(super) fn routes<S: Clone + Send + Sync + 'static>() -> Router<S> {
+pub(super) fn routes() -> Router {
     Router::new()
-        .route("/", get(|headers: HeaderMap| async move { serve(&INDEX, &headers, REVALIDATE) }))
-        .route(
-            "/index.html",
-            get(|headers: HeaderMap| async move { serve(&INDEX, &headers, REVALIDATE) }),
-        )
-        .route(
-            "/app.js",
-            get(|uri: Uri, headers: HeaderMap| async move {
-                serve(&SCRIPT, &headers, lifetime(&uri))
-            }),
-        )
-        .route(
-            "/app.css",
-            get(|uri: Uri, headers: HeaderMap| async move {
-                serve(&STYLE, &headers, lifetime(&uri))
-            }),
-        )
+        .route("/", get(page))
+        .route("/index.html", get(page))
+        .route("/app.js", get(script))
+        .route("/app.css", get(style))
+}
+
+async fn page(headers: HeaderMap) -> Response {
+    serve(&INDEX, &headers, REVALIDATE)
+}
+
+async fn script(uri: Uri, headers: HeaderMap) -> Response {
+    serve(&SCRIPT, &headers, lifetime(&uri))
+}
+
+async fn style(uri: Uri, headers: HeaderMap) -> Response {
+    serve(&STYLE, &headers, lifetime(&uri))
 }
 
 /// A script or style sheet asked for by its content's name (`?v=HASH`, as
