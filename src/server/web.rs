@@ -1,5 +1,5 @@
 //! The web client's files, built into the binary: `web/dist/` as committed
-//! (see `web/README.md`), and the gzip of each that `build.rs` made. Nothing
+//! (see docs/web.md), and the gzip of each that `build.rs` made. Nothing
 //! is read from disk at run time, so the binary is the whole deployment.
 //!
 //! Caching: the page names its script and style sheet with a hash of their
