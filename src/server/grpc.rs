@@ -31,9 +31,32 @@ const SERVICES: [&str; 3] = [
     "meshtalk.v1.Admin",
 ];
 
+/// The three `meshtalk.v1` services over one gateway, each with the same
+/// bound on requests: the gRPC door serves them, and the HTTP door serves
+/// the very same ones to browsers through gRPC-Web, so both doors share one
+/// authentication and one sending allowance per session.
+#[derive(Clone)]
+pub(super) struct Services {
+    pub accounts: AccountsServer<GrpcGateway>,
+    pub chat: ChatServer<GrpcGateway>,
+    pub admin: AdminServer<GrpcGateway>,
+}
+
+impl Services {
+    pub fn new(core: &Core) -> Services {
+        let gateway = GrpcGateway::new(core.clone());
+        Services {
+            accounts: AccountsServer::new(gateway.clone())
+                .max_decoding_message_size(MAX_GRPC_REQUEST),
+            chat: ChatServer::new(gateway.clone()).max_decoding_message_size(MAX_GRPC_REQUEST),
+            admin: AdminServer::new(gateway).max_decoding_message_size(MAX_GRPC_REQUEST),
+        }
+    }
+}
+
 /// The router of every gRPC service, and the reporter that sets their
 /// health (each service SERVING from the start).
-pub(super) async fn router(core: &Core) -> Result<(HealthReporter, Router), ServerError> {
+pub(super) async fn router(services: Services) -> Result<(HealthReporter, Router), ServerError> {
     let (health, health_service) = tonic_health::server::health_reporter();
     for service in SERVICES {
         health
@@ -47,21 +70,23 @@ pub(super) async fn router(core: &Core) -> Result<(HealthReporter, Router), Serv
     };
     let reflection_v1 = reflection().build_v1()?;
     let reflection_v1alpha = reflection().build_v1alpha()?;
-    let gateway = GrpcGateway::new(core.clone());
-    let router = tonic::transport::Server::builder()
-        // Without HTTP/2 pings a half-open client would hold its streams for hours.
-        .http2_keepalive_interval(Some(Duration::from_secs(30)))
-        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+    let router = with_keepalive(tonic::transport::Server::builder())
         .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(
-            AccountsServer::new(gateway.clone()).max_decoding_message_size(MAX_GRPC_REQUEST),
-        )
-        .add_service(ChatServer::new(gateway.clone()).max_decoding_message_size(MAX_GRPC_REQUEST))
-        .add_service(AdminServer::new(gateway).max_decoding_message_size(MAX_GRPC_REQUEST));
+        .add_service(services.accounts)
+        .add_service(services.chat)
+        .add_service(services.admin);
     Ok((health, router))
+}
+
+/// HTTP/2 pings on every connection: without them a half-open client
+/// would hold its streams for hours.
+pub(super) fn with_keepalive(server: tonic::transport::Server) -> tonic::transport::Server {
+    server
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
 }
 
 /// Serves the connections the gRPC door admits until `stopped` fires (or

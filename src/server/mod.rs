@@ -12,13 +12,17 @@
 //! Split by concern, so this file reads as the order things start and stop
 //! in: `doors.rs` binds the three client doors and gives each the gate and
 //! TLS; `grpc.rs` is the tonic side of the gRPC door (its services, health,
-//! reflection, keepalive); here are the store, the core, the mesh and the
+//! reflection, keepalive); `http.rs` the HTTP door, with the web client's
+//! files (`web.rs`) and those same services in gRPC-Web (`grpc_web.rs`);
+//! here are the store, the core, the mesh and the
 //! shutdown that ties them together.
 
 mod doors;
 mod grpc;
+mod grpc_web;
 mod http;
 mod retention;
+mod web;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -99,7 +103,8 @@ impl Server {
         let (mesh, mesh_addr) = start_mesh(&core, &settings).await?;
         let listeners = doors::Listeners::bind(&settings).await?;
         let doors = doors::Doors::new(&settings)?;
-        let (health, router) = grpc::router(&core).await?;
+        let services = grpc::Services::new(&core);
+        let (health, router) = grpc::router(services.clone()).await?;
 
         // What stops the serving tasks, and what tells shutdown they are done.
         let (stop_grpc, stopped) = oneshot::channel::<()>();
@@ -122,7 +127,13 @@ impl Server {
             draining,
         );
         let grpc = grpc::serve(router, admitted.grpc, stopped);
-        let http = http::serve(core.clone(), mesh.clone(), admitted.http, http_stopped);
+        let http = http::serve(
+            core.clone(),
+            mesh.clone(),
+            services,
+            admitted.http,
+            http_stopped,
+        );
 
         log_serving(&settings, addrs, mesh_addr);
         Ok(Server {

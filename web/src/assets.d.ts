@@ -1,0 +1,2 @@
+// esbuild bundles imported style sheets into dist/app.css.
+declare module "*.css";
