@@ -44,6 +44,13 @@ fn the_page_rides_out_a_server_restart_and_loses_nothing() {
 }
 
 #[test]
+fn an_operator_kick_sends_the_page_back_to_log_in_with_the_notice() {
+    run_prepared("e2e.mjs", "kicked", &[], &[], |data_dir| {
+        common::make_operator(data_dir, common::OPERATOR)
+    });
+}
+
+#[test]
 fn history_scrolls_back_a_page_at_a_time() {
     run("history");
 }
@@ -200,12 +207,27 @@ fn run(scenario: &str) {
 /// Runs one scenario of a script in `web/tests/` against a fresh server
 /// started with `flags`; fails with the script's output if it does.
 fn run_script(script: &str, scenario: &str, env: &[(&str, &std::ffi::OsStr)], flags: &[OsString]) {
+    run_prepared(script, scenario, env, flags, |_| {});
+}
+
+/// As [`run_script`], with `prepare` run on the server's data dir before it
+/// starts (to make an operator, say).
+fn run_prepared(
+    script: &str,
+    scenario: &str,
+    env: &[(&str, &std::ffi::OsStr)],
+    flags: &[OsString],
+    prepare: impl FnOnce(&Path),
+) {
     let web = web_dir();
     let _turn = ONE_BROWSER
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     let dir = tempfile::tempdir().expect("temp dir");
-    let mut server = WebServer::start(&dir.path().join("data"), flags);
+    let data_dir = dir.path().join("data");
+    std::fs::create_dir_all(&data_dir).expect("data dir");
+    prepare(&data_dir);
+    let mut server = WebServer::start(&data_dir, flags);
     let scheme = if flags.is_empty() { "http" } else { "https" };
     let mut script = Command::new("node")
         .arg(Path::new("tests").join(script))

@@ -40,6 +40,14 @@ export function isAuthLost(error: unknown): boolean {
 }
 
 /**
+ * Whether an operator ended the session (a kick or a suspension): the only
+ * refusal that ends a `Subscribe` stream with PERMISSION_DENIED.
+ */
+export function isRemoved(error: unknown): boolean {
+  return ConnectError.from(error).code === Code.PermissionDenied;
+}
+
+/**
  * Whether a call failed for want of the server (down, restarting, network
  * gone) rather than because the server refused it: such a call is worth
  * making again once the stream is back.

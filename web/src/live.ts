@@ -4,7 +4,7 @@
 // Nothing is lost meanwhile: Subscribe starts with everything not yet
 // acknowledged, and the page drops what it already has by id.
 
-import { chat, isAuthLost, outage } from "./api";
+import { chat, isAuthLost, isRemoved, outage, reason } from "./api";
 import type { Event } from "./gen/meshtalk/v1/meshtalk_pb";
 
 export interface LiveHandlers {
@@ -13,8 +13,11 @@ export interface LiveHandlers {
   /** The stream broke; the next try is `retryInMs` away. */
   down(retryInMs: number, why: string): void;
   event(event: Event): void;
-  /** The token no longer works: the user must log in again. */
-  authLost(): void;
+  /**
+   * The session is over: the token no longer works, or an operator ended
+   * it (a kick or a suspension), whose words are `why`.
+   */
+  authLost(why?: string): void;
 }
 
 /** The first pause, and the longest. */
@@ -82,6 +85,10 @@ export class Live {
         if (this.stopped) return;
         if (isAuthLost(error)) {
           this.handlers.authLost();
+          return;
+        }
+        if (isRemoved(error)) {
+          this.handlers.authLost(reason(error));
           return;
         }
         why = abort.signal.aborted ? "the connection stopped answering" : outage(error);

@@ -143,7 +143,7 @@ class App {
       up: () => this.up(),
       down: (ms, why) => this.down(ms, why),
       event: (event) => this.event(event),
-      authLost: () => this.leaveSession("Your session has ended: log in again."),
+      authLost: (why) => this.leaveSession(why ?? "Your session has ended: log in again."),
     });
     this.live.start();
     this.whoTimer = window.setInterval(() => void this.refreshWho(), WHO_EVERY_MS);

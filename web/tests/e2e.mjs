@@ -95,6 +95,19 @@ const scenarios = {
     nick.close();
   },
 
+  /** An operator kicks the browser user: the page goes back to the log-in form, saying who and why. */
+  async kicked(browser) {
+    const alice = await browserUser(browser, "alice");
+    const root = await Netcat.connect("root", { register: false });
+    await root.command("/kick alice be nice");
+    await alice.locator("#login").waitFor();
+    await alice.getByText("you were kicked by root: be nice").waitFor();
+    // A kick is not a ban: alice logs in again.
+    await logIn(alice, "alice");
+    await alice.locator('#chat[data-connection="up"]').waitFor();
+    root.close();
+  },
+
   /**
    * The server killed and started again under an open page: the banner
    * shows, the page reconnects by itself, and what was sent meanwhile (to
