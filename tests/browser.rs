@@ -161,18 +161,7 @@ fn spawn(data_dir: &Path, addrs: &[(&str, String)], flags: &[OsString]) -> (Chil
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn meshtalk");
-    let stderr = child.stderr.take().expect("stderr");
-    let mut lines = BufReader::new(stderr).lines();
-    let mut seen = Vec::new();
-    let serving = loop {
-        let Some(Ok(line)) = lines.next() else {
-            panic!("the server stopped before serving; its log: {seen:#?}");
-        };
-        if log_field(&line, "http").is_some() {
-            break line;
-        }
-        seen.push(line);
-    };
+    let (serving, lines) = common::serving_line(&mut child, "http");
     // Keep draining the log so the server never blocks on a full pipe.
     std::thread::spawn(move || lines.map_while(Result::ok).for_each(drop));
     (child, serving)

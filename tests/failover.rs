@@ -30,8 +30,9 @@ async fn node(
     .await
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn the_chat_client_goes_on_at_the_next_node_when_its_node_stops() {
+/// Nodes `a` and `b` on one fresh database, linked; the temp dir holds the
+/// mesh secret.
+async fn linked_pair() -> (TestServer, TestServer, tempfile::TempDir) {
     let store = common::postgres::fresh_database();
     let dir = tempfile::tempdir().unwrap();
     let secret = dir.path().join("secret");
@@ -40,6 +41,12 @@ async fn the_chat_client_goes_on_at_the_next_node_when_its_node_stops() {
     let b = node(&store, "b", &secret, a.server.mesh_addr()).await;
     a.linked(1).await;
     b.linked(1).await;
+    (a, b, dir)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_chat_client_goes_on_at_the_next_node_when_its_node_stops() {
+    let (a, b, _dir) = linked_pair().await;
     let servers = Servers::new(vec![a.url.clone(), b.url.clone()], None);
     let mut alice = ChatSession::start_on(servers, "alice", PASSWORD, true)
         .await
@@ -183,14 +190,7 @@ async fn a_room_left_through_one_node_is_left_on_another_at_the_next_login_there
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_kick_through_one_node_ends_the_sessions_on_its_siblings_with_the_notice() {
-    let store = common::postgres::fresh_database();
-    let dir = tempfile::tempdir().unwrap();
-    let secret = dir.path().join("secret");
-    std::fs::write(&secret, "a shared secret of the test mesh").unwrap();
-    let a = node(&store, "a", &secret, None).await;
-    let b = node(&store, "b", &secret, a.server.mesh_addr()).await;
-    a.linked(1).await;
-    b.linked(1).await;
+    let (a, b, _dir) = linked_pair().await;
     let root = a.user(common::OPERATOR).await;
     Client::connect(&a.url)
         .await

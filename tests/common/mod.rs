@@ -477,18 +477,7 @@ pub fn spawn_server_with(
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn meshtalk");
-    let stderr = child.stderr.take().expect("stderr");
-    let mut lines = BufReader::new(stderr).lines();
-    let mut seen = Vec::new();
-    let serving = loop {
-        let Some(Ok(line)) = lines.next() else {
-            panic!("the server stopped before serving; its log: {seen:#?}");
-        };
-        if log_field(&line, "grpc").is_some() {
-            break line;
-        }
-        seen.push(line);
-    };
+    let (serving, lines) = serving_line(&mut child, "grpc");
     // Keep reading the log so the child never blocks on a full pipe.
     let log = Log::default();
     let keep = log.clone();
@@ -500,6 +489,28 @@ pub fn spawn_server_with(
         }
     });
     (child, serving, log)
+}
+
+/// A child server's log (JSON lines on stderr) read up to the line saying
+/// where it serves, the one naming `door`'s address; returns that line and
+/// the rest of the log, which the caller must go on reading so the child
+/// never blocks on a full pipe.
+pub fn serving_line(
+    child: &mut Child,
+    door: &str,
+) -> (String, std::io::Lines<BufReader<std::process::ChildStderr>>) {
+    let stderr = child.stderr.take().expect("stderr");
+    let mut lines = BufReader::new(stderr).lines();
+    let mut seen = Vec::new();
+    loop {
+        let Some(Ok(line)) = lines.next() else {
+            panic!("the server stopped before serving; its log: {seen:#?}");
+        };
+        if log_field(&line, door).is_some() {
+            return (line, lines);
+        }
+        seen.push(line);
+    }
 }
 
 /// The value of `"key":"value"` in a JSON log line.

@@ -11,13 +11,12 @@ import {
   PASSWORD,
   WEB,
   browserUser,
-  finish,
   join,
-  launch,
   open,
   say,
   seesOnce,
   waitForUnread,
+  runScenario,
 } from "./harness.mjs";
 
 const DESKTOP = { width: 1280, height: 800 };
@@ -186,17 +185,4 @@ async function traffic(page) {
   };
 }
 
-const name = process.argv[2];
-const scenario = scenarios[name];
-if (!scenario) {
-  console.error(`no scenario ${name}: ${Object.keys(scenarios).join(", ")}`);
-  process.exit(2);
-}
-const browser = await launch();
-try {
-  await scenario(browser);
-  console.log(`@@passed ${name}`);
-} finally {
-  await browser.close();
-  finish();
-}
+await runScenario(scenarios, process.argv[2]);

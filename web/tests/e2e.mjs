@@ -6,9 +6,7 @@
 import {
   Netcat,
   browserUser,
-  finish,
   join,
-  launch,
   line,
   logIn,
   noRepeats,
@@ -18,6 +16,7 @@ import {
   server,
   unread,
   waitForUnread,
+  runScenario,
 } from "./harness.mjs";
 
 const scenarios = {
@@ -203,22 +202,4 @@ const scenarios = {
   },
 };
 
-const name = process.argv[2];
-const scenario = scenarios[name];
-if (!scenario) {
-  console.error(`no scenario ${name}: ${Object.keys(scenarios).join(", ")}`);
-  process.exit(2);
-}
-// A scenario that hangs fails instead, with what it was waiting for in the log.
-setTimeout(() => {
-  console.error(`the ${name} scenario ran out of time`);
-  process.exit(1);
-}, 150_000).unref();
-const browser = await launch();
-try {
-  await scenario(browser);
-  console.log(`@@passed ${name}`);
-} finally {
-  await browser.close();
-  finish();
-}
+await runScenario(scenarios, process.argv[2], { limitMs: 150_000 });

@@ -62,6 +62,33 @@ export function finish() {
   fromRust.close();
 }
 
+/**
+ * Runs the scenario `name` in a fresh browser and says `@@passed NAME`
+ * when it did. With `limitMs`, a scenario that hangs fails instead, with
+ * what it was waiting for in the log.
+ */
+export async function runScenario(scenarios, name, { limitMs } = {}) {
+  const scenario = scenarios[name];
+  if (!scenario) {
+    console.error(`no scenario ${name}: ${Object.keys(scenarios).join(", ")}`);
+    process.exit(2);
+  }
+  if (limitMs) {
+    setTimeout(() => {
+      console.error(`the ${name} scenario ran out of time`);
+      process.exit(1);
+    }, limitMs).unref();
+  }
+  const browser = await launch();
+  try {
+    await scenario(browser);
+    console.log(`@@passed ${name}`);
+  } finally {
+    await browser.close();
+    finish();
+  }
+}
+
 // --- browser users ---
 
 /** A browser user: a page of its own, registered (or logged in) as `name`. */
