@@ -115,6 +115,116 @@ async fn a_line_or_frame_left_unfinished_is_cut_off() {
     grpc.rooms().await.unwrap();
 }
 
+/// Writes `bytes` one at a time, `gap` apart, until the server closes.
+async fn trickle(stream: &mut TcpStream, bytes: &[u8], gap: Duration) {
+    for byte in bytes {
+        if stream.write_all(&[*byte]).await.is_err() {
+            break;
+        }
+        tokio::time::sleep(gap).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_http_door_holds_first_bytes_and_each_request_to_the_deadline() {
+    let t = TestServer::start_with(ServeArgs {
+        read_timeout: Some(1),
+        ..Default::default()
+    })
+    .await;
+    let http = t.server.http_addr();
+    let gap = Duration::from_millis(300);
+
+    // Connected, and silent.
+    let mut silent = TcpStream::connect(http).await.unwrap();
+    let started = Instant::now();
+    read_until_closed(&mut silent).await;
+    assert!(started.elapsed() < Duration::from_secs(5));
+
+    // A gRPC-Web call whose body trickles in.
+    let mut loris = TcpStream::connect(http).await.unwrap();
+    let head = "POST /meshtalk.v1.Accounts/Login HTTP/1.1\r\nHost: x\r\n\
+                content-type: application/grpc-web+proto\r\ncontent-length: 40\r\n\r\n";
+    loris.write_all(head.as_bytes()).await.unwrap();
+    let started = Instant::now();
+    trickle(&mut loris, &[0; 40], gap).await;
+    read_until_closed(&mut loris).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(7),
+        "cut before the 40 bytes (12 s)"
+    );
+
+    // The HTTP/2 preface, a byte at a time, as on the gRPC door.
+    let mut loris = TcpStream::connect(http).await.unwrap();
+    let started = Instant::now();
+    trickle(&mut loris, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", gap).await;
+    read_until_closed(&mut loris).await;
+    assert!(started.elapsed() < Duration::from_secs(7));
+
+    // A body over the cap is refused as it is announced.
+    let mut large = TcpStream::connect(http).await.unwrap();
+    let head = format!(
+        "POST /meshtalk.v1.Accounts/Login HTTP/1.1\r\nHost: x\r\ncontent-length: {}\r\n\r\n",
+        meshtalk::gateway::request_clock::MAX_BODY + 1
+    );
+    large.write_all(head.as_bytes()).await.unwrap();
+    let started = Instant::now();
+    read_until_closed(&mut large).await;
+    assert!(started.elapsed() < Duration::from_millis(900));
+
+    // Whole requests with long pauses between them are fine, and so is a
+    // `Subscribe` that streams long past the deadline once its request is in.
+    let health = reqwest::Client::new();
+    let url = format!("http://{http}/healthz");
+    assert!(health.get(&url).send().await.unwrap().status().is_success());
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(health.get(&url).send().await.unwrap().status().is_success());
+
+    let alice = t.user("alice").await;
+    let (_, login) = t
+        .client()
+        .await
+        .login("alice", common::PASSWORD)
+        .await
+        .unwrap();
+    let mut stream = TcpStream::connect(http).await.unwrap();
+    let subscribe = format!(
+        "POST /meshtalk.v1.Chat/Subscribe HTTP/1.1\r\nHost: x\r\n\
+         content-type: application/grpc-web+proto\r\nx-grpc-web: 1\r\n\
+         authorization: Bearer {}\r\ncontent-length: 5\r\n\r\n",
+        login.token
+    );
+    stream.write_all(subscribe.as_bytes()).await.unwrap();
+    stream.write_all(&[0, 0, 0, 0, 0]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    t.user("bob")
+        .await
+        .send(&To::User("alice".into()), "still streaming", None)
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !String::from_utf8_lossy(&got).contains("still streaming") {
+        assert!(
+            Instant::now() < deadline,
+            "{}",
+            String::from_utf8_lossy(&got)
+        );
+        let mut buf = [0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf))
+            .await
+            .expect("the stream answers")
+            .unwrap();
+        assert!(
+            n > 0,
+            "the stream was cut: {}",
+            String::from_utf8_lossy(&got)
+        );
+        got.extend_from_slice(&buf[..n]);
+    }
+    drop(alice);
+}
+
 #[tokio::test]
 async fn one_address_holds_at_most_its_share_of_connections_across_doors() {
     let t = TestServer::start_with(ServeArgs {

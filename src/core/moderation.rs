@@ -156,8 +156,9 @@ fn notice(action: Moderation, by: &str, reason: &str) -> String {
     }
 }
 
-/// A reason travels into other users' lines and frames: bounded, and one
-/// line of printable text.
+/// A reason travels into other users' lines and frames: bounded, one line,
+/// and read as written (no control characters, no line or paragraph
+/// separators, no marks that reorder the text around them).
 fn check_reason(reason: &str) -> Result<(), CoreError> {
     if reason.len() > MAX_REASON {
         return Err(CoreError::invalid(
@@ -165,10 +166,19 @@ fn check_reason(reason: &str) -> Result<(), CoreError> {
             format!("it is {} bytes; the most is {MAX_REASON}", reason.len()),
         ));
     }
-    if reason.chars().any(char::is_control) {
-        return Err(CoreError::invalid("reason", "it holds a control character"));
+    if let Some(c) = reason.chars().find(|&c| c.is_control() || reorders(c)) {
+        return Err(CoreError::invalid(
+            "reason",
+            format!("it holds the character U+{:04X}", u32::from(c)),
+        ));
     }
     Ok(())
+}
+
+/// Line and paragraph separators, and the bidirectional marks, embeddings,
+/// overrides and isolates.
+fn reorders(c: char) -> bool {
+    matches!(c, '\u{200E}' | '\u{200F}' | '\u{2028}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
 }
 
 #[cfg(test)]
@@ -192,6 +202,9 @@ mod tests {
         assert!(check_reason("flooding #lobby").is_ok());
         assert!(check_reason("").is_ok());
         assert!(check_reason("a\r\n+OK forged").is_err());
+        assert!(check_reason("spam \u{202E}live").is_err());
+        assert!(check_reason("one\u{2028}two").is_err());
+        assert!(check_reason("флуд, 洪水, שטף").is_ok());
         assert!(check_reason(&"x".repeat(MAX_REASON + 1)).is_err());
     }
 }

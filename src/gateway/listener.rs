@@ -20,6 +20,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 
+use super::request_clock::{Progress, RequestClock};
 use crate::config::ConnectionBounds;
 use crate::core::{Closed, Delivery, Encoding, Inbox, Message};
 
@@ -318,8 +319,8 @@ async fn open(door: &Door, tcp: TcpStream, peer: SocketAddr) -> Option<Stream> {
     }
 }
 
-/// A gRPC connection that came through the gate: tonic serves it, and its
-/// place at the gate is given back when tonic drops it.
+/// A gRPC or HTTP connection that came through the gate: tonic serves it,
+/// and its place at the gate is given back when tonic drops it.
 ///
 /// HTTP/2 has no deadline of its own for a frame begun and never finished,
 /// nor for the connection preface: a client sending a byte at a time would
@@ -332,9 +333,7 @@ pub struct GrpcConnection {
     stream: Stream,
     peer: SocketAddr,
     _pass: Pass,
-    /// The HTTP/2 frames' clock; none on the HTTP door, whose HTTP/1.1
-    /// requests hyper times itself (its header read deadline).
-    frames: Option<FrameClock>,
+    clock: Clock,
 }
 
 impl GrpcConnection {
@@ -343,17 +342,151 @@ impl GrpcConnection {
             stream: accepted.stream,
             peer: accepted.peer,
             _pass: accepted.pass,
-            frames: Some(FrameClock::new(read_timeout)),
+            clock: Clock::Frames(FrameClock::new(read_timeout)),
         }
     }
 
-    /// A connection of the HTTP door, which speaks HTTP/1.1 as well.
-    pub fn http(accepted: Accepted) -> GrpcConnection {
+    /// A connection of the HTTP door, which speaks HTTP/1.1 as well: its
+    /// first bytes say which HTTP it speaks, and each is timed its way.
+    pub fn http(accepted: Accepted, read_timeout: Duration) -> GrpcConnection {
         GrpcConnection {
             stream: accepted.stream,
             peer: accepted.peer,
             _pass: accepted.pass,
-            frames: None,
+            clock: Clock::Http(HttpClock::new(read_timeout)),
+        }
+    }
+}
+
+/// What a connection is held to as its bytes come in.
+enum Clock {
+    /// HTTP/2 only (the gRPC door): each frame, and the preface, due whole.
+    Frames(FrameClock),
+    /// The HTTP door.
+    Http(HttpClock),
+}
+
+impl Clock {
+    /// Follows `bytes`; an error ends the connection.
+    fn saw(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        match self {
+            Clock::Frames(frames) => {
+                frames.saw(bytes);
+                Ok(())
+            }
+            Clock::Http(http) => http.saw(bytes),
+        }
+    }
+
+    fn overdue(&self) -> bool {
+        match self {
+            Clock::Frames(frames) => frames.overdue(),
+            Clock::Http(http) => http.overdue(),
+        }
+    }
+
+    fn expired(&mut self, cx: &mut Context<'_>) -> bool {
+        match self {
+            Clock::Frames(frames) => frames.expired(cx),
+            Clock::Http(http) => http.expired(cx),
+        }
+    }
+}
+
+/// The HTTP door's clock. The first bytes are due within the deadline;
+/// they say which HTTP the client speaks (HTTP/2 opens with its preface,
+/// `PRI * HTTP/2.0`, a method HTTP/1.1 never uses). HTTP/2 is then timed
+/// frame by frame as on the gRPC door; HTTP/1.1 request by request, each
+/// due whole (head and body) within the deadline, with bodies capped at
+/// [`request_clock::MAX_BODY`]. Between requests hyper's keep-alive
+/// timer rules.
+struct HttpClock {
+    limit: Duration,
+    /// The first bytes, until there are enough to tell.
+    first: Vec<u8>,
+    speaks: Option<Speaks>,
+    /// Until it speaks HTTP/2, when its frame clock takes over.
+    deadline: Pin<Box<tokio::time::Sleep>>,
+    armed: bool,
+}
+
+enum Speaks {
+    Http2(FrameClock),
+    Http1(RequestClock),
+}
+
+/// Bytes enough to tell the HTTP/2 preface from an HTTP/1.1 request.
+const PREFACE_START: &[u8] = b"PRI";
+
+impl HttpClock {
+    fn new(limit: Duration) -> HttpClock {
+        HttpClock {
+            limit,
+            first: Vec::with_capacity(PREFACE_START.len()),
+            speaks: None,
+            deadline: Box::pin(tokio::time::sleep(limit)),
+            armed: true,
+        }
+    }
+
+    fn saw(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        let bytes = match &self.speaks {
+            Some(_) => bytes,
+            None => {
+                let n = (PREFACE_START.len() - self.first.len()).min(bytes.len());
+                self.first.extend_from_slice(&bytes[..n]);
+                if self.first.len() < PREFACE_START.len() {
+                    return Ok(());
+                }
+                self.speaks = Some(if self.first == PREFACE_START {
+                    Speaks::Http2(FrameClock::new(self.limit))
+                } else {
+                    Speaks::Http1(RequestClock::default())
+                });
+                let first = std::mem::take(&mut self.first);
+                self.follow(&first)?;
+                &bytes[n..]
+            }
+        };
+        self.follow(bytes)
+    }
+
+    fn follow(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        match &mut self.speaks {
+            Some(Speaks::Http2(frames)) => frames.saw(bytes),
+            Some(Speaks::Http1(requests)) => {
+                let busy = match requests.saw(bytes) {
+                    Progress::Idle => false,
+                    Progress::Busy => true,
+                    Progress::TooLarge => {
+                        return Err(std::io::Error::new(
+                            std::io::ErrorKind::InvalidData,
+                            "an HTTP request body over the limit",
+                        ));
+                    }
+                };
+                if busy && !self.armed {
+                    let at = tokio::time::Instant::now() + self.limit;
+                    self.deadline.as_mut().reset(at);
+                }
+                self.armed = busy;
+            }
+            None => {}
+        }
+        Ok(())
+    }
+
+    fn overdue(&self) -> bool {
+        match &self.speaks {
+            Some(Speaks::Http2(frames)) => frames.overdue(),
+            _ => self.armed && self.deadline.deadline() <= tokio::time::Instant::now(),
+        }
+    }
+
+    fn expired(&mut self, cx: &mut Context<'_>) -> bool {
+        match &mut self.speaks {
+            Some(Speaks::Http2(frames)) => frames.expired(cx),
+            _ => self.armed && self.deadline.as_mut().poll(cx).is_ready(),
         }
     }
 }
@@ -459,24 +592,22 @@ impl AsyncRead for GrpcConnection {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
         let this = self.get_mut();
-        let Some(frames) = this.frames.as_mut() else {
-            return Pin::new(&mut this.stream).poll_read(cx, buf);
-        };
+        let clock = &mut this.clock;
         let before = buf.filled().len();
         match Pin::new(&mut this.stream).poll_read(cx, buf) {
-            // A frame trickling in a byte at a time is as late as one that
-            // stopped: both are checked against the same deadline.
-            Poll::Ready(Ok(())) if !frames.overdue() => {
-                frames.saw(&buf.filled()[before..]);
-                Poll::Ready(Ok(()))
+            // A frame or request trickling in a byte at a time is as late
+            // as one that stopped: both are checked against the same
+            // deadline.
+            Poll::Ready(Ok(())) if !clock.overdue() => {
+                Poll::Ready(clock.saw(&buf.filled()[before..]))
             }
             Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
-            Poll::Pending if !frames.expired(cx) => Poll::Pending,
+            Poll::Pending if !clock.expired(cx) => Poll::Pending,
             _ => {
-                tracing::debug!(peer = %this.peer, "HTTP/2 frame unfinished past the read deadline");
+                tracing::debug!(peer = %this.peer, "a frame or request unfinished past the read deadline");
                 Poll::Ready(Err(std::io::Error::new(
                     std::io::ErrorKind::TimedOut,
-                    "an HTTP/2 frame was left unfinished",
+                    "a frame or request was left unfinished",
                 )))
             }
         }

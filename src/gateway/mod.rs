@@ -6,6 +6,7 @@
 
 pub mod grpc;
 pub mod listener;
+pub mod request_clock;
 mod seat;
 pub mod talk;
 pub mod wire;

@@ -150,7 +150,7 @@ pub(super) fn serve(
             doors.http,
             shutdown.clone(),
             draining.clone(),
-            GrpcConnection::http,
+            move |accepted| GrpcConnection::http(accepted, read_timeout),
         ),
     };
     let deadlines = Deadlines::new(bounds);

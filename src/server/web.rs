@@ -61,20 +61,35 @@ async fn page(headers: HeaderMap) -> Response {
 }
 
 async fn script(uri: Uri, headers: HeaderMap) -> Response {
-    serve(&SCRIPT, &headers, lifetime(&uri))
+    serve(&SCRIPT, &headers, lifetime(&uri, named_version("app.js")))
 }
 
 async fn style(uri: Uri, headers: HeaderMap) -> Response {
-    serve(&STYLE, &headers, lifetime(&uri))
+    serve(&STYLE, &headers, lifetime(&uri, named_version("app.css")))
 }
 
-/// A script or style sheet asked for by its content's name (`?v=HASH`, as
-/// the page asks) never changes under that name; asked for without one, it
-/// may.
-fn lifetime(uri: &Uri) -> &'static str {
-    let versioned = uri
-        .query()
-        .is_some_and(|q| q.split('&').any(|pair| pair.starts_with("v=")));
+/// The version the embedded page asks for `name` by (`/NAME?v=VERSION`).
+fn named_version(name: &str) -> Option<&'static str> {
+    let page = std::str::from_utf8(INDEX.raw).ok()?;
+    let marker = format!("/{name}?v=");
+    let start = page.find(&marker)? + marker.len();
+    let version = &page[start..];
+    let end = version
+        .find(|c: char| !c.is_ascii_alphanumeric())
+        .unwrap_or(version.len());
+    Some(&version[..end])
+}
+
+/// A script or style sheet asked for by the name this page gives its
+/// content (`?v=HASH`) never changes under that name. Asked for without
+/// it, or by another version's name (a page from another build, say, in a
+/// rolling upgrade), what is served may not be what was asked for, so it
+/// is checked before each use.
+fn lifetime(uri: &Uri, current: Option<&str>) -> &'static str {
+    let versioned = uri.query().is_some_and(|q| {
+        q.split('&')
+            .any(|pair| pair.strip_prefix("v=").is_some_and(|v| Some(v) == current))
+    });
     if versioned { IMMUTABLE } else { REVALIDATE }
 }
 
@@ -206,8 +221,17 @@ mod tests {
     }
 
     #[test]
-    fn only_versioned_urls_are_kept_for_good() {
-        assert_eq!(lifetime(&"/app.js?v=abc".parse().unwrap()), IMMUTABLE);
-        assert_eq!(lifetime(&"/app.js".parse().unwrap()), REVALIDATE);
+    fn only_the_current_version_is_kept_for_good() {
+        let current = named_version("app.js").expect("the page names its script's version");
+        assert_eq!(current.len(), 16, "{current}");
+        let url = |u: String| u.parse::<Uri>().unwrap();
+        let asked = url(format!("/app.js?v={current}"));
+        assert_eq!(lifetime(&asked, Some(current)), IMMUTABLE);
+        assert_eq!(
+            lifetime(&url("/app.js?v=deadbeef".into()), Some(current)),
+            REVALIDATE
+        );
+        assert_eq!(lifetime(&url("/app.js".into()), Some(current)), REVALIDATE);
+        assert!(named_version("app.css").is_some());
     }
 }
