@@ -71,7 +71,8 @@ impl Refusal {
 }
 
 /// Admits connections: at most `max_connections` in all, every door
-/// together, and `max_connections_per_ip` from one address.
+/// together, and `max_connections_per_ip` from one address, an IPv6
+/// address counting as its /64 (what one user has to pick from).
 pub struct Gate {
     total: Arc<Semaphore>,
     per_address: Mutex<HashMap<IpAddr, usize>>,
@@ -117,6 +118,7 @@ impl Gate {
     }
 
     pub fn admit(self: &Arc<Self>, address: IpAddr) -> Result<Pass, Refusal> {
+        let address = crate::core::throttle::address_key(address);
         let mut counts = self.counts();
         let n = counts.entry(address).or_insert(0);
         if *n >= self.max_per_address {
@@ -852,6 +854,28 @@ pub async fn next_delivery(inbox: &mut Option<Inbox>) -> Result<Delivery, Closed
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn one_ipv6_slash_64_counts_as_one_address_at_the_gate() {
+        let gate = Gate::new(&ConnectionBounds {
+            max_connections: 100,
+            max_connections_per_ip: 2,
+            login_timeout: Duration::from_secs(1),
+            read_timeout: Duration::from_secs(1),
+        });
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let first = gate.admit(ip("2001:db8:1:2::1")).unwrap();
+        let _second = gate.admit(ip("2001:db8:1:2:ffff::9")).unwrap();
+        assert!(matches!(
+            gate.admit(ip("2001:db8:1:2:abcd::77")),
+            Err(Refusal::PerAddress)
+        ));
+        // Another /64 is another household.
+        let _elsewhere = gate.admit(ip("2001:db8:1:3::1")).unwrap();
+        // A place given back is free for the same /64 again.
+        drop(first);
+        gate.admit(ip("2001:db8:1:2::5")).unwrap();
+    }
 
     fn h2_bytes(payloads: &[usize]) -> Vec<u8> {
         let mut bytes = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
