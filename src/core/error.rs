@@ -24,9 +24,9 @@ pub enum CoreError {
     /// The account may not log in: an operator suspended it.
     #[error("this account is suspended{0}")]
     Suspended(String),
-    #[error("no such user: {0}")]
+    #[error("no such user: {}", clip(.0))]
     NoSuchUser(String),
-    #[error("no such room: #{0}")]
+    #[error("no such room: #{}", clip(.0))]
     NoSuchRoom(String),
     #[error("you are not in #{0}: join it first")]
     NotMember(String),
@@ -51,6 +51,16 @@ pub enum CoreError {
     Disk(StoreError),
     #[error("storage failure: {0}")]
     Store(StoreError),
+}
+
+/// A name as a caller gave it, echoed in an error: no real name is longer
+/// than 64 characters, and a caller's megabyte need not come back whole.
+fn clip(name: &str) -> std::borrow::Cow<'_, str> {
+    const SHOWN: usize = 64;
+    match name.char_indices().nth(SHOWN) {
+        Some((end, _)) => format!("{}…", &name[..end]).into(),
+        None => name.into(),
+    }
 }
 
 impl CoreError {
@@ -90,5 +100,22 @@ impl From<StoreError> for CoreError {
             StoreError::NearlyFull | StoreError::DiskFull => CoreError::Disk(e),
             e => CoreError::Store(e),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_echoed_in_errors_are_clipped() {
+        assert_eq!(
+            CoreError::NoSuchUser("dan".into()).to_string(),
+            "no such user: dan"
+        );
+        let long = CoreError::NoSuchUser("x".repeat(60_000)).to_string();
+        assert_eq!(long, format!("no such user: {}…", "x".repeat(64)));
+        let room = CoreError::NoSuchRoom("é".repeat(100)).to_string();
+        assert!(room.ends_with('…') && room.chars().count() == "no such room: #".len() + 65);
     }
 }
