@@ -97,10 +97,10 @@ pub struct ServeArgs {
     /// Seconds a line or binary connection has to log in [default: 30].
     #[arg(long, env = "MESHTALK_LOGIN_TIMEOUT")]
     pub login_timeout: Option<u64>,
-    /// Seconds a client has to finish a line or frame it started [default: 10].
+    /// Seconds a client has to finish a line, frame or HTTP request it started [default: 10].
     #[arg(long, env = "MESHTALK_READ_TIMEOUT")]
     pub read_timeout: Option<u64>,
-    /// Concurrent connections from one IP address, all doors together [default: 256].
+    /// Concurrent connections from one IP address (IPv6: its /64), all doors together [default: 256].
     #[arg(long, env = "MESHTALK_MAX_CONNECTIONS_PER_IP")]
     pub max_connections_per_ip: Option<usize>,
     /// Messages one session may send per second once its burst is spent; 0 turns the limit off [default: 20].
