@@ -189,7 +189,7 @@ async fn a_room_left_through_one_node_is_left_on_another_at_the_next_login_there
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_kick_through_one_node_ends_the_sessions_on_its_siblings_with_the_notice() {
+async fn a_suspension_through_one_node_ends_the_sessions_on_its_siblings_with_the_notice() {
     let (a, b, _dir) = linked_pair().await;
     let root = a.user(common::OPERATOR).await;
     Client::connect(&a.url)
