@@ -10,7 +10,7 @@ use futures::future::BoxFuture;
 
 use std::collections::BTreeSet;
 
-use super::{Core, CoreError, Message, Moderated, Moderation, Sent, names};
+use super::{Core, CoreError, Message, Moderated, ModerationRequest, Sent, names};
 use crate::model::{AccountId, RoomId, SessionId};
 
 /// An account as a listing shows it.
@@ -119,14 +119,11 @@ pub trait Remote: Send + Sync + 'static {
     /// account (a kick or a suspension), with the notice its sessions get.
     fn sessions_removed(&self, account: AccountId, notice: &str);
     /// Has an operator's act done on the home node of the account `name`;
-    /// resolves with what that node did. `by` is the operator's account.
+    /// resolves with what that node did.
     fn moderate(
         &self,
         node: String,
-        action: Moderation,
-        name: String,
-        by: String,
-        reason: String,
+        request: ModerationRequest,
     ) -> BoxFuture<'static, Result<Moderated, CoreError>>;
     /// Routes a direct message to its recipient's home node; resolves once
     /// that node has committed it.

@@ -33,7 +33,7 @@ use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Instant;
 
 pub use crate::model::{Message, Target, now_ms};
-pub use crate::model::{Moderated, Moderation};
+pub use crate::model::{Moderated, Moderation, ModerationRequest};
 pub use accounts::Login;
 pub use chat::{Inbox, RoomInfo};
 pub use directory::{Claim, Gathered, PeerLink, Remote, RemoteDirect, Stats, Topology, UserInfo};

@@ -12,7 +12,7 @@ use std::future::Future;
 
 use super::directory::Recipient;
 use super::{Closed, Core, CoreError, Identity, names, now_ms};
-use crate::model::{AccountId, Moderated, Moderation};
+use crate::model::{AccountId, Moderated, Moderation, ModerationRequest};
 use crate::store::Suspension;
 
 /// Longest reason an operator may give, in bytes.
@@ -36,6 +36,12 @@ impl Core {
         let (core, by, reason) = (self.clone(), who.name.clone(), reason.to_owned());
         let own = who.account;
         async move {
+            let request = |name| ModerationRequest {
+                action,
+                name,
+                by,
+                reason,
+            };
             match target? {
                 Recipient::Local(account, _) if account == own && action != Moderation::Restore => {
                     Err(CoreError::invalid(
@@ -43,15 +49,12 @@ impl Core {
                         format!("you cannot {} yourself", action.name()),
                     ))
                 }
-                Recipient::Local(account, name) => {
-                    core.moderate_here(action, account, name, by, reason).await
-                }
+                Recipient::Local(account, name) => core.moderate_here(account, request(name)).await,
                 Recipient::Remote(claim) => {
                     let remote = core
                         .remote()
                         .ok_or_else(|| CoreError::NoSuchUser(claim.name.clone()))?;
-                    let request = remote.moderate(claim.node, action, claim.name, by, reason);
-                    request.await
+                    remote.moderate(claim.node, request(claim.name)).await
                 }
             }
         }
@@ -62,35 +65,39 @@ impl Core {
     pub async fn moderate_for_node(
         &self,
         src: &str,
-        action: Moderation,
-        name: &str,
-        by: &str,
-        reason: &str,
+        request: ModerationRequest,
     ) -> Result<Moderated, CoreError> {
-        check_reason(reason)?;
-        names::account_key(by)
+        check_reason(&request.reason)?;
+        names::account_key(&request.by)
             .map_err(|_| CoreError::invalid("by", "it is not a valid account name"))?;
-        let key = names::account_key(name).map_err(|_| CoreError::NoSuchUser(name.to_owned()))?;
+        let no_such = || CoreError::NoSuchUser(request.name.clone());
+        let key = names::account_key(&request.name).map_err(|_| no_such())?;
         let account = self
             .directory_read()
             .get(&key)
             .cloned()
-            .ok_or_else(|| CoreError::NoSuchUser(name.to_owned()))?;
-        let by = self.shown_name(by, src);
-        self.moderate_here(action, account.id, account.name, by, reason.to_owned())
-            .await
+            .ok_or_else(no_such)?;
+        let request = ModerationRequest {
+            name: account.name,
+            by: self.shown_name(&request.by, src),
+            ..request
+        };
+        self.moderate_here(account.id, request).await
     }
 
     /// Records the act in the store, then ends the sessions here and on
     /// the siblings.
     async fn moderate_here(
         &self,
-        action: Moderation,
         account: AccountId,
-        name: String,
-        by: String,
-        reason: String,
+        request: ModerationRequest,
     ) -> Result<Moderated, CoreError> {
+        let ModerationRequest {
+            action,
+            name,
+            by,
+            reason,
+        } = request;
         self.check_running()?;
         let store = &self.inner.store;
         let (ended, changed) = match action {

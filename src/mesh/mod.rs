@@ -42,8 +42,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::core::{
-    Claim, Core, CoreError, ErrorKind, Gathered, Message, Moderated, Moderation, PeerLink, Remote,
-    RemoteDirect, Sent, Stats, Topology, UserInfo,
+    Claim, Core, CoreError, ErrorKind, Gathered, Message, Moderated, ModerationRequest, PeerLink,
+    Remote, RemoteDirect, Sent, Stats, Topology, UserInfo,
 };
 use crate::model::{AccountId, RoomId, SessionId};
 use frame::{Answer, Facts, RoutedBody};
@@ -316,12 +316,9 @@ impl Remote for Mesh {
     fn moderate(
         &self,
         node: String,
-        action: Moderation,
-        name: String,
-        by: String,
-        reason: String,
+        request: ModerationRequest,
     ) -> BoxFuture<'static, Result<Moderated, CoreError>> {
-        Box::pin(self.route_moderation(node, action, name, by, reason))
+        Box::pin(self.route_moderation(node, request))
     }
 
     fn send_direct(&self, message: RemoteDirect) -> BoxFuture<'static, Result<Sent, CoreError>> {

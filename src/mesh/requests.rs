@@ -14,8 +14,8 @@ use tokio::sync::{mpsc, oneshot};
 use super::frame::{self, Answer, Query, RemoteError, Routed, RoutedBody};
 use super::{Mesh, clean, lock};
 use crate::core::{
-    CoreError, ErrorKind, Gathered, Message, Moderated, Moderation, RemoteDirect, Sent, Stats,
-    Target, UserInfo,
+    CoreError, ErrorKind, Gathered, Message, Moderated, Moderation, ModerationRequest,
+    RemoteDirect, Sent, Stats, Target, UserInfo,
 };
 use crate::model::{AccountId, RoomId, SessionId};
 
@@ -169,9 +169,13 @@ impl Mesh {
     ) {
         let done = match Moderation::from_name(&action) {
             Some(action) => {
-                let core = &self.inner.core;
-                core.moderate_for_node(&src, action, &name, &by, &reason)
-                    .await
+                let request = ModerationRequest {
+                    action,
+                    name,
+                    by,
+                    reason,
+                };
+                self.inner.core.moderate_for_node(&src, request).await
             }
             None => Err(CoreError::invalid(
                 "action",
@@ -345,19 +349,17 @@ impl Mesh {
     pub(super) fn route_moderation(
         &self,
         node: String,
-        action: Moderation,
-        name: String,
-        by: String,
-        reason: String,
+        request: ModerationRequest,
     ) -> impl Future<Output = Result<Moderated, CoreError>> + Send + use<> {
         let req = self.next_id();
         let (tx, rx) = oneshot::channel();
+        let action = request.action;
         let body = RoutedBody::Moderate {
             req,
             action: action.name().to_owned(),
-            name,
-            by,
-            reason,
+            name: request.name,
+            by: request.by,
+            reason: request.reason,
         };
         let queued = self.ask_one(&node, req, tx, body);
         let pending = Pending {

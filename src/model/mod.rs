@@ -11,7 +11,7 @@ mod moderation;
 pub use error::ErrorKind;
 pub use ids::{AccountId, RoomId, SessionId};
 pub use message::{Message, Target};
-pub use moderation::{Moderated, Moderation};
+pub use moderation::{Moderated, Moderation, ModerationRequest};
 
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> i64 {

@@ -29,6 +29,19 @@ impl Moderation {
     }
 }
 
+/// An operator's act on one account: what, to whom, by whom and why. It
+/// travels as it is from the operator's node to the account's home node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModerationRequest {
+    pub action: Moderation,
+    /// The account, by its name on its home node.
+    pub name: String,
+    /// The operator, by their account's name.
+    pub by: String,
+    /// Shown to the account's sessions as they end; may be empty.
+    pub reason: String,
+}
+
 /// What a moderation did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Moderated {
