@@ -176,6 +176,20 @@ async fn a_suspended_account_is_refused_at_every_door_until_restored() {
             .unwrap()
             .is_ok()
     );
+
+    // Admin.Kick over gRPC ends the line session just opened.
+    let kicked = root
+        .moderate(Moderation::Kick, "bob".into(), "one more time".into())
+        .await
+        .unwrap();
+    assert_eq!((kicked.sessions_ended, kicked.changed), (1, true));
+    assert_eq!(
+        closing_line(&mut line).await,
+        ServerLine::Err {
+            code: "perm".into(),
+            text: "you were kicked by root: one more time".into()
+        }
+    );
 }
 
 /// A server on `dir`, kept there across restarts.
