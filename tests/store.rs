@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use meshtalk::model::{AccountId, Message, RoomId, Target};
 use meshtalk::store::{
     AccountAcks, Conversation, NewMessage, PostgresStore, Retention, SqliteStore, Store,
-    StoreError, Suspension,
+    StoreError, Suspension, after_commit,
 };
 
 /// `pending`'s `up_to` for everything stored: ids are positive `i64`s.
@@ -100,7 +100,11 @@ fn said(from: (AccountId, &str), room: (RoomId, &str), body: &str) -> NewMessage
 }
 
 async fn append(store: &Arc<dyn Store>, m: NewMessage) -> u64 {
-    store.append(m, Box::new(|_| {})).await.expect("append").id
+    store
+        .append(m, after_commit(|_| {}))
+        .await
+        .expect("append")
+        .id
 }
 
 fn bodies(messages: &[Message]) -> Vec<&str> {
@@ -273,11 +277,11 @@ async fn a_retried_client_msg_id_is_stored_once(store: Arc<dyn Store>) {
     };
     // Two in one batch, and one after it committed.
     let (a, b) = tokio::join!(
-        store.append(with_id("first"), Box::new(|_| {})),
-        store.append(with_id("retry"), Box::new(|_| {}))
+        store.append(with_id("first"), after_commit(|_| {})),
+        store.append(with_id("retry"), after_commit(|_| {}))
     );
     let later = store
-        .append(with_id("late retry"), Box::new(|_| {}))
+        .append(with_id("late retry"), after_commit(|_| {}))
         .await
         .unwrap();
     let (a, b) = (a.unwrap(), b.unwrap());
@@ -296,7 +300,7 @@ async fn hooks_run_in_commit_order_with_ids_that_increase(store: Arc<dyn Store>)
         let order = order.clone();
         pending.push(store.append(
             said((ann, "ann"), (lobby, "lobby"), &n.to_string()),
-            Box::new(move |appended| order.lock().unwrap().push(appended.message.id)),
+            after_commit(move |appended| order.lock().unwrap().push(appended.message.id)),
         ));
     }
     let mut answered = Vec::new();
@@ -409,7 +413,7 @@ async fn ids_follow_commit_order_across_nodes_on_one_database() {
                     .map(|i| {
                         node.append(
                             said((ann, "ann"), (lobby, "lobby"), &format!("{n}-{round}-{i}")),
-                            Box::new(|_| {}),
+                            after_commit(|_| {}),
                         )
                     })
                     .collect();

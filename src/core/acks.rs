@@ -273,7 +273,7 @@ mod tests {
                         client_msg_id: None,
                         sent_at_ms: 0,
                     },
-                    Box::new(|_| {}),
+                    crate::store::after_commit(|_| {}),
                 )
                 .await
                 .unwrap();

@@ -4,11 +4,12 @@ use std::collections::VecDeque;
 use std::future::Future;
 use std::sync::atomic::Ordering;
 
+use futures::future::Either;
 use wildmatch::WildMatch;
 
 use super::directory::Recipient;
 use super::hub::{Attachment, Closed};
-use super::message::Delivery;
+use super::message::{Delivery, on_commit};
 use super::{
     Claim, Core, CoreError, Gathered, Identity, Message, RemoteDirect, Sent, Stats, Target,
     UserInfo, names, now_ms,
@@ -131,40 +132,49 @@ impl Core {
         body: &str,
         client_msg_id: Option<&str>,
     ) -> impl Future<Output = Result<Sent, CoreError>> + Send + use<> {
-        let mut queued = self.queue_send(who, to, body, client_msg_id);
+        let queued = self.queue_send(who, to, body, client_msg_id);
         // On a shared store, a name unknown here may be an account a
         // sibling made a moment ago: learn it from the store and try again.
-        let retry = match (&queued, to) {
+        // That rare path is boxed: every send in flight is one allocation,
+        // and a future carrying the look-up inline grows it past what the
+        // allocator serves from its per-thread cache.
+        match (&queued, to) {
             (Err(CoreError::NoSuchUser(_)), Target::User(name)) if self.inner.shared.is_some() => {
+                let learned = self.learn_account(name);
                 let again = (self.clone(), who.clone(), to.clone(), body.to_owned());
-                Some((
-                    self.learn_account(name),
-                    again,
-                    client_msg_id.map(str::to_owned),
-                ))
+                let client_msg_id = client_msg_id.map(str::to_owned);
+                Either::Left(Box::pin(async move {
+                    let (core, who, to, body) = again;
+                    // One look-up at a time, first come first served: two
+                    // sends to a name learned this way are queued in the
+                    // order made.
+                    let _turn = core.inner.learning.lock().await;
+                    match learned.await {
+                        true => {
+                            let queued =
+                                core.queue_send(&who, &to, &body, client_msg_id.as_deref());
+                            Self::sent(queued).await
+                        }
+                        false => Self::sent(queued).await,
+                    }
+                }))
             }
-            _ => None,
-        };
-        async move {
-            if let Some((learned, (core, who, to, body), client_msg_id)) = retry {
-                // One look-up at a time, first come first served: two sends
-                // to a name learned this way are queued in the order made.
-                let _turn = core.inner.learning.lock().await;
-                if learned.await {
-                    queued = core.queue_send(&who, &to, &body, client_msg_id.as_deref());
-                }
+            _ => Either::Right(Self::sent(queued)),
+        }
+    }
+
+    /// What a queued send comes to.
+    async fn sent(queued: Result<Queued, CoreError>) -> Result<Sent, CoreError> {
+        match queued? {
+            Queued::Here(pending) => {
+                let appended = pending.await?;
+                Ok(Sent {
+                    id: appended.id,
+                    sent_at_ms: appended.sent_at_ms,
+                    duplicate: appended.duplicate,
+                })
             }
-            match queued? {
-                Queued::Here(pending) => {
-                    let appended = pending.await?;
-                    Ok(Sent {
-                        id: appended.id,
-                        sent_at_ms: appended.sent_at_ms,
-                        duplicate: appended.duplicate,
-                    })
-                }
-                Queued::Elsewhere(routed) => routed.await,
-            }
+            Queued::Elsewhere(routed) => routed.await,
         }
     }
 
@@ -231,18 +241,17 @@ impl Core {
         who: &Identity,
         room: Option<crate::model::RoomId>,
         recipient: Option<AccountId>,
-    ) -> crate::store::CommitHook {
+    ) -> Box<dyn crate::store::CommitHook> {
         // Fan-out runs on the commit path: in commit order (so a receiver
         // sees ids ascending and a room ack never skips an earlier message),
         // and even when the sender has stopped waiting.
         let core = self.clone();
         let except = who.session;
-        Box::new(move |appended| {
-            if appended.duplicate {
+        on_commit(move |delivery, duplicate| {
+            if duplicate {
                 return;
             }
             crate::metrics::messages_stored(1);
-            let delivery = &Delivery::new(appended.message);
             match (room, recipient) {
                 (Some(room), _) => {
                     core.fan_out_room(delivery, room, Some(except));

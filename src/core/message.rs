@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use crate::model::Message;
+use crate::store::{Appended, CommitHook};
 
 /// The answer to a send: the stored id, once the message is on disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,5 +57,31 @@ impl std::ops::Deref for Delivery {
 
     fn deref(&self) -> &Message {
         &self.0.message
+    }
+}
+
+/// The commit hook of a send: the stored message becomes its [`Delivery`]
+/// on the store's writer, and `then` gets it, with whether it repeated an
+/// earlier message, once the commit stands.
+pub(super) fn on_commit(
+    then: impl FnOnce(&Delivery, bool) + Send + 'static,
+) -> Box<dyn CommitHook> {
+    Box::new(OnCommit { stored: None, then })
+}
+
+struct OnCommit<F> {
+    stored: Option<(Delivery, bool)>,
+    then: F,
+}
+
+impl<F: FnOnce(&Delivery, bool) + Send> CommitHook for OnCommit<F> {
+    fn stored(&mut self, appended: Appended) {
+        self.stored = Some((Delivery::new(appended.message), appended.duplicate));
+    }
+
+    fn committed(self: Box<Self>) {
+        if let Some((delivery, duplicate)) = &self.stored {
+            (self.then)(delivery, *duplicate);
+        }
     }
 }

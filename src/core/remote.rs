@@ -11,7 +11,8 @@ use std::future::Future;
 use std::sync::Arc;
 
 use super::chat::MAX_CLIENT_MSG_ID;
-use super::{Core, CoreError, Delivery, Identity, PeerLink, Remote, Sent, Topology, names, now_ms};
+use super::message::on_commit;
+use super::{Core, CoreError, Identity, PeerLink, Remote, Sent, Topology, names, now_ms};
 use crate::model::AccountId;
 use crate::store::NewMessage;
 
@@ -75,15 +76,15 @@ impl Core {
             let room_id = record.id;
             self.inner.store.append(
                 message,
-                Box::new(move |appended| {
+                on_commit(move |delivery, duplicate| {
                     // On a shared store a sibling may have stored it first;
                     // this node's members still get it, from this node.
-                    if !appended.duplicate {
+                    if !duplicate {
                         crate::metrics::messages_stored(1);
                     } else if core.inner.shared.is_none() {
                         return;
                     }
-                    core.fan_out_room(&Delivery::new(appended.message), room_id, None);
+                    core.fan_out_room(delivery, room_id, None);
                 }),
             )
         });
@@ -136,13 +137,12 @@ impl Core {
             let recipient = account.id;
             Ok(self.inner.store.append(
                 message,
-                Box::new(move |appended| {
-                    if !appended.duplicate {
+                on_commit(move |delivery, duplicate| {
+                    if !duplicate {
                         crate::metrics::messages_stored(1);
-                        let delivery = Delivery::new(appended.message);
-                        core.inner.hub.fan_out(&delivery, [&recipient], None);
+                        core.inner.hub.fan_out(delivery, [&recipient], None);
                         if let Some(siblings) = core.siblings() {
-                            siblings.to_siblings(&delivery, recipient);
+                            siblings.to_siblings(delivery, recipient);
                         }
                     }
                 }),

@@ -158,14 +158,15 @@ pub struct Stored {
     pub duplicate: bool,
 }
 
-/// Hands what an append committed to its hook, and answers with the rest.
-pub(crate) fn run_commit_hook(appended: Appended, hook: CommitHook) -> Stored {
+/// Hands what an append stored to its hook and returns the answer; the
+/// hook's [`CommitHook::committed`] is still to run once the commit is known.
+pub(crate) fn hand_to_hook(appended: Appended, hook: &mut dyn CommitHook) -> Stored {
     let stored = Stored {
         id: appended.message.id,
         sent_at_ms: appended.message.sent_at_ms,
         duplicate: appended.duplicate,
     };
-    hook(appended);
+    hook.stored(appended);
     stored
 }
 
@@ -188,9 +189,47 @@ pub type MembershipHook = Box<dyn FnOnce(&bool) + Send>;
 pub type PendingAppend =
     std::pin::Pin<Box<dyn std::future::Future<Output = Result<Stored, StoreError>> + Send>>;
 
-/// Runs right after the commit that stored a message, before the sender is
-/// answered, in commit order; it must not block.
-pub type CommitHook = Box<dyn FnOnce(Appended) + Send>;
+/// What an append does with its message, in two steps.
+///
+/// [`stored`](Self::stored) takes the message on the store's writer, as
+/// soon as it has its id and before the commit: whatever the hook wraps it
+/// in is allocated there, by the thread that frees each job's memory, so
+/// the allocator reuses that memory instead of passing it between threads
+/// under a lock. It must have no effect anyone can see, since the commit
+/// may still fail (then the hook is dropped).
+///
+/// [`committed`](Self::committed) runs right after the commit, before the
+/// sender is answered, in commit order; it must not block.
+pub trait CommitHook: Send {
+    fn stored(&mut self, appended: Appended);
+    fn committed(self: Box<Self>);
+}
+
+/// A [`CommitHook`] that keeps what was stored and hands it to a closure
+/// once committed.
+pub fn after_commit(f: impl FnOnce(Appended) + Send + 'static) -> Box<dyn CommitHook> {
+    Box::new(AfterCommit {
+        appended: None,
+        then: f,
+    })
+}
+
+struct AfterCommit<F> {
+    appended: Option<Appended>,
+    then: F,
+}
+
+impl<F: FnOnce(Appended) + Send> CommitHook for AfterCommit<F> {
+    fn stored(&mut self, appended: Appended) {
+        self.appended = Some(appended);
+    }
+
+    fn committed(self: Box<Self>) {
+        if let Some(appended) = self.appended {
+            (self.then)(appended);
+        }
+    }
+}
 
 /// Runs a run of commit hooks, passed as `run`. The store calls the hooks
 /// of commits that finish together inside one call, so whatever they notify
@@ -309,7 +348,7 @@ pub trait Store: Send + Sync + 'static {
     /// durably committed. Messages queued one after another are committed in
     /// that order. `on_commit` runs once the message is committed, in commit
     /// order, even if the caller has gone.
-    fn append(&self, message: NewMessage, on_commit: CommitHook) -> PendingAppend;
+    fn append(&self, message: NewMessage, on_commit: Box<dyn CommitHook>) -> PendingAppend;
     /// What waits for an account with `after < id <= up_to`, oldest first, at
     /// most `limit`: its inbox and the room speech of others since its
     /// acknowledged cursor in each room.

@@ -211,7 +211,7 @@ impl Store for PostgresStore {
         .await
     }
 
-    fn append(&self, message: NewMessage, on_commit: CommitHook) -> PendingAppend {
+    fn append(&self, message: NewMessage, on_commit: Box<dyn CommitHook>) -> PendingAppend {
         // Queued before this returns, so appends keep the order they were
         // made in; only the answer is awaited.
         let (reply, answer) = oneshot::channel();

@@ -22,7 +22,7 @@ use super::{ATTEMPTS, backend, connect, is_transient};
 use crate::model::{AccountId, Message, RoomId};
 use crate::store::{
     AccountHook, Appended, CommitHook, HookScope, MembershipHook, NewMessage, StoreError, Stored,
-    message_target, run_commit_hook,
+    hand_to_hook, message_target,
 };
 
 /// The most mutations one transaction takes.
@@ -65,7 +65,7 @@ pub(super) enum Done {
         reply: oneshot::Sender<Result<bool, StoreError>>,
     },
     Append {
-        hook: CommitHook,
+        hook: Box<dyn CommitHook>,
         reply: oneshot::Sender<Result<Stored, StoreError>>,
     },
 }
@@ -500,11 +500,15 @@ impl Done {
                 let _ = reply.send(Ok(changed));
             }
             (
-                Done::Append { hook, reply },
+                Done::Append { mut hook, reply },
                 Work::Append(message),
                 Ok(Outcome::Appended(append)),
             ) => {
-                let _ = reply.send(appended(message, append).map(|a| run_commit_hook(a, hook)));
+                let _ = reply.send(appended(message, append).map(|a| {
+                    let stored = hand_to_hook(a, &mut *hook);
+                    hook.committed();
+                    stored
+                }));
             }
             (done, _, outcome) => {
                 let e = match outcome {

@@ -220,7 +220,7 @@ mod tests {
                     client_msg_id: None,
                     sent_at_ms: 30,
                 },
-                Box::new(|_| {}),
+                crate::store::after_commit(|_| {}),
             )
             .await
             .unwrap();

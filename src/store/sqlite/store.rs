@@ -9,7 +9,7 @@ use crate::model::{AccountId, Message, RoomId, SessionId};
 use crate::store::{
     AccountAcks, AccountHook, AccountRecord, AccountSummary, CommitHook, Conversation, Counts,
     DiskReserve, HookScope, MembershipHook, NewMessage, PendingAppend, Retention, RoomRecord,
-    SessionRecord, Store, StoreError, Suspension, run_commit_hook,
+    SessionRecord, Store, StoreError, Suspension, hand_to_hook,
 };
 
 #[async_trait]
@@ -149,7 +149,7 @@ impl Store for SqliteStore {
         .await
     }
 
-    fn append(&self, m: NewMessage, on_commit: CommitHook) -> PendingAppend {
+    fn append(&self, m: NewMessage, mut on_commit: Box<dyn CommitHook>) -> PendingAppend {
         if self
             .reserve
             .as_ref()
@@ -158,8 +158,14 @@ impl Store for SqliteStore {
             return Box::pin(std::future::ready(Err(StoreError::NearlyFull)));
         }
         Box::pin(self.queue(
-            move |c| messages::append(c, m).map_err(backend),
-            move |appended| run_commit_hook(appended, on_commit),
+            move |c| {
+                let appended = messages::append(c, m).map_err(backend)?;
+                Ok((hand_to_hook(appended, &mut *on_commit), on_commit))
+            },
+            |(stored, on_commit)| {
+                on_commit.committed();
+                stored
+            },
             false,
         ))
     }

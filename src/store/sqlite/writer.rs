@@ -374,7 +374,7 @@ mod tests {
 
     use super::*;
     use crate::model::AccountId;
-    use crate::store::{Appended, CommitHook, NewMessage, Store};
+    use crate::store::{Appended, CommitHook, NewMessage, Store, after_commit};
 
     fn dm(from: AccountId, to: AccountId, body: &str) -> NewMessage {
         NewMessage {
@@ -426,9 +426,9 @@ mod tests {
         // transaction; the one to the deleted account breaks its inbox
         // row's foreign key.
         let gate = hold_writer(&store, 200);
-        let first = store.append(dm(alice, bob, "one"), Box::new(|_| {}));
-        let broken = store.append(dm(alice, carol, "lost"), Box::new(|_| {}));
-        let last = store.append(dm(alice, bob, "two"), Box::new(|_| {}));
+        let first = store.append(dm(alice, bob, "one"), after_commit(|_| {}));
+        let broken = store.append(dm(alice, carol, "lost"), after_commit(|_| {}));
+        let last = store.append(dm(alice, bob, "two"), after_commit(|_| {}));
         let (gate, first, broken, last) = tokio::join!(gate, first, broken, last);
         gate.unwrap();
         assert!(broken.is_err(), "{broken:?}");
@@ -469,9 +469,9 @@ mod tests {
             .await
             .unwrap();
         let order = Arc::new(Mutex::new(Vec::new()));
-        let record = |pause: u64| -> CommitHook {
+        let record = |pause: u64| -> Box<dyn CommitHook> {
             let order = order.clone();
-            Box::new(move |appended: Appended| {
+            after_commit(move |appended: Appended| {
                 std::thread::sleep(std::time::Duration::from_millis(pause));
                 order.lock().unwrap().push(appended.message.id);
             })
