@@ -191,12 +191,13 @@ pub type PendingAppend =
 
 /// What an append does with its message, in two steps.
 ///
-/// [`stored`](Self::stored) takes the message on the store's writer, as
-/// soon as it has its id and before the commit: whatever the hook wraps it
-/// in is allocated there, by the thread that frees each job's memory, so
-/// the allocator reuses that memory instead of passing it between threads
-/// under a lock. It must have no effect anyone can see, since the commit
-/// may still fail (then the hook is dropped).
+/// [`stored`](Self::stored) takes the message on the store's writer as
+/// soon as it has its id, on SQLite before the commit: whatever the hook
+/// wraps it in is allocated there, beside the message's own texts, not on
+/// the thread that runs hooks, where every message's memory crossed one
+/// more thread's allocator arena (see docs/performance.md). It must have no
+/// effect anyone can see, since the commit may still fail (then the hook
+/// is dropped).
 ///
 /// [`committed`](Self::committed) runs right after the commit, before the
 /// sender is answered, in commit order; it must not block.
