@@ -149,18 +149,8 @@ fn spawn(data_dir: &Path, addrs: &[(&str, String)], flags: &[OsString]) -> (Chil
     for (door, addr) in addrs {
         command.arg(format!("--{door}-addr")).arg(addr);
     }
-    let mut child = command
-        .arg("--data-dir")
-        .arg(data_dir)
-        .args(flags)
-        // The scenarios send as fast as a script can.
-        .env("MESHTALK_SEND_RATE", "0")
-        .env("MESHTALK_REGISTRATIONS_PER_IP", "0")
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn meshtalk");
+    command.arg("--data-dir").arg(data_dir).args(flags);
+    let mut child = common::spawn_logging(&mut command);
     let (serving, lines) = common::serving_line(&mut child, "http");
     // Keep draining the log so the server never blocks on a full pipe.
     std::thread::spawn(move || lines.map_while(Result::ok).for_each(drop));

@@ -32,6 +32,27 @@ async fn node(
 
 /// Nodes `a` and `b` on one fresh database, linked; the temp dir holds the
 /// mesh secret.
+/// Registers NAME through the node at `url`.
+async fn register(url: &str, name: &str) {
+    Client::connect(url)
+        .await
+        .unwrap()
+        .register(name, PASSWORD)
+        .await
+        .unwrap();
+}
+
+/// Logs NAME in through the node at `url`: the session's client and the
+/// log-in's reply.
+async fn log_in(url: &str, name: &str) -> (Client, meshtalk::proto::LoginResponse) {
+    Client::connect(url)
+        .await
+        .unwrap()
+        .login(name, PASSWORD)
+        .await
+        .unwrap()
+}
+
 async fn linked_pair() -> (TestServer, TestServer, tempfile::TempDir) {
     let store = common::postgres::fresh_database();
     let dir = tempfile::tempdir().unwrap();
@@ -112,18 +133,8 @@ async fn unlinked_pair() -> (TestServer, TestServer) {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_logout_through_one_node_ends_the_token_on_another_that_never_heard_of_it() {
     let (a, b) = unlinked_pair().await;
-    Client::connect(&a.url)
-        .await
-        .unwrap()
-        .register("ann", PASSWORD)
-        .await
-        .unwrap();
-    let (on_a, login) = Client::connect(&a.url)
-        .await
-        .unwrap()
-        .login("ann", PASSWORD)
-        .await
-        .unwrap();
+    register(&a.url, "ann").await;
+    let (on_a, login) = log_in(&a.url, "ann").await;
     let on_b = Client::connect(&b.url)
         .await
         .unwrap()
@@ -149,29 +160,15 @@ async fn a_logout_through_one_node_ends_the_token_on_another_that_never_heard_of
 #[tokio::test(flavor = "multi_thread")]
 async fn a_room_left_through_one_node_is_left_on_another_at_the_next_login_there() {
     let (a, b) = unlinked_pair().await;
-    Client::connect(&a.url)
-        .await
-        .unwrap()
-        .register("bob", PASSWORD)
-        .await
-        .unwrap();
-    let login_on = |url: String| async move {
-        Client::connect(&url)
-            .await
-            .unwrap()
-            .login("bob", PASSWORD)
-            .await
-            .unwrap()
-            .0
-    };
-    let on_b = login_on(b.url.clone()).await;
+    register(&a.url, "bob").await;
+    let (on_b, _) = log_in(&b.url, "bob").await;
     on_b.join("ops").await.unwrap();
-    let on_a = login_on(a.url.clone()).await;
+    let (on_a, _) = log_in(&a.url, "bob").await;
     assert!(
         on_a.leave("ops").await.unwrap(),
         "a reads the join from the store"
     );
-    let on_b = login_on(b.url.clone()).await;
+    let (on_b, _) = log_in(&b.url, "bob").await;
     let refused = on_b
         .send(&To::Room("ops".into()), "still here?", None)
         .await
@@ -192,18 +189,8 @@ async fn a_room_left_through_one_node_is_left_on_another_at_the_next_login_there
 async fn a_suspension_through_one_node_ends_the_sessions_on_its_siblings_with_the_notice() {
     let (a, b, _dir) = linked_pair().await;
     let root = a.user(common::OPERATOR).await;
-    Client::connect(&a.url)
-        .await
-        .unwrap()
-        .register("bob", PASSWORD)
-        .await
-        .unwrap();
-    let (on_b, _) = Client::connect(&b.url)
-        .await
-        .unwrap()
-        .login("bob", PASSWORD)
-        .await
-        .unwrap();
+    register(&a.url, "bob").await;
+    let (on_b, _) = log_in(&b.url, "bob").await;
     let mut stream = on_b.subscribe().await.unwrap();
 
     let done = root

@@ -460,7 +460,7 @@ pub fn spawn_server_with(
     if on_postgres() && !extra.iter().any(|a| a == "--store") {
         store = vec!["--store".to_owned(), postgres::url_for(data_dir)];
     }
-    let mut child = command
+    command
         .args(["serve", "--log-format", "json"])
         .args(["--grpc-addr", "127.0.0.1:0"])
         .args(["--talk-addr", "127.0.0.1:0"])
@@ -468,15 +468,8 @@ pub fn spawn_server_with(
         .arg("--data-dir")
         .arg(data_dir)
         .args(extra)
-        .args(store)
-        // Tests send and register as fast as they can; flags in `extra` win.
-        .env("MESHTALK_SEND_RATE", "0")
-        .env("MESHTALK_REGISTRATIONS_PER_IP", "0")
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn meshtalk");
+        .args(store);
+    let mut child = spawn_logging(&mut command);
     let (serving, lines) = serving_line(&mut child, "grpc");
     // Keep reading the log so the child never blocks on a full pipe.
     let log = Log::default();
@@ -489,6 +482,20 @@ pub fn spawn_server_with(
         }
     });
     (child, serving, log)
+}
+
+/// Starts a `meshtalk serve` command with its log (info and above) on a
+/// pipe for [`serving_line`]. Tests send and register as fast as they can:
+/// the per-client limits are off unless the command's own flags set them.
+pub fn spawn_logging(command: &mut Command) -> Child {
+    command
+        .env("MESHTALK_SEND_RATE", "0")
+        .env("MESHTALK_REGISTRATIONS_PER_IP", "0")
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn meshtalk")
 }
 
 /// A child server's log (JSON lines on stderr) read up to the line saying
