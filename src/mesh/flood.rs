@@ -8,11 +8,11 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 
-use super::frame::{Facts, NodeState, PeerMessage, RoutedBody, Speech, StoredSpeech, to_bytes};
+use super::frame::{Facts, NodeState, PeerMessage, Speech, StoredSpeech, to_bytes};
 use super::state::Offer;
 use super::{Mesh, lock};
 use crate::core::{Message, Target};
-use crate::model::{AccountId, RoomId};
+use crate::model::RoomId;
 
 /// How long a burst of local changes gathers before it is published.
 const CHANGE_BURST: Duration = Duration::from_millis(20);
@@ -122,34 +122,6 @@ impl Mesh {
             }),
         };
         self.flood(&PeerMessage::Speech(speech), None);
-    }
-
-    /// Hands a direct message committed to the shared store to every
-    /// reachable sibling, for the recipient's sessions there.
-    pub(super) fn deliver_to_siblings(&self, message: &Message, recipient: AccountId) {
-        let Target::User(to) = &message.to else {
-            return;
-        };
-        self.to_each_sibling(|| RoutedBody::Deliver {
-            id: message.id,
-            from: message.from.clone(),
-            to: to.clone(),
-            account: recipient.0,
-            body: message.body.clone(),
-            sent_ms: message.sent_at_ms,
-        });
-    }
-
-    /// Routes what `body` makes to every reachable sibling. Cheap when this
-    /// node has no peers, since it runs on the commit path.
-    pub(super) fn to_each_sibling(&self, body: impl Fn() -> RoutedBody) {
-        if lock(&self.inner.peers).is_empty() {
-            return;
-        }
-        let siblings = self.state().siblings();
-        for node in siblings {
-            self.route_to(&node, body());
-        }
     }
 
     /// Has the core catch its directory up with a sibling's account list.

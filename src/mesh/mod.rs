@@ -15,6 +15,8 @@
 //! - `routing`: what goes to one node, hop by hop along shortest paths.
 //! - `requests`: direct messages and scatter-gather queries waiting on
 //!   other nodes, and the answers this node gives theirs.
+//! - `siblings`: what nodes on one shared store tell each other after a
+//!   commit.
 //!
 //! This file holds the [`Mesh`] itself and its face to the core
 //! ([`Remote`]). `docs/mesh.md` is the protocol.
@@ -26,6 +28,7 @@ mod link;
 mod peers;
 mod requests;
 mod routing;
+mod siblings;
 pub mod state;
 
 pub use link::valid_node_name;

@@ -14,10 +14,9 @@ use tokio::sync::{mpsc, oneshot};
 use super::frame::{self, Answer, Query, RemoteError, Routed, RoutedBody};
 use super::{Mesh, clean, lock};
 use crate::core::{
-    CoreError, ErrorKind, Gathered, Message, Moderated, Moderation, ModerationRequest,
-    RemoteDirect, Sent, Stats, Target, UserInfo,
+    CoreError, ErrorKind, Gathered, Moderated, Moderation, ModerationRequest, RemoteDirect, Sent,
+    Stats, UserInfo,
 };
-use crate::model::{AccountId, RoomId, SessionId};
 
 /// How long a scatter-gather query waits for answers.
 pub const QUERY_TIMEOUT: Duration = Duration::from_secs(2);
@@ -95,62 +94,12 @@ impl Mesh {
                 }
                 None
             }
-            // Only a sibling has committed to the store this node reads.
             RoutedBody::Deliver { .. }
             | RoutedBody::Member { .. }
             | RoutedBody::Deleted { .. }
             | RoutedBody::Ended { .. }
-            | RoutedBody::Removed { .. }
-                if !self.state().is_sibling(&src) =>
-            {
-                tracing::debug!(src, "a node on another store sent what only siblings send");
-                None
-            }
-            RoutedBody::Deliver {
-                id,
-                from,
-                to,
-                account,
-                body,
-                sent_ms,
-            } => {
-                let message = Message {
-                    id,
-                    from,
-                    to: Target::User(to),
-                    body,
-                    sent_at_ms: sent_ms,
-                    client_msg_id: None,
-                };
-                self.inner
-                    .core
-                    .deliver_stored_direct(message, AccountId(account));
-                None
-            }
-            RoutedBody::Member {
-                room_id,
-                room,
-                account,
-                joined,
-            } => {
-                if crate::core::names::room_key(&room).is_ok() {
-                    let account = AccountId(account);
-                    let core = &self.inner.core;
-                    core.sibling_membership(RoomId(room_id), room, account, joined);
-                }
-                None
-            }
-            RoutedBody::Deleted { account } => {
-                self.inner.core.sibling_deleted(AccountId(account));
-                None
-            }
-            RoutedBody::Ended { session } => {
-                self.inner.core.session_ended_elsewhere(SessionId(session));
-                None
-            }
-            RoutedBody::Removed { account, notice } => {
-                let core = &self.inner.core;
-                core.sessions_removed_elsewhere(AccountId(account), &notice);
+            | RoutedBody::Removed { .. } => {
+                self.sibling_committed(&src, body);
                 None
             }
         }
