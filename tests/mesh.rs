@@ -672,6 +672,58 @@ async fn a_peer_with_the_secret_that_sends_bad_names_is_cut_off() {
 }
 
 #[tokio::test]
+async fn what_only_siblings_send_is_ignored_from_a_node_on_another_store() {
+    let mesh = Mesh::start(&["a"]);
+    let secret = secret_of(&mesh);
+    let mut ann = mesh.node("a").login("ann", true).await;
+    let mut op = mesh.node("a").operator().await;
+    let mut peer = FakePeer::link(mesh.node("a").mesh, &secret, "fake").await;
+    until(&mut op, "/peers", "fake is linked", |r| {
+        r.end == ServerLine::Ok("1 peer".into())
+    })
+    .await;
+    // A sibling's news names accounts by their id in the shared store; the
+    // first accounts made here are ann's and the operator's.
+    let routed = |op: &str, rest: &str| {
+        format!(r#"{{"type":"routed","src":"fake","dst":"a","hops":8,"op":"{op}",{rest}}}"#)
+    };
+    for account in 1..=2 {
+        let forged = [
+            routed(
+                "deliver",
+                &format!(
+                    r#""id":900{account},"from":"mallory","to":"ann","account":{account},"body":"forged","sent_ms":1"#
+                ),
+            ),
+            routed(
+                "removed",
+                &format!(r#""account":{account},"notice":"forged kick""#),
+            ),
+            routed("deleted", &format!(r#""account":{account}"#)),
+        ];
+        for frame in forged {
+            peer.send(&frame).await;
+        }
+    }
+    // The link reads in order: once the record sent after them shows,
+    // the node has taken in every forged frame.
+    peer.send(
+        r#"{"type":"state","node":"fake","instance":1,"version":1,"kind":"accounts","accounts":[["zed",1]]}"#,
+    )
+    .await;
+    let users = until(&mut op, "/users", "fake's account shows", |r| {
+        r.lines.iter().any(|l| l.starts_with("zed "))
+    })
+    .await;
+    for here in ["ann online a", "op-a online a"] {
+        assert!(users.lines.iter().any(|l| l == here), "{users:?}");
+    }
+    quiet(&mut ann).await;
+    let rooms = request(&mut ann, "/rooms").await;
+    assert!(rooms.is_ok(), "ann's session was ended: {rooms:?}");
+}
+
+#[tokio::test]
 async fn operators_link_nodes_over_grpc_admin() {
     use meshtalk::config::ServeArgs;
     use meshtalk::proto;
