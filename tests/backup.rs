@@ -7,16 +7,8 @@ use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
-use common::{ChildServer, PASSWORD};
-use meshtalk::client::{Client, To};
-
-async fn login(url: &str, name: &str, register: bool) -> Client {
-    let client = Client::connect(url).await.unwrap();
-    if register {
-        client.register(name, PASSWORD).await.unwrap();
-    }
-    client.login(name, PASSWORD).await.unwrap().0
-}
+use common::{ChildServer, log_in_at};
+use meshtalk::client::To;
 
 fn backup(file: &std::path::Path, data: &std::path::Path) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_meshtalk"))
@@ -32,8 +24,8 @@ fn backup(file: &std::path::Path, data: &std::path::Path) -> std::process::Outpu
 async fn a_backup_taken_under_load_restores_to_a_working_server() {
     let (_dir, data) = common::data_dir();
     let server = ChildServer::start(&data);
-    let alice = login(&server.url, "alice", true).await;
-    login(&server.url, "bob", true).await;
+    let alice = log_in_at(&server.url, "alice", true).await.0;
+    log_in_at(&server.url, "bob", true).await;
     let bob = To::User("bob".into());
     for n in 0..50 {
         alice
@@ -91,7 +83,7 @@ async fn a_backup_taken_under_load_restores_to_a_working_server() {
     std::fs::create_dir_all(&restored).unwrap();
     std::fs::copy(&file, restored.join("meshtalk.db")).unwrap();
     let second = ChildServer::start(&restored);
-    let bob_there = login(&second.url, "bob", false).await;
+    let bob_there = log_in_at(&second.url, "bob", false).await.0;
     let history = bob_there
         .recent(&To::User("alice".into()), 1000)
         .await

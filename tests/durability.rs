@@ -7,8 +7,8 @@ mod common;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{ChildServer, PASSWORD, data_dir, next_message};
-use meshtalk::client::{Client, To};
+use common::{ChildServer, data_dir, log_in_at, next_message};
+use meshtalk::client::To;
 use meshtalk::config::ServeArgs;
 use meshtalk::proto;
 use meshtalk::server::Server;
@@ -17,28 +17,12 @@ use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
 };
 
-async fn user(url: &str, name: &str) -> Client {
-    let c = Client::connect(url).await.unwrap();
-    c.register(name, PASSWORD).await.unwrap();
-    c.login(name, PASSWORD).await.unwrap().0
-}
-
-async fn login(url: &str, name: &str) -> Client {
-    Client::connect(url)
-        .await
-        .unwrap()
-        .login(name, PASSWORD)
-        .await
-        .unwrap()
-        .0
-}
-
 #[tokio::test]
 async fn acked_dms_survive_kill_9_exactly_once_and_in_order() {
     let (_keep, dir) = data_dir();
     let server = ChildServer::start(&dir);
-    let alice = user(&server.url, "alice").await;
-    user(&server.url, "bob").await;
+    let alice = log_in_at(&server.url, "alice", true).await.0;
+    log_in_at(&server.url, "bob", true).await;
     let mut acked = Vec::with_capacity(1000);
     for i in 0..1000 {
         let sent = alice
@@ -50,7 +34,7 @@ async fn acked_dms_survive_kill_9_exactly_once_and_in_order() {
     server.kill9();
 
     let server = ChildServer::start(&dir);
-    let bob = login(&server.url, "bob").await;
+    let bob = log_in_at(&server.url, "bob", false).await.0;
     let mut stream = bob.subscribe().await.unwrap();
     for (i, id) in acked.iter().enumerate() {
         let m = next_message(&mut stream).await;
@@ -64,8 +48,8 @@ async fn sigterm_ends_streams_finishes_commits_and_exits_zero() {
     let (_keep, dir) = data_dir();
     let mut server = ChildServer::start(&dir);
     let url = server.url.clone();
-    let bob = user(&url, "bob").await;
-    user(&url, "alice").await;
+    let bob = log_in_at(&url, "bob", true).await.0;
+    log_in_at(&url, "alice", true).await;
     let mut stream = bob.subscribe().await.unwrap();
     let channel = tonic::transport::Endpoint::from_shared(url.clone())
         .unwrap()
@@ -89,7 +73,7 @@ async fn sigterm_ends_streams_finishes_commits_and_exits_zero() {
     let acked = Arc::new(Mutex::new(Vec::new()));
     let mut senders = Vec::new();
     for s in 0..8 {
-        let alice = login(&url, "alice").await;
+        let alice = log_in_at(&url, "alice", false).await.0;
         let acked = acked.clone();
         senders.push(tokio::spawn(async move {
             for i in 0.. {
@@ -151,7 +135,7 @@ async fn sigterm_ends_streams_finishes_commits_and_exits_zero() {
     assert!(acked.len() > 8, "the senders got going: {}", acked.len());
 
     let server = ChildServer::start(&dir);
-    let bob = login(&server.url, "bob").await;
+    let bob = log_in_at(&server.url, "bob", false).await.0;
     let mut stored = std::collections::HashSet::new();
     let mut after = 0;
     loop {
@@ -184,8 +168,8 @@ async fn sigterm_ends_streams_finishes_commits_and_exits_zero() {
 /// Sends `count` DMs from alice to bob and `count` lines to `lobby`; bob
 /// takes all of them from his stream and acknowledges them at once.
 async fn shown_and_acked(url: &str, count: usize) -> Vec<u64> {
-    let alice = login(url, "alice").await;
-    let bob = login(url, "bob").await;
+    let alice = log_in_at(url, "alice", false).await.0;
+    let bob = log_in_at(url, "bob", false).await.0;
     let mut stream = bob.subscribe().await.unwrap();
     for i in 0..count {
         alice
@@ -216,8 +200,8 @@ async fn closing_the_store_writes_acknowledgements_still_in_memory() {
     let (_keep, dir) = data_dir();
     let server = in_process(&dir).await;
     let url = format!("http://{}", server.grpc_addr());
-    user(&url, "alice").await;
-    user(&url, "bob").await;
+    log_in_at(&url, "alice", true).await;
+    log_in_at(&url, "bob", true).await;
     shown_and_acked(&url, 5).await;
     // At once, well inside the 100 ms acknowledgements may wait in memory,
     // and without the rest of a shutdown (whose pause for health watchers
@@ -226,7 +210,9 @@ async fn closing_the_store_writes_acknowledgements_still_in_memory() {
     drop(server);
 
     let server = in_process(&dir).await;
-    let bob = login(&format!("http://{}", server.grpc_addr()), "bob").await;
+    let bob = log_in_at(&format!("http://{}", server.grpc_addr()), "bob", false)
+        .await
+        .0;
     let mut stream = bob.subscribe().await.unwrap();
     common::assert_quiet(&mut stream).await;
 }
@@ -235,10 +221,10 @@ async fn closing_the_store_writes_acknowledgements_still_in_memory() {
 async fn after_kill_9_unwritten_acknowledgements_only_repeat_messages() {
     let (_keep, dir) = data_dir();
     let server = ChildServer::start(&dir);
-    user(&server.url, "alice").await;
-    user(&server.url, "bob").await;
+    log_in_at(&server.url, "alice", true).await;
+    log_in_at(&server.url, "bob", true).await;
     let shown = shown_and_acked(&server.url, 5).await;
-    let alice = login(&server.url, "alice").await;
+    let alice = log_in_at(&server.url, "alice", false).await.0;
     let unseen = alice
         .send(&To::User("bob".into()), "after the ack", None)
         .await
@@ -249,7 +235,7 @@ async fn after_kill_9_unwritten_acknowledgements_only_repeat_messages() {
     // Whatever of the acknowledged ten comes again comes with its own id
     // and at most once; the message bob never saw comes for certain.
     let server = ChildServer::start(&dir);
-    let bob = login(&server.url, "bob").await;
+    let bob = log_in_at(&server.url, "bob", false).await.0;
     let mut stream = bob.subscribe().await.unwrap();
     let mut again = Vec::new();
     loop {

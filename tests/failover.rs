@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{PASSWORD, TestServer, next_message, shown};
+use common::{PASSWORD, TestServer, log_in_at, next_message, shown};
 use meshtalk::client::chat::{ChatSession, Servers, render_message};
 use meshtalk::client::{Client, ClientError, To};
 use meshtalk::config::ServeArgs;
@@ -40,17 +40,6 @@ async fn register(url: &str, name: &str) {
         .register(name, PASSWORD)
         .await
         .unwrap();
-}
-
-/// Logs NAME in through the node at `url`: the session's client and the
-/// log-in's reply.
-async fn log_in(url: &str, name: &str) -> (Client, meshtalk::proto::LoginResponse) {
-    Client::connect(url)
-        .await
-        .unwrap()
-        .login(name, PASSWORD)
-        .await
-        .unwrap()
 }
 
 async fn linked_pair() -> (TestServer, TestServer, tempfile::TempDir) {
@@ -134,7 +123,7 @@ async fn unlinked_pair() -> (TestServer, TestServer) {
 async fn a_logout_through_one_node_ends_the_token_on_another_that_never_heard_of_it() {
     let (a, b) = unlinked_pair().await;
     register(&a.url, "ann").await;
-    let (on_a, login) = log_in(&a.url, "ann").await;
+    let (on_a, login) = log_in_at(&a.url, "ann", false).await;
     let on_b = Client::connect(&b.url)
         .await
         .unwrap()
@@ -161,14 +150,14 @@ async fn a_logout_through_one_node_ends_the_token_on_another_that_never_heard_of
 async fn a_room_left_through_one_node_is_left_on_another_at_the_next_login_there() {
     let (a, b) = unlinked_pair().await;
     register(&a.url, "bob").await;
-    let (on_b, _) = log_in(&b.url, "bob").await;
+    let (on_b, _) = log_in_at(&b.url, "bob", false).await;
     on_b.join("ops").await.unwrap();
-    let (on_a, _) = log_in(&a.url, "bob").await;
+    let (on_a, _) = log_in_at(&a.url, "bob", false).await;
     assert!(
         on_a.leave("ops").await.unwrap(),
         "a reads the join from the store"
     );
-    let (on_b, _) = log_in(&b.url, "bob").await;
+    let (on_b, _) = log_in_at(&b.url, "bob", false).await;
     let refused = on_b
         .send(&To::Room("ops".into()), "still here?", None)
         .await
@@ -190,7 +179,7 @@ async fn a_suspension_through_one_node_ends_the_sessions_on_its_siblings_with_th
     let (a, b, _dir) = linked_pair().await;
     let root = a.user(common::OPERATOR).await;
     register(&a.url, "bob").await;
-    let (on_b, _) = log_in(&b.url, "bob").await;
+    let (on_b, _) = log_in_at(&b.url, "bob", false).await;
     let mut stream = on_b.subscribe().await.unwrap();
 
     let done = root

@@ -6,8 +6,8 @@ mod common;
 
 use std::time::Duration;
 
-use common::{PASSWORD, next_message};
-use meshtalk::client::{Client, To};
+use common::{log_in_at, next_message};
+use meshtalk::client::To;
 use meshtalk::config::ServeArgs;
 use meshtalk::server::Server;
 
@@ -27,14 +27,6 @@ async fn server(dir: &std::path::Path, rule: impl FnOnce(&mut ServeArgs)) -> (Se
     (server, url)
 }
 
-async fn login(url: &str, name: &str, register: bool) -> Client {
-    let client = Client::connect(url).await.unwrap();
-    if register {
-        client.register(name, PASSWORD).await.unwrap();
-    }
-    client.login(name, PASSWORD).await.unwrap().0
-}
-
 fn bodies(messages: &[meshtalk::proto::Message]) -> Vec<&str> {
     messages.iter().map(|m| m.body.as_str()).collect()
 }
@@ -43,8 +35,8 @@ fn bodies(messages: &[meshtalk::proto::Message]) -> Vec<&str> {
 async fn old_history_goes_and_an_undelivered_direct_message_stays() {
     let dir = tempfile::tempdir().unwrap();
     let (first, url) = server(dir.path(), |_| {}).await;
-    let alice = login(&url, "alice", true).await;
-    login(&url, "bob", true).await;
+    let alice = log_in_at(&url, "alice", true).await.0;
+    log_in_at(&url, "bob", true).await;
     let lobby = To::Room("lobby".into());
     for n in 0..5 {
         alice.send(&lobby, &format!("old {n}"), None).await.unwrap();
@@ -58,13 +50,13 @@ async fn old_history_goes_and_an_undelivered_direct_message_stays() {
 
     // Restarted keeping one second of history: the job runs at start.
     let (_second, url) = server(dir.path(), |a| a.history_retention = Some(1)).await;
-    let alice = login(&url, "alice", false).await;
+    let alice = log_in_at(&url, "alice", false).await.0;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
     while !alice.recent(&lobby, 100).await.unwrap().is_empty() {
         assert!(tokio::time::Instant::now() < deadline, "old speech stays");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let bob = login(&url, "bob", false).await;
+    let bob = log_in_at(&url, "bob", false).await.0;
     let mut events = bob.subscribe().await.unwrap();
     assert_eq!(next_message(&mut events).await.body, "while you were out");
 }
@@ -73,7 +65,7 @@ async fn old_history_goes_and_an_undelivered_direct_message_stays() {
 async fn a_room_keeps_its_newest_messages() {
     let dir = tempfile::tempdir().unwrap();
     let (first, url) = server(dir.path(), |_| {}).await;
-    let alice = login(&url, "alice", true).await;
+    let alice = log_in_at(&url, "alice", true).await.0;
     let lobby = To::Room("lobby".into());
     for n in 0..10 {
         alice.send(&lobby, &format!("say {n}"), None).await.unwrap();
@@ -81,7 +73,7 @@ async fn a_room_keeps_its_newest_messages() {
     first.shutdown().await;
 
     let (_second, url) = server(dir.path(), |a| a.room_history_max = Some(3)).await;
-    let alice = login(&url, "alice", false).await;
+    let alice = log_in_at(&url, "alice", false).await.0;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
     loop {
         let left = alice.recent(&lobby, 100).await.unwrap();

@@ -27,6 +27,16 @@ use tonic::Streaming;
 
 pub const PASSWORD: &str = "correct-horse-battery-staple";
 
+/// A gRPC client of the server at `url`, logged in as NAME (registered
+/// first if `register`), with the log-in's reply.
+pub async fn log_in_at(url: &str, name: &str, register: bool) -> (Client, proto::LoginResponse) {
+    let client = Client::connect(url).await.expect("connect");
+    if register {
+        client.register(name, PASSWORD).await.expect("register");
+    }
+    client.login(name, PASSWORD).await.expect("login")
+}
+
 /// Whether this test binary runs its servers on PostgreSQL.
 pub fn on_postgres() -> bool {
     env!("CARGO_CRATE_NAME").ends_with("_pg")
