@@ -149,14 +149,11 @@ impl Core {
                     // sends to a name learned this way are queued in the
                     // order made.
                     let _turn = core.inner.learning.lock().await;
-                    match learned.await {
-                        true => {
-                            let queued =
-                                core.queue_send(&who, &to, &body, client_msg_id.as_deref());
-                            Self::sent(queued).await
-                        }
-                        false => Self::sent(queued).await,
-                    }
+                    let queued = match learned.await {
+                        true => core.queue_send(&who, &to, &body, client_msg_id.as_deref()),
+                        false => queued,
+                    };
+                    Self::sent(queued).await
                 }))
             }
             _ => Either::Right(Self::sent(queued)),

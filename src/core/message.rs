@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use crate::model::Message;
-use crate::store::{Appended, CommitHook};
+use crate::store::CommitHook;
 
 /// The answer to a send: the stored id, once the message is on disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,22 +66,8 @@ impl std::ops::Deref for Delivery {
 pub(super) fn on_commit(
     then: impl FnOnce(&Delivery, bool) + Send + 'static,
 ) -> Box<dyn CommitHook> {
-    Box::new(OnCommit { stored: None, then })
-}
-
-struct OnCommit<F> {
-    stored: Option<(Delivery, bool)>,
-    then: F,
-}
-
-impl<F: FnOnce(&Delivery, bool) + Send> CommitHook for OnCommit<F> {
-    fn stored(&mut self, appended: Appended) {
-        self.stored = Some((Delivery::new(appended.message), appended.duplicate));
-    }
-
-    fn committed(self: Box<Self>) {
-        if let Some((delivery, duplicate)) = &self.stored {
-            (self.then)(delivery, *duplicate);
-        }
-    }
+    crate::store::commit_hook(
+        |appended| (Delivery::new(appended.message), appended.duplicate),
+        move |(delivery, duplicate)| then(&delivery, duplicate),
+    )
 }

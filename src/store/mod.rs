@@ -206,28 +206,46 @@ pub trait CommitHook: Send {
     fn committed(self: Box<Self>);
 }
 
-/// A [`CommitHook`] that keeps what was stored and hands it to a closure
-/// once committed.
-pub fn after_commit(f: impl FnOnce(Appended) + Send + 'static) -> Box<dyn CommitHook> {
-    Box::new(AfterCommit {
-        appended: None,
-        then: f,
+/// A [`CommitHook`] of two closures: `wrap` makes what the message
+/// becomes, on the writer, and `then` gets it once the commit stands.
+pub fn commit_hook<T: Send + 'static>(
+    wrap: impl FnOnce(Appended) -> T + Send + 'static,
+    then: impl FnOnce(T) + Send + 'static,
+) -> Box<dyn CommitHook> {
+    Box::new(TwoSteps {
+        wrap: Some(wrap),
+        made: None,
+        then,
     })
 }
 
-struct AfterCommit<F> {
-    appended: Option<Appended>,
+/// A [`CommitHook`] that hands the message, as stored, to `then` once
+/// committed.
+pub fn after_commit(then: impl FnOnce(Appended) + Send + 'static) -> Box<dyn CommitHook> {
+    commit_hook(|appended| appended, then)
+}
+
+struct TwoSteps<W, T, F> {
+    wrap: Option<W>,
+    made: Option<T>,
     then: F,
 }
 
-impl<F: FnOnce(Appended) + Send> CommitHook for AfterCommit<F> {
+impl<W, T, F> CommitHook for TwoSteps<W, T, F>
+where
+    W: FnOnce(Appended) -> T + Send,
+    T: Send,
+    F: FnOnce(T) + Send,
+{
     fn stored(&mut self, appended: Appended) {
-        self.appended = Some(appended);
+        if let Some(wrap) = self.wrap.take() {
+            self.made = Some(wrap(appended));
+        }
     }
 
     fn committed(self: Box<Self>) {
-        if let Some(appended) = self.appended {
-            (self.then)(appended);
+        if let Some(made) = self.made {
+            (self.then)(made);
         }
     }
 }

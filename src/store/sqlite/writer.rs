@@ -426,12 +426,21 @@ mod tests {
         // transaction; the one to the deleted account breaks its inbox
         // row's foreign key.
         let gate = hold_writer(&store, 200);
-        let first = store.append(dm(alice, bob, "one"), after_commit(|_| {}));
-        let broken = store.append(dm(alice, carol, "lost"), after_commit(|_| {}));
-        let last = store.append(dm(alice, bob, "two"), after_commit(|_| {}));
+        let delivered = Arc::new(Mutex::new(Vec::new()));
+        let hook = || {
+            let delivered = delivered.clone();
+            after_commit(move |appended: Appended| {
+                delivered.lock().unwrap().push(appended.message.body);
+            })
+        };
+        let first = store.append(dm(alice, bob, "one"), hook());
+        let broken = store.append(dm(alice, carol, "lost"), hook());
+        let last = store.append(dm(alice, bob, "two"), hook());
         let (gate, first, broken, last) = tokio::join!(gate, first, broken, last);
         gate.unwrap();
         assert!(broken.is_err(), "{broken:?}");
+        // What failed is never handed on to be delivered.
+        assert_eq!(*delivered.lock().unwrap(), ["one", "two"]);
         let (first, last) = (first.unwrap().id, last.unwrap().id);
 
         assert_eq!(store.counts().await.unwrap().messages, 2);
